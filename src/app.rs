@@ -1,0 +1,161 @@
+//! Builds paysync from its configuration and runs its tasks under one cancellation token,
+//! so SIGTERM stops intake, drains in-flight work and exits cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{DatabaseArgs, ServeArgs};
+use crate::http::{self, ApiAuth, AppState};
+use crate::metrics::Metrics;
+use crate::store;
+
+/// How long a POST's `Idempotency-Key` is remembered (as Stripe does).
+const IDEMPOTENCY_KEY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How often expired idempotency keys are removed.
+const IDEMPOTENCY_JANITOR_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// What the server needs besides a database pool.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub auth: ApiAuth,
+    pub shutdown_timeout: Duration,
+}
+
+/// A bound, not yet running paysync server.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    pool: PgPool,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Binds the listener (so callers can learn the port when binding port 0).
+    pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let state = AppState {
+            pool: pool.clone(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        Ok(Self {
+            listener,
+            router: http::router(state, settings.auth),
+            pool,
+            shutdown_timeout: settings.shutdown_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to
+    /// the shutdown timeout.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        info!(%addr, "listening");
+        let janitor = spawn_idempotency_janitor(self.pool.clone(), shutdown.clone());
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.shutdown_timeout).await;
+        };
+        tokio::select! {
+            served = server => served.context("serving HTTP")?,
+            () = drain_deadline => warn!(timeout = ?self.shutdown_timeout, "in-flight requests did not finish in time; exiting"),
+        }
+        shutdown.cancel();
+        if let Err(e) = janitor.await {
+            warn!(error = %e, "idempotency janitor task failed");
+        }
+        self.pool.close().await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+fn spawn_idempotency_janitor(pool: PgPool, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(IDEMPOTENCY_JANITOR_INTERVAL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match store::idempotency::delete_expired(&pool, IDEMPOTENCY_KEY_RETENTION).await {
+                Ok(0) => {}
+                Ok(deleted) => info!(deleted, "expired idempotency keys removed"),
+                Err(e) => warn!(error = %e, "removing expired idempotency keys failed; will retry"),
+            }
+        }
+    })
+}
+
+/// `paysync serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let auth = if args.insecure_no_auth {
+        warn!("--insecure-no-auth: the /v1 API accepts requests without a token");
+        ApiAuth::Disabled
+    } else {
+        ApiAuth::tokens(&args.api_tokens)
+    };
+    let pool = connect(&args.database).await?;
+    if args.no_migrate {
+        info!("skipping migrations (--no-migrate)");
+    } else {
+        store::migrate(&pool).await?;
+        info!("database schema is up to date");
+    }
+    let settings = Settings {
+        listen: args.listen,
+        auth,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let app = Application::build(settings, pool).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    app.run(shutdown).await
+}
+
+/// `paysync migrate`.
+pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
+    let pool = connect(&args).await?;
+    store::migrate(&pool).await?;
+    info!("database schema is up to date");
+    pool.close().await;
+    Ok(())
+}
+
+async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    let pool = store::connect(&args.database_url, args.database_max_connections).await?;
+    info!(database = %store::describe_url(&args.database_url), "connected to PostgreSQL");
+    Ok(pool)
+}
+
+/// Cancels `token` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down");
+        token.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,226 @@
+use chrono::{DateTime, Utc};
+
+use super::{
+    CustomerId, Description, Email, Metadata, MetadataPatch, Name, Phone, ValidationError,
+};
+
+/// Where a customer stands with Stripe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// A local change has not reached Stripe yet.
+    Pending,
+    /// Stripe matches `stripe_synced_version`, which equals `version`.
+    Synced,
+    /// The last attempt failed for good; `sync_error` says why (see dead letters).
+    Failed,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Synced => "synced",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        match raw {
+            "pending" => Ok(Self::Pending),
+            "synced" => Ok(Self::Synced),
+            "failed" => Ok(Self::Failed),
+            other => Err(ValidationError::new(
+                "sync_state",
+                format!("unknown state {other:?}"),
+            )),
+        }
+    }
+}
+
+/// What a local write did, as recorded in the outbox for the outbound worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// The fields a customer shares with Stripe: what the application edits and sync compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerFields {
+    pub email: String,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Metadata,
+}
+
+/// A customer as stored locally, with its sync bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Customer {
+    pub id: CustomerId,
+    /// The SyncPolicy / Stripe account this customer syncs with.
+    pub account: String,
+    pub fields: CustomerFields,
+    /// Bumped by every change, local or inbound; the outbound worker syncs up to it.
+    pub version: i64,
+    pub stripe_id: Option<String>,
+    /// The highest `version` Stripe is known to match.
+    pub stripe_synced_version: i64,
+    pub sync_state: SyncState,
+    pub sync_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// A validated request to create a customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCustomer {
+    pub email: Email,
+    pub name: Option<Name>,
+    pub phone: Option<Phone>,
+    pub description: Option<Description>,
+    pub metadata: Metadata,
+}
+
+impl NewCustomer {
+    pub fn into_fields(self) -> CustomerFields {
+        CustomerFields {
+            email: self.email.into_inner(),
+            name: self.name.map(Name::into_inner),
+            phone: self.phone.map(Phone::into_inner),
+            description: self.description.map(Description::into_inner),
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// A validated partial update with JSON Merge Patch meaning: an absent field is kept,
+/// `Some(None)` clears it, and metadata keys are merged one by one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerPatch {
+    pub email: Option<Email>,
+    pub name: Option<Option<Name>>,
+    pub phone: Option<Option<Phone>>,
+    pub description: Option<Option<Description>>,
+    /// `Some(None)` removes all keys.
+    pub metadata: Option<Option<MetadataPatch>>,
+}
+
+impl CustomerPatch {
+    /// The fields after this patch. Fails only when the merged metadata breaks a limit,
+    /// which cannot be known before the current metadata is read.
+    pub fn apply_to(&self, current: &CustomerFields) -> Result<CustomerFields, ValidationError> {
+        let metadata = match &self.metadata {
+            None => current.metadata.clone(),
+            Some(None) => Metadata::default(),
+            Some(Some(patch)) => current.metadata.merged(patch)?,
+        };
+        Ok(CustomerFields {
+            email: self
+                .email
+                .as_ref()
+                .map_or_else(|| current.email.clone(), |e| e.as_str().to_owned()),
+            name: pick(&self.name, &current.name, |n| n.clone().into_inner()),
+            phone: pick(&self.phone, &current.phone, |p| p.clone().into_inner()),
+            description: pick(&self.description, &current.description, |d| {
+                d.clone().into_inner()
+            }),
+            metadata,
+        })
+    }
+}
+
+fn pick<T>(
+    patch: &Option<Option<T>>,
+    current: &Option<String>,
+    text: impl Fn(&T) -> String,
+) -> Option<String> {
+    match patch {
+        None => current.clone(),
+        Some(value) => value.as_ref().map(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn fields() -> CustomerFields {
+        CustomerFields {
+            email: "ada@example.com".into(),
+            name: Some("Ada".into()),
+            phone: Some("+1 555".into()),
+            description: None,
+            metadata: Metadata::parse(BTreeMap::from([("plan".into(), "pro".into())])).unwrap(),
+        }
+    }
+
+    #[test]
+    fn empty_patch_changes_nothing() {
+        assert_eq!(
+            CustomerPatch::default().apply_to(&fields()).unwrap(),
+            fields()
+        );
+    }
+
+    #[test]
+    fn patch_sets_clears_and_merges() {
+        let patch = CustomerPatch {
+            email: Some(Email::parse("lovelace@example.com").unwrap()),
+            name: Some(None),
+            description: Some(Description::parse("VIP").unwrap()),
+            metadata: Some(Some(BTreeMap::from([
+                ("plan".into(), None),
+                ("seats".into(), Some("3".into())),
+            ]))),
+            ..CustomerPatch::default()
+        };
+        let after = patch.apply_to(&fields()).unwrap();
+        assert_eq!(after.email, "lovelace@example.com");
+        assert_eq!(after.name, None);
+        assert_eq!(after.phone.as_deref(), Some("+1 555"));
+        assert_eq!(after.description.as_deref(), Some("VIP"));
+        assert_eq!(
+            after.metadata.as_map(),
+            &BTreeMap::from([("seats".to_owned(), "3".to_owned())])
+        );
+    }
+
+    #[test]
+    fn null_metadata_removes_every_key() {
+        let patch = CustomerPatch {
+            metadata: Some(None),
+            ..CustomerPatch::default()
+        };
+        assert!(
+            patch
+                .apply_to(&fields())
+                .unwrap()
+                .metadata
+                .as_map()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn sync_state_round_trips() {
+        for state in [SyncState::Pending, SyncState::Synced, SyncState::Failed] {
+            assert_eq!(SyncState::parse(state.as_str()).unwrap(), state);
+        }
+        assert!(SyncState::parse("lost").is_err());
+    }
+}

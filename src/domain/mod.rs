@@ -1,0 +1,33 @@
+//! The customer domain: validated newtypes and the rules every write must satisfy.
+//!
+//! Depends on nothing else in the crate, so its rules can be tested without services and
+//! reused by every path that writes a customer (REST API, inbound sync, reconciler).
+
+mod customer;
+mod email;
+mod ids;
+mod metadata;
+mod text;
+
+pub use customer::{Customer, CustomerFields, CustomerPatch, NewCustomer, Op, SyncState};
+pub use email::Email;
+pub use ids::{CustomerId, StripeCustomerId};
+pub use metadata::{Metadata, MetadataPatch};
+pub use text::{Description, Name, Phone};
+
+/// A value that breaks a domain rule; `field` names the input the caller must fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

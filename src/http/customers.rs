@@ -1,0 +1,547 @@
+//! `/v1/customers`: create, read, list, update and delete customers.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header::{ETAG, LOCATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{ApiJson, ApiQuery, etag, idempotency_key, if_match_version};
+use super::{ApiError, AppState, ErrorBody};
+use crate::domain::{
+    Customer, CustomerId, CustomerPatch, Description, Email, Metadata, Name, NewCustomer, Phone,
+    SyncState,
+};
+use crate::store::{self, DEFAULT_ACCOUNT, customers, idempotency};
+
+/// Page size when `limit` is not given.
+const DEFAULT_PAGE_SIZE: u32 = 20;
+/// Largest page a client may ask for.
+const MAX_PAGE_SIZE: u32 = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_customer, list_customers))
+        .routes(routes!(get_customer, update_customer, delete_customer))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCustomerRequest {
+    /// Unique among live customers, case-insensitively.
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    #[serde(default)]
+    #[schema(example = "Ada Lovelace")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// At most 48 keys (Stripe allows 50; paysync uses 2); keys ≤ 40 characters, values
+    /// 1–500 characters; the `paysync_` prefix is reserved.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl TryFrom<CreateCustomerRequest> for NewCustomer {
+    type Error = ApiError;
+
+    fn try_from(request: CreateCustomerRequest) -> Result<Self, ApiError> {
+        let optional = |value: Option<String>| value.unwrap_or_default();
+        Ok(NewCustomer {
+            email: Email::parse(&request.email)?,
+            name: Name::parse(&optional(request.name))?,
+            phone: Phone::parse(&optional(request.phone))?,
+            description: Description::parse(&optional(request.description))?,
+            metadata: Metadata::parse(request.metadata)?,
+        })
+    }
+}
+
+/// A JSON Merge Patch (RFC 7396) of a customer: absent fields are kept, `null` clears a field,
+/// and metadata keys are merged (a `null` value removes that key).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCustomerRequest {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub metadata: Option<Option<BTreeMap<String, Option<String>>>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from an absent one (`None`, via `default`).
+fn present<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+impl TryFrom<UpdateCustomerRequest> for CustomerPatch {
+    type Error = ApiError;
+
+    fn try_from(request: UpdateCustomerRequest) -> Result<Self, ApiError> {
+        let email = match request.email {
+            None => None,
+            Some(None) => {
+                return Err(ApiError::unprocessable(
+                    "validation_failed",
+                    "email: cannot be removed",
+                ));
+            }
+            Some(Some(raw)) => Some(Email::parse(&raw)?),
+        };
+        Ok(CustomerPatch {
+            email,
+            name: clearable(request.name, Name::parse)?,
+            phone: clearable(request.phone, Phone::parse)?,
+            description: clearable(request.description, Description::parse)?,
+            metadata: request.metadata,
+        })
+    }
+}
+
+fn clearable<T>(
+    field: Option<Option<String>>,
+    parse: impl Fn(&str) -> Result<Option<T>, crate::domain::ValidationError>,
+) -> Result<Option<Option<T>>, ApiError> {
+    match field {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(raw)) => Ok(Some(parse(&raw)?)),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncStateBody {
+    Pending,
+    Synced,
+    Failed,
+}
+
+impl From<SyncState> for SyncStateBody {
+    fn from(state: SyncState) -> Self {
+        match state {
+            SyncState::Pending => Self::Pending,
+            SyncState::Synced => Self::Synced,
+            SyncState::Failed => Self::Failed,
+        }
+    }
+}
+
+/// Where the customer stands with Stripe.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SyncBody {
+    pub state: SyncStateBody,
+    /// The linked Stripe customer, once created there.
+    #[schema(example = "cus_NffrFeUfNV2Hib")]
+    pub stripe_id: Option<String>,
+    /// The highest version Stripe is known to match.
+    pub synced_version: i64,
+    /// Why the last sync failed, when `state` is `failed`.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CustomerBody {
+    pub id: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub description: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Increases with every change; send it back in `If-Match` to update safely.
+    pub version: i64,
+    pub sync: SyncBody,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Customer> for CustomerBody {
+    fn from(customer: Customer) -> Self {
+        Self {
+            id: customer.id.as_uuid(),
+            email: customer.fields.email,
+            name: customer.fields.name,
+            phone: customer.fields.phone,
+            description: customer.fields.description,
+            metadata: customer.fields.metadata.into_inner(),
+            version: customer.version,
+            sync: SyncBody {
+                state: customer.sync_state.into(),
+                stripe_id: customer.stripe_id,
+                synced_version: customer.stripe_synced_version,
+                error: customer.sync_error,
+            },
+            created_at: customer.created_at,
+            updated_at: customer.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerPage {
+    pub data: Vec<CustomerBody>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only the customer with this email (case-insensitive).
+    pub email: Option<String>,
+}
+
+/// A customer response with its ETag.
+fn customer_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    let version = body.get("version").and_then(serde_json::Value::as_i64);
+    if let Some(value) = version.and_then(|v| HeaderValue::from_str(&etag(v)).ok()) {
+        response.headers_mut().insert(ETAG, value);
+    }
+    if status == StatusCode::CREATED {
+        let id = body.get("id").and_then(serde_json::Value::as_str);
+        if let Some(value) =
+            id.and_then(|id| HeaderValue::from_str(&format!("/v1/customers/{id}")).ok())
+        {
+            response.headers_mut().insert(LOCATION, value);
+        }
+    }
+    response
+}
+
+fn to_json(body: CustomerBody) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(body).map_err(ApiError::internal)
+}
+
+fn parse_id(raw: &str) -> Result<CustomerId, ApiError> {
+    raw.parse()
+        .map_err(|e: crate::domain::ValidationError| ApiError::bad_request("invalid_id", e.message))
+}
+
+/// What makes two POSTs "the same request" for idempotency.
+fn fingerprint(request: &CreateCustomerRequest) -> Result<Vec<u8>, ApiError> {
+    let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
+    Ok(Sha256::digest(&canonical).to_vec())
+}
+
+async fn begin(state: &AppState) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    state.pool.begin().await.map_err(|source| {
+        ApiError::from(store::Error::Database {
+            context: "starting transaction",
+            source,
+        })
+    })
+}
+
+async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), ApiError> {
+    tx.commit().await.map_err(|source| {
+        ApiError::from(store::Error::Database {
+            context: "committing",
+            source,
+        })
+    })
+}
+
+/// Create a customer. It is queued for Stripe in the same transaction.
+#[utoipa::path(
+    post,
+    path = "/customers",
+    tag = "customers",
+    request_body = CreateCustomerRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Makes retries safe: a repeated request with the same key returns the first response (kept for at least 24 h)")
+    ),
+    responses(
+        (status = 201, description = "Created", body = CustomerBody,
+         headers(("ETag" = String), ("Location" = String))),
+        (status = 400, description = "Malformed JSON or header", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 409, description = "Email already used by a live customer", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Invalid field, unknown field, or Idempotency-Key reused for another request", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_customer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<CreateCustomerRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let fingerprint = fingerprint(&request)?;
+    let new = NewCustomer::try_from(request)?;
+
+    let mut tx = begin(&state).await?;
+    if let Some(key) = &key {
+        match idempotency::claim(&mut tx, key, &fingerprint).await? {
+            idempotency::Claim::New => {}
+            idempotency::Claim::Replay { status, body } => {
+                let status = StatusCode::from_u16(status).map_err(ApiError::internal)?;
+                let mut response = customer_response(status, &body);
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return Ok(response);
+            }
+            idempotency::Claim::Mismatch => {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was already used for a different request",
+                ));
+            }
+        }
+    }
+    let customer = customers::insert(&mut tx, DEFAULT_ACCOUNT, new).await?;
+    let body = to_json(customer.into())?;
+    if let Some(key) = &key {
+        idempotency::record(&mut tx, key, StatusCode::CREATED.as_u16(), &body).await?;
+    }
+    commit(tx).await?;
+    Ok(customer_response(StatusCode::CREATED, &body))
+}
+
+/// Get a live customer.
+#[utoipa::path(
+    get,
+    path = "/customers/{id}",
+    tag = "customers",
+    params(("id" = Uuid, Path, description = "Customer id")),
+    responses(
+        (status = 200, description = "The customer", body = CustomerBody, headers(("ETag" = String))),
+        (status = 400, description = "Not a customer id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such customer, or deleted", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_customer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let mut conn = state.pool.acquire().await.map_err(|source| {
+        ApiError::from(store::Error::Database {
+            context: "acquiring connection",
+            source,
+        })
+    })?;
+    let customer = customers::find_live(&mut conn, id)
+        .await?
+        .ok_or(store::Error::CustomerNotFound(id))?;
+    Ok(customer_response(
+        StatusCode::OK,
+        &to_json(customer.into())?,
+    ))
+}
+
+/// List live customers, oldest first, with cursor pagination.
+#[utoipa::path(
+    get,
+    path = "/customers",
+    tag = "customers",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = CustomerPage),
+        (status = 400, description = "Bad limit, cursor or parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_customers(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<CustomerPage>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut conn = state.pool.acquire().await.map_err(|source| {
+        ApiError::from(store::Error::Database {
+            context: "acquiring connection",
+            source,
+        })
+    })?;
+    // One extra row tells whether another page exists.
+    let mut customers = customers::list_live(
+        &mut conn,
+        DEFAULT_ACCOUNT,
+        after,
+        query.email.as_deref(),
+        i64::from(limit) + 1,
+    )
+    .await?;
+    let more = customers.len() > limit as usize;
+    customers.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| customers.last().map(|c| encode_cursor(c.id)))
+        .flatten();
+    Ok(Json(CustomerPage {
+        data: customers.into_iter().map(CustomerBody::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Cursors are opaque to clients: today the last id of the page, base64url-encoded.
+fn encode_cursor(last: CustomerId) -> String {
+    URL_SAFE_NO_PAD.encode(last.as_uuid().as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> Result<CustomerId, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .map(CustomerId::from_uuid)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
+        })
+}
+
+/// Update a customer (JSON Merge Patch). Send `If-Match` with the version you read to avoid
+/// overwriting someone else's change.
+#[utoipa::path(
+    patch,
+    path = "/customers/{id}",
+    tag = "customers",
+    request_body = UpdateCustomerRequest,
+    params(
+        ("id" = Uuid, Path, description = "Customer id"),
+        ("If-Match" = Option<String>, Header, description = "ETag (version) the change is based on")
+    ),
+    responses(
+        (status = 200, description = "The updated customer", body = CustomerBody, headers(("ETag" = String))),
+        (status = 400, description = "Malformed JSON, id or header", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such customer, or deleted", body = ErrorBody),
+        (status = 409, description = "Email already used by a live customer", body = ErrorBody),
+        (status = 412, description = "If-Match names an older version", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Invalid or unknown field", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn update_customer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<UpdateCustomerRequest>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let expected_version = if_match_version(&headers)?;
+    let patch = CustomerPatch::try_from(request)?;
+    let mut tx = begin(&state).await?;
+    let customer = customers::update(&mut tx, id, expected_version, &patch).await?;
+    commit(tx).await?;
+    Ok(customer_response(
+        StatusCode::OK,
+        &to_json(customer.into())?,
+    ))
+}
+
+/// Delete a customer. The deletion is synced to Stripe; the email can be reused at once.
+#[utoipa::path(
+    delete,
+    path = "/customers/{id}",
+    tag = "customers",
+    params(
+        ("id" = Uuid, Path, description = "Customer id"),
+        ("If-Match" = Option<String>, Header, description = "ETag (version) the deletion is based on")
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a customer id, or bad header", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such customer, or already deleted", body = ErrorBody),
+        (status = 412, description = "If-Match names an older version", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_customer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let expected_version = if_match_version(&headers)?;
+    let mut tx = begin(&state).await?;
+    customers::soft_delete(&mut tx, id, expected_version).await?;
+    commit(tx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let id = CustomerId::new();
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        for bad in ["", "not base64!", "AAAA"] {
+            assert!(decode_cursor(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn merge_patch_tells_null_from_absent() {
+        let request: UpdateCustomerRequest =
+            serde_json::from_str(r#"{"name": null, "metadata": {"plan": null, "seats": "3"}}"#)
+                .unwrap();
+        assert_eq!(request.name, Some(None));
+        assert_eq!(request.phone, None);
+        let patch = CustomerPatch::try_from(request).unwrap();
+        assert_eq!(patch.name, Some(None));
+        assert_eq!(
+            patch.metadata,
+            Some(Some(BTreeMap::from([
+                ("plan".to_owned(), None),
+                ("seats".to_owned(), Some("3".to_owned()))
+            ])))
+        );
+    }
+
+    #[test]
+    fn email_cannot_be_cleared() {
+        let request: UpdateCustomerRequest = serde_json::from_str(r#"{"email": null}"#).unwrap();
+        let err = CustomerPatch::try_from(request).unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

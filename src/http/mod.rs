@@ -1,0 +1,119 @@
+//! The HTTP surface (axum): the /v1 API, operational endpoints, OpenAPI and its docs page.
+
+mod auth;
+mod customers;
+mod error;
+mod extract;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use auth::ApiAuth;
+pub use error::{ApiError, ErrorBody};
+
+use crate::metrics::{HttpLabels, Metrics};
+
+/// Largest request body accepted (customers are small; this bounds memory per request).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Where the OpenAPI document and its docs page are served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+pub const DOCS_PATH: &str = "/docs";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "paysync",
+        description = "Customers kept in two-way sync between PostgreSQL and Stripe. Every \
+                       /v1 route needs `Authorization: Bearer <token>`. Errors are \
+                       `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "customers", description = "Customers, synced to Stripe"),
+        (name = "operations", description = "Health, readiness and metrics (no authentication)")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The documented routes; the OpenAPI document is generated from these handlers.
+fn documented_routes(v1: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/v1", v1)
+        .merge(ops::router())
+}
+
+/// The OpenAPI document of the API (`paysync openapi`, `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes(customers::router()).into_openapi()
+}
+
+pub fn router(state: AppState, auth: ApiAuth) -> Router {
+    let v1 =
+        customers::router().route_layer(middleware::from_fn_with_state(auth, auth::require_bearer));
+    let (routes, openapi) = documented_routes(v1).split_for_parts();
+    routes
+        .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Counts every request and its latency by method, route template and status.
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .http_request_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,93 @@
+//! Operational endpoints, without authentication: liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, AppState};
+use crate::metrics;
+
+/// How long readiness waits for PostgreSQL before reporting it unreachable; kept under the
+/// usual probe timeout so the probe sees a 503, not a timeout.
+const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: &'static str,
+    pub checks: ReadinessChecks,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    /// `ok` or `unreachable`.
+    pub database: &'static str,
+}
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: paysync can do its work (PostgreSQL answers).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A dependency is unreachable", body = Readiness),
+    ))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let ping = sqlx::query("select 1").execute(&state.pool);
+    let database_ok = matches!(
+        tokio::time::timeout(READINESS_CHECK_TIMEOUT, ping).await,
+        Ok(Ok(_))
+    );
+    let (status, code) = if database_ok {
+        ("ready", StatusCode::OK)
+    } else {
+        ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let database = if database_ok { "ok" } else { "unreachable" };
+    (
+        code,
+        Json(Readiness {
+            status,
+            checks: ReadinessChecks { database },
+        }),
+    )
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state.metrics.encode().map_err(ApiError::internal)?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    Ok(response)
+}

@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use paysync::config::{Cli, Command};
+use paysync::{app, http, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse_and_check();
+    if let Err(e) = telemetry::init(cli.log_format) {
+        eprintln!("paysync: cannot set up logging: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Serve(args) => app::serve(args).await,
+        Command::Migrate(args) => app::migrate(args).await,
+        Command::Openapi => print_openapi(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "paysync failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_openapi() -> anyhow::Result<()> {
+    println!("{}", http::openapi().to_pretty_json()?);
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! PostgreSQL access: one module per table, each function a query or one unit of work.
+//!
+//! Functions take `&mut PgConnection` so the caller decides the transaction: a customer write
+//! and its outbox row always commit together (DESIGN.md §2, no dual write).
+
+pub mod customers;
+pub mod idempotency;
+pub mod outbox;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::domain::{CustomerId, ValidationError};
+
+/// The schema, embedded in the binary so `paysync migrate` needs no files at run time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The account every customer belongs to until multi-account policies land.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// How long a request may wait for a pooled connection before it fails (503/500 rather than
+/// hanging while PostgreSQL is down).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("customer {0} not found")]
+    CustomerNotFound(CustomerId),
+    #[error("customer {id} is at version {current}, not {expected}")]
+    VersionMismatch {
+        id: CustomerId,
+        expected: i64,
+        current: i64,
+    },
+    #[error("another live customer already uses this email")]
+    EmailTaken,
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("{context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Attaches what paysync was doing to a database error.
+pub(crate) trait DbContext<T> {
+    fn context(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
+    fn context(self, context: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Database { context, source })
+    }
+}
+
+/// Where a database URL points, without its credentials, for logs and error messages.
+pub fn describe_url(url: &SecretString) -> String {
+    match PgConnectOptions::from_str(url.expose_secret()) {
+        Ok(options) => format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("(default database)")
+        ),
+        Err(_) => "(unparseable DATABASE_URL)".to_owned(),
+    }
+}
+
+/// Opens the connection pool and checks that PostgreSQL answers.
+pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = anyhow::Context::context(
+        PgConnectOptions::from_str(url.expose_secret()),
+        "DATABASE_URL is not a valid PostgreSQL URL",
+    )?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await;
+    anyhow::Context::with_context(pool, || {
+        format!("connecting to PostgreSQL at {}", describe_url(url))
+    })
+}
+
+/// Applies pending migrations; safe to run concurrently from several replicas (sqlx takes an
+/// advisory lock).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    anyhow::Context::context(MIGRATOR.run(pool).await, "applying database migrations")
+}

@@ -1,0 +1,44 @@
+//! Logging: `tracing` with an `EnvFilter` (`RUST_LOG`), JSON lines in production.
+
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// What `RUST_LOG` defaults to: paysync's own events, and only warnings from chatty crates.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=warn";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise (e.g. in a pod).
+    Auto,
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber; logs go to stdout.
+pub fn init(format: LogFormat) -> anyhow::Result<()> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .try_init()?;
+    } else {
+        registry.with(tracing_subscriber::fmt::layer()).try_init()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The test harness: spawn paysync on a free port over a test database, and typed helpers
+//! for the requests tests make.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use paysync::app::{Application, Settings};
+use paysync::http::ApiAuth;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-token-primary";
+/// A second accepted token, as during a rotation.
+pub const ROTATED_TOKEN: &str = "test-token-rotated";
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(pool: PgPool) -> Self {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),
+            shutdown_timeout: Duration::from_secs(5),
+        };
+        let app = Application::build(settings, pool.clone()).await.unwrap();
+        let base_url = format!("http://{}", app.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run(shutdown.clone()));
+        Self {
+            base_url,
+            client: reqwest::Client::new(),
+            pool,
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// A request with the API token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN)
+    }
+
+    pub async fn post_customer(&self, body: &Value) -> Response {
+        self.request(Method::POST, "/v1/customers")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a customer and returns its body.
+    pub async fn create_customer(&self, email: &str) -> Value {
+        let response = self.post_customer(&json!({ "email": email })).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_customer(&self, id: &str) -> Response {
+        self.request(Method::GET, &format!("/v1/customers/{id}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch_customer(&self, id: &str, body: &Value, if_match: Option<&str>) -> Response {
+        let mut request = self
+            .request(Method::PATCH, &format!("/v1/customers/{id}"))
+            .json(body);
+        if let Some(etag) = if_match {
+            request = request.header("if-match", etag);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn delete_customer(&self, id: &str) -> Response {
+        self.request(Method::DELETE, &format!("/v1/customers/{id}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The outbox rows of one customer, oldest first, as `(op, version)`.
+    pub async fn outbox_of(&self, id: &str) -> Vec<(String, i64)> {
+        sqlx::query_as("select op, version from outbox where customer_id = $1::uuid order by id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Rows in one of the fixed tables the tests name.
+    pub async fn count(&self, table: &'static str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// The JSON error code of a response, after checking its status.
+pub async fn error_code(response: Response, status: StatusCode) -> String {
+    assert_eq!(response.status(), status, "unexpected status");
+    let body: Value = response.json().await.unwrap();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"));
+    assert!(
+        body["error"]["message"].is_string(),
+        "no error message in {body}"
+    );
+    code.to_owned()
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` and the last value seen after
+/// `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() > deadline => {
+                panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

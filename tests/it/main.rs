@@ -1,0 +1,11 @@
+//! Integration tests: the real HTTP server against real PostgreSQL, a fresh database per test
+//! (`#[sqlx::test]` creates it from `DATABASE_URL` and applies the migrations).
+
+// Test code fails by panicking; the production lints do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod auth;
+mod binary;
+mod customers;
+mod helpers;
+mod ops;
