@@ -132,7 +132,8 @@ create table idempotency_keys (
     request_fingerprint bytea       not null,
     -- Set in the same transaction that claims the key, so other sessions never see it null.
     response_status     smallint,
-    response_body       jsonb,
+    -- The exact bytes sent, so a replay is identical to the first response.
+    response_body       text,
     created_at          timestamptz not null default now()
 );
 

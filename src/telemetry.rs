@@ -22,10 +22,11 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let terminal = std::io::stdout().is_terminal();
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
+        LogFormat::Auto => !terminal,
     };
     let registry = tracing_subscriber::registry().with(filter);
     if json {
@@ -38,7 +39,9 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
             )
             .try_init()?;
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()?;
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(terminal))
+            .try_init()?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header::{ETAG, LOCATION};
+use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -224,26 +224,53 @@ pub struct ListQuery {
     pub email: Option<String>,
 }
 
-/// A customer response with its ETag.
-fn customer_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    let version = body.get("version").and_then(serde_json::Value::as_i64);
-    if let Some(value) = version.and_then(|v| HeaderValue::from_str(&etag(v)).ok()) {
-        response.headers_mut().insert(ETAG, value);
-    }
-    if status == StatusCode::CREATED {
-        let id = body.get("id").and_then(serde_json::Value::as_str);
-        if let Some(value) =
-            id.and_then(|id| HeaderValue::from_str(&format!("/v1/customers/{id}")).ok())
-        {
-            response.headers_mut().insert(LOCATION, value);
-        }
-    }
-    response
+/// A customer serialized once, so an idempotent replay sends exactly the same bytes.
+struct RenderedCustomer {
+    json: String,
+    id: Uuid,
+    version: i64,
 }
 
-fn to_json(body: CustomerBody) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(body).map_err(ApiError::internal)
+impl RenderedCustomer {
+    fn new(customer: Customer) -> Result<Self, ApiError> {
+        let body = CustomerBody::from(customer);
+        Ok(Self {
+            json: serde_json::to_string(&body).map_err(ApiError::internal)?,
+            id: body.id,
+            version: body.version,
+        })
+    }
+
+    /// A response saved for an idempotency key.
+    fn from_saved(json: String) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        struct Identity {
+            id: Uuid,
+            version: i64,
+        }
+        let identity: Identity = serde_json::from_str(&json).map_err(ApiError::internal)?;
+        Ok(Self {
+            json,
+            id: identity.id,
+            version: identity.version,
+        })
+    }
+
+    /// The response, with the ETag (and, for 201, the Location) of the customer.
+    fn into_response(self, status: StatusCode) -> Response {
+        let mut response =
+            (status, [(CONTENT_TYPE, "application/json")], self.json).into_response();
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&etag(self.version)) {
+            headers.insert(ETAG, value);
+        }
+        if status == StatusCode::CREATED
+            && let Ok(value) = HeaderValue::from_str(&format!("/v1/customers/{}", self.id))
+        {
+            headers.insert(LOCATION, value);
+        }
+        response
+    }
 }
 
 fn parse_id(raw: &str) -> Result<CustomerId, ApiError> {
@@ -255,24 +282,6 @@ fn parse_id(raw: &str) -> Result<CustomerId, ApiError> {
 fn fingerprint(request: &CreateCustomerRequest) -> Result<Vec<u8>, ApiError> {
     let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
     Ok(Sha256::digest(&canonical).to_vec())
-}
-
-async fn begin(state: &AppState) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
-    state.pool.begin().await.map_err(|source| {
-        ApiError::from(store::Error::Database {
-            context: "starting transaction",
-            source,
-        })
-    })
-}
-
-async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), ApiError> {
-    tx.commit().await.map_err(|source| {
-        ApiError::from(store::Error::Database {
-            context: "committing",
-            source,
-        })
-    })
 }
 
 /// Create a customer. It is queued for Stripe in the same transaction.
@@ -305,13 +314,13 @@ async fn create_customer(
     let fingerprint = fingerprint(&request)?;
     let new = NewCustomer::try_from(request)?;
 
-    let mut tx = begin(&state).await?;
+    let mut tx = store::begin(&state.pool).await?;
     if let Some(key) = &key {
         match idempotency::claim(&mut tx, key, &fingerprint).await? {
             idempotency::Claim::New => {}
             idempotency::Claim::Replay { status, body } => {
                 let status = StatusCode::from_u16(status).map_err(ApiError::internal)?;
-                let mut response = customer_response(status, &body);
+                let mut response = RenderedCustomer::from_saved(body)?.into_response(status);
                 response
                     .headers_mut()
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -326,12 +335,12 @@ async fn create_customer(
         }
     }
     let customer = customers::insert(&mut tx, DEFAULT_ACCOUNT, new).await?;
-    let body = to_json(customer.into())?;
+    let rendered = RenderedCustomer::new(customer)?;
     if let Some(key) = &key {
-        idempotency::record(&mut tx, key, StatusCode::CREATED.as_u16(), &body).await?;
+        idempotency::record(&mut tx, key, StatusCode::CREATED.as_u16(), &rendered.json).await?;
     }
-    commit(tx).await?;
-    Ok(customer_response(StatusCode::CREATED, &body))
+    store::commit(tx).await?;
+    Ok(rendered.into_response(StatusCode::CREATED))
 }
 
 /// Get a live customer.
@@ -353,19 +362,11 @@ async fn get_customer(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let mut conn = state.pool.acquire().await.map_err(|source| {
-        ApiError::from(store::Error::Database {
-            context: "acquiring connection",
-            source,
-        })
-    })?;
+    let mut conn = store::acquire(&state.pool).await?;
     let customer = customers::find_live(&mut conn, id)
         .await?
         .ok_or(store::Error::CustomerNotFound(id))?;
-    Ok(customer_response(
-        StatusCode::OK,
-        &to_json(customer.into())?,
-    ))
+    Ok(RenderedCustomer::new(customer)?.into_response(StatusCode::OK))
 }
 
 /// List live customers, oldest first, with cursor pagination.
@@ -393,12 +394,7 @@ async fn list_customers(
         ));
     }
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mut conn = state.pool.acquire().await.map_err(|source| {
-        ApiError::from(store::Error::Database {
-            context: "acquiring connection",
-            source,
-        })
-    })?;
+    let mut conn = store::acquire(&state.pool).await?;
     // One extra row tells whether another page exists.
     let mut customers = customers::list_live(
         &mut conn,
@@ -467,13 +463,10 @@ async fn update_customer(
     let id = parse_id(&id)?;
     let expected_version = if_match_version(&headers)?;
     let patch = CustomerPatch::try_from(request)?;
-    let mut tx = begin(&state).await?;
+    let mut tx = store::begin(&state.pool).await?;
     let customer = customers::update(&mut tx, id, expected_version, &patch).await?;
-    commit(tx).await?;
-    Ok(customer_response(
-        StatusCode::OK,
-        &to_json(customer.into())?,
-    ))
+    store::commit(tx).await?;
+    Ok(RenderedCustomer::new(customer)?.into_response(StatusCode::OK))
 }
 
 /// Delete a customer. The deletion is synced to Stripe; the email can be reused at once.
@@ -501,9 +494,9 @@ async fn delete_customer(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     let expected_version = if_match_version(&headers)?;
-    let mut tx = begin(&state).await?;
+    let mut tx = store::begin(&state.pool).await?;
     customers::soft_delete(&mut tx, id, expected_version).await?;
-    commit(tx).await?;
+    store::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

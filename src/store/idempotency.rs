@@ -16,10 +16,7 @@ pub enum Claim {
     /// First use of the key: do the work, then [`record`] the response before committing.
     New,
     /// The key was used before for the same request: answer with this response.
-    Replay {
-        status: u16,
-        body: serde_json::Value,
-    },
+    Replay { status: u16, body: String },
     /// The key was used before for a different request.
     Mismatch,
 }
@@ -38,7 +35,7 @@ pub async fn claim(conn: &mut PgConnection, key: &str, fingerprint: &[u8]) -> Re
     if inserted == 1 {
         return Ok(Claim::New);
     }
-    let (stored_fingerprint, status, body): (Vec<u8>, Option<i16>, Option<serde_json::Value>) =
+    let (stored_fingerprint, status, body): (Vec<u8>, Option<i16>, Option<String>) =
         sqlx::query_as(
             "select request_fingerprint, response_status, response_body \
              from idempotency_keys where key = $1",
@@ -59,12 +56,7 @@ pub async fn claim(conn: &mut PgConnection, key: &str, fingerprint: &[u8]) -> Re
 }
 
 /// Saves the response for a key claimed in this transaction.
-pub async fn record(
-    conn: &mut PgConnection,
-    key: &str,
-    status: u16,
-    body: &serde_json::Value,
-) -> Result<()> {
+pub async fn record(conn: &mut PgConnection, key: &str, status: u16, body: &str) -> Result<()> {
     sqlx::query(
         "update idempotency_keys set response_status = $2, response_body = $3 where key = $1",
     )

@@ -64,6 +64,24 @@ impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
     }
 }
 
+/// A transaction on the pool.
+pub type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;
+
+pub async fn begin(pool: &PgPool) -> Result<Transaction> {
+    pool.begin().await.context("starting transaction")
+}
+
+pub async fn commit(tx: Transaction) -> Result<()> {
+    tx.commit().await.context("committing transaction")
+}
+
+/// One pooled connection, for reads that need no transaction.
+pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    pool.acquire()
+        .await
+        .context("acquiring a database connection")
+}
+
 /// Where a database URL points, without its credentials, for logs and error messages.
 pub fn describe_url(url: &SecretString) -> String {
     match PgConnectOptions::from_str(url.expose_secret()) {
