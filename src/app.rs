@@ -12,10 +12,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{DatabaseArgs, ServeArgs};
+use std::num::NonZeroU32;
+
+use crate::config::{DatabaseArgs, DeadLetterCommand, OutboundArgs, ServeArgs, StripeArgs};
 use crate::http::{self, ApiAuth, AppState};
 use crate::metrics::Metrics;
 use crate::store;
+use crate::stripe::retry::Backoff;
+use crate::stripe::{HttpStripe, RateLimit, StripeSettings};
+use crate::sync::outbox_worker::{self, WorkerSettings};
+use crate::sync::{CreateRetry, OutboundSync};
 
 /// How long a POST's `Idempotency-Key` is remembered (as Stripe does).
 const IDEMPOTENCY_KEY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -28,6 +34,17 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub auth: ApiAuth,
     pub shutdown_timeout: Duration,
+    /// Sync local changes to Stripe; `None` leaves them queued in the outbox.
+    pub outbound: Option<OutboundSettings>,
+}
+
+/// The outbound side: which Stripe account, within which budget, and how the worker runs.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    pub stripe: StripeSettings,
+    pub rate: NonZeroU32,
+    pub burst: NonZeroU32,
+    pub worker: WorkerSettings,
 }
 
 /// A bound, not yet running paysync server.
@@ -35,6 +52,8 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     pool: PgPool,
+    metrics: Arc<Metrics>,
+    outbound: Option<(Arc<OutboundSync>, WorkerSettings)>,
     shutdown_timeout: Duration,
 }
 
@@ -44,14 +63,36 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let metrics = Arc::new(Metrics::new());
+        let outbound = match settings.outbound {
+            Some(outbound) => {
+                let stripe_settings = outbound.stripe.clone();
+                let limit = RateLimit::new(outbound.rate, outbound.burst);
+                let stripe = HttpStripe::new(stripe_settings.clone(), limit, metrics.clone())?;
+                let create_retry = CreateRetry {
+                    max_attempts: stripe_settings.max_attempts,
+                    backoff: stripe_settings.backoff,
+                };
+                let sync = OutboundSync::new(
+                    pool.clone(),
+                    Arc::new(stripe),
+                    metrics.clone(),
+                    create_retry,
+                );
+                Some((Arc::new(sync), outbound.worker))
+            }
+            None => None,
+        };
         let state = AppState {
             pool: pool.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics: metrics.clone(),
         };
         Ok(Self {
             listener,
             router: http::router(state, settings.auth),
             pool,
+            metrics,
+            outbound,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -66,6 +107,16 @@ impl Application {
         let addr = self.local_addr()?;
         info!(%addr, "listening");
         let janitor = spawn_idempotency_janitor(self.pool.clone(), shutdown.clone());
+        let worker = self.outbound.map(|(sync, worker_settings)| {
+            info!("syncing local changes to Stripe (PostgreSQL transport)");
+            tokio::spawn(outbox_worker::run(
+                self.pool.clone(),
+                sync,
+                self.metrics.clone(),
+                worker_settings,
+                shutdown.clone(),
+            ))
+        });
         let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let drain_deadline = async {
@@ -79,6 +130,11 @@ impl Application {
         shutdown.cancel();
         if let Err(e) = janitor.await {
             warn!(error = %e, "idempotency janitor task failed");
+        }
+        if let Some(worker) = worker
+            && let Err(e) = worker.await
+        {
+            warn!(error = %e, "outbound worker task failed");
         }
         self.pool.close().await;
         info!("stopped");
@@ -122,11 +178,91 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         auth,
         shutdown_timeout: args.shutdown_timeout,
+        outbound: outbound_settings(&args.stripe, &args.outbound),
     };
     let app = Application::build(settings, pool).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone())?;
     app.run(shutdown).await
+}
+
+fn outbound_settings(stripe: &StripeArgs, outbound: &OutboundArgs) -> Option<OutboundSettings> {
+    if outbound.no_outbound {
+        info!("outbound sync disabled (--no-outbound)");
+        return None;
+    }
+    let Some(api_key) = stripe.stripe_api_key.clone() else {
+        warn!("STRIPE_API_KEY is not set: local changes stay queued in the outbox");
+        return None;
+    };
+    let rate = NonZeroU32::new(stripe.stripe_rate_limit).unwrap_or(NonZeroU32::MIN);
+    let burst = stripe
+        .stripe_rate_burst
+        .and_then(NonZeroU32::new)
+        .unwrap_or(rate);
+    info!(api_base = %stripe.stripe_api_base, rate = rate.get(), burst = burst.get(), "Stripe account configured");
+    Some(OutboundSettings {
+        stripe: StripeSettings {
+            api_key,
+            api_base: stripe.stripe_api_base.clone(),
+            timeout: stripe.stripe_timeout,
+            max_attempts: stripe.stripe_max_attempts,
+            backoff: Backoff {
+                base: stripe.stripe_backoff_base,
+                max: stripe.stripe_backoff_max,
+            },
+        },
+        rate,
+        burst,
+        worker: WorkerSettings {
+            batch_size: outbound.outbox_batch,
+            concurrency: outbound.outbound_concurrency as usize,
+            poll_interval: outbound.outbox_poll_interval,
+        },
+    })
+}
+
+/// `paysync dead-letters list|replay`.
+pub async fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List {
+            database,
+            all,
+            limit,
+        } => {
+            let pool = connect(&database).await?;
+            let mut conn = store::acquire(&pool).await?;
+            for letter in store::dead_letters::list(&mut conn, all, limit).await? {
+                println!(
+                    "{}",
+                    serde_json::to_string(&http::DeadLetterBody::from(letter))?
+                );
+            }
+            Ok(())
+        }
+        DeadLetterCommand::Replay {
+            database,
+            ids,
+            all_open,
+        } => {
+            let pool = connect(&database).await?;
+            let ids = if all_open {
+                let mut conn = store::acquire(&pool).await?;
+                store::dead_letters::list(&mut conn, false, i64::MAX)
+                    .await?
+                    .into_iter()
+                    .map(|letter| letter.id)
+                    .collect()
+            } else {
+                ids
+            };
+            for id in ids {
+                crate::sync::dead_letters::replay(&pool, id).await?;
+                info!(dead_letter = %id, "replay queued");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `paysync migrate`.

@@ -62,6 +62,96 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print the OpenAPI document of the HTTP API (JSON) to stdout.
     Openapi,
+    /// Inspect and replay changes that could not be synced.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead letters (open ones unless --all), newest first, as JSON lines.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Include dead letters that were already replayed.
+        #[arg(long)]
+        all: bool,
+        /// Most entries to print.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Queue the change of a dead letter for another attempt (after fixing its cause).
+    Replay {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Ids of the dead letters to replay.
+        #[arg(required_unless_present = "all_open")]
+        ids: Vec<uuid::Uuid>,
+        /// Replay every open dead letter.
+        #[arg(long = "all", conflicts_with = "ids")]
+        all_open: bool,
+    },
+}
+
+/// The Stripe account paysync writes to.
+#[derive(Debug, Clone, Args)]
+pub struct StripeArgs {
+    /// Stripe secret key (sk_test_… / sk_live_… / rk_…). Without it, nothing is synced to
+    /// Stripe (changes stay queued in the outbox).
+    #[arg(long, env = "STRIPE_API_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub stripe_api_key: Option<SecretString>,
+
+    /// Stripe API base URL; point it at localstripe (http://127.0.0.1:8420) for local runs.
+    #[arg(
+        long,
+        env = "STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub stripe_api_base: String,
+
+    /// Stripe requests per second, on average (Stripe's test mode allows 25).
+    #[arg(long, env = "STRIPE_RATE_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stripe_rate_limit: u32,
+
+    /// Requests allowed in a burst above the average (default: the rate).
+    #[arg(long, env = "STRIPE_RATE_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub stripe_rate_burst: Option<u32>,
+
+    /// Timeout of one Stripe request.
+    #[arg(long, env = "STRIPE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub stripe_timeout: Duration,
+
+    /// Attempts per Stripe call before the change goes to the dead-letter table.
+    #[arg(long, env = "STRIPE_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stripe_max_attempts: u32,
+
+    /// First retry delay; it doubles per attempt (with jitter) up to --stripe-backoff-max.
+    #[arg(long, env = "STRIPE_BACKOFF_BASE", default_value = "250ms", value_parser = parse_duration)]
+    pub stripe_backoff_base: Duration,
+
+    /// Longest wait between attempts (a longer Retry-After is cut to this).
+    #[arg(long, env = "STRIPE_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub stripe_backoff_max: Duration,
+}
+
+/// The outbound worker.
+#[derive(Debug, Clone, Args)]
+pub struct OutboundArgs {
+    /// Do not sync local changes to Stripe in this process.
+    #[arg(long, env = "PAYSYNC_NO_OUTBOUND")]
+    pub no_outbound: bool,
+
+    /// Customers synced to Stripe at once (each holds a database connection meanwhile).
+    #[arg(long, env = "PAYSYNC_OUTBOUND_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub outbound_concurrency: u32,
+
+    /// Outbox rows claimed per batch.
+    #[arg(long, env = "PAYSYNC_OUTBOX_BATCH", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub outbox_batch: i64,
+
+    /// How often the outbox is polled when no notification arrives.
+    #[arg(long, env = "PAYSYNC_OUTBOX_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub outbox_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -102,6 +192,12 @@ pub struct ServeArgs {
     /// Do not apply database migrations at start-up (run `paysync migrate` separately).
     #[arg(long, env = "PAYSYNC_NO_MIGRATE")]
     pub no_migrate: bool,
+
+    #[command(flatten)]
+    pub stripe: StripeArgs,
+
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
 
     /// How long shutdown waits for in-flight requests before exiting anyway.
     #[arg(long, env = "PAYSYNC_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

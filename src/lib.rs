@@ -7,4 +7,6 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod store;
+pub mod stripe;
+pub mod sync;
 pub mod telemetry;

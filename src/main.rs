@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => app::serve(args).await,
         Command::Migrate(args) => app::migrate(args).await,
         Command::Openapi => print_openapi(),
+        Command::DeadLetters(command) => app::dead_letters(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,36 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Labels of a Stripe API call: the operation and how the attempt ended
+/// (`ok`, `rejected`, `rate_limited`, `server_error`, `connection_error`, `timeout_or_reset`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StripeCallLabels {
+    pub operation: String,
+    pub result: String,
+}
+
+impl StripeCallLabels {
+    pub fn new(operation: &str, result: &str) -> Self {
+        Self {
+            operation: operation.to_owned(),
+            result: result.to_owned(),
+        }
+    }
+}
+
+/// Labels naming one side of the sync (`outbound` or `inbound`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+/// Labels naming what the outbound worker did to Stripe (`create`, `link`, `update`,
+/// `delete`, `noop`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms to ~16 s: from a cached health check to a request stuck behind a slow database.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -30,6 +61,13 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_request_duration: Family<HttpLabels, Histogram>,
+    pub stripe_requests: Family<StripeCallLabels, Counter>,
+    pub stripe_retries: Family<StripeCallLabels, Counter>,
+    pub stripe_rate_limit_wait: Histogram,
+    pub outbound_lag: Histogram,
+    pub outbound_synced: Family<OutcomeLabels, Counter>,
+    pub dead_letters: Family<SourceLabels, Counter>,
+    pub outbox_backlog: Gauge,
 }
 
 impl Metrics {
@@ -48,10 +86,59 @@ impl Metrics {
             "HTTP request latency in seconds, by method, route and status",
             http_request_duration.clone(),
         );
+        let stripe_requests = Family::<StripeCallLabels, Counter>::default();
+        registry.register(
+            "stripe_requests",
+            "Stripe API attempts, by operation and result",
+            stripe_requests.clone(),
+        );
+        let stripe_retries = Family::<StripeCallLabels, Counter>::default();
+        registry.register(
+            "stripe_retries",
+            "Stripe API attempts retried after a transient failure, by operation and failure",
+            stripe_retries.clone(),
+        );
+        let stripe_rate_limit_wait = latency_histogram();
+        registry.register(
+            "stripe_rate_limit_wait_seconds",
+            "Time Stripe calls waited for the policy's rate budget",
+            stripe_rate_limit_wait.clone(),
+        );
+        let outbound_lag = latency_histogram();
+        registry.register(
+            "outbound_lag_seconds",
+            "From a local change being committed to Stripe having applied it",
+            outbound_lag.clone(),
+        );
+        let outbound_synced = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "outbound_synced",
+            "Outbound messages handled, by what was done to Stripe",
+            outbound_synced.clone(),
+        );
+        let dead_letters = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Messages moved to the dead-letter table, by source",
+            dead_letters.clone(),
+        );
+        let outbox_backlog = Gauge::default();
+        registry.register(
+            "outbox_backlog",
+            "Outbox rows not yet published (Kafka) or not yet synced (PostgreSQL transport)",
+            outbox_backlog.clone(),
+        );
         Self {
             registry,
             http_requests,
             http_request_duration,
+            stripe_requests,
+            stripe_retries,
+            stripe_rate_limit_wait,
+            outbound_lag,
+            outbound_synced,
+            dead_letters,
+            outbox_backlog,
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod auth;
 mod customers;
+mod dead_letters;
 mod error;
 mod extract;
 mod ops;
@@ -21,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::ApiAuth;
+pub use dead_letters::DeadLetterBody;
 pub use error::{ApiError, ErrorBody};
 
 use crate::metrics::{HttpLabels, Metrics};
@@ -50,6 +52,7 @@ pub struct AppState {
     components(schemas(ErrorBody)),
     tags(
         (name = "customers", description = "Customers, synced to Stripe"),
+        (name = "dead letters", description = "Changes that could not be synced, and their replay"),
         (name = "operations", description = "Health, readiness and metrics (no authentication)")
     )
 )]
@@ -74,14 +77,18 @@ fn documented_routes(v1: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .merge(ops::router())
 }
 
+/// Every /v1 route (all behind the bearer token).
+fn v1_routes() -> OpenApiRouter<AppState> {
+    customers::router().merge(dead_letters::router())
+}
+
 /// The OpenAPI document of the API (`paysync openapi`, `/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes(customers::router()).into_openapi()
+    documented_routes(v1_routes()).into_openapi()
 }
 
 pub fn router(state: AppState, auth: ApiAuth) -> Router {
-    let v1 =
-        customers::router().route_layer(middleware::from_fn_with_state(auth, auth::require_bearer));
+    let v1 = v1_routes().route_layer(middleware::from_fn_with_state(auth, auth::require_bearer));
     let (routes, openapi) = documented_routes(v1).split_for_parts();
     routes
         .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))

@@ -225,3 +225,86 @@ pub async fn list_live(
     .context("listing customers")?;
     rows.into_iter().map(Customer::try_from).collect()
 }
+
+/// Any customer, deleted or not (the outbound worker must see deletions).
+pub async fn find_any(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
+    sqlx::query_as::<_, CustomerRow>(concat!(
+        "select ",
+        customer_columns!(),
+        " from customers where id = $1"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await
+    .context("loading customer")?
+    .map(Customer::try_from)
+    .transpose()
+}
+
+/// Serializes syncs of one customer across workers and replicas until the transaction ends,
+/// so two deliveries of the same change can never both create it in Stripe.
+pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
+    let (high, _) = id.as_uuid().as_u64_pair();
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(high as i64)
+        .execute(conn)
+        .await
+        .context("taking the customer's sync lock")?;
+    Ok(())
+}
+
+/// Records that Stripe now matches `synced_version` (and, once known, which Stripe customer
+/// it is). The state becomes `synced` unless a newer local change arrived meanwhile.
+pub async fn record_synced(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    synced_version: i64,
+    stripe_id: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "update customers set stripe_id = coalesce($3, stripe_id), \
+         stripe_synced_version = greatest(stripe_synced_version, $2), \
+         sync_state = case when greatest(stripe_synced_version, $2) >= version \
+                           then 'synced' else 'pending' end, \
+         sync_error = null \
+         where id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(synced_version)
+    .bind(stripe_id)
+    .execute(conn)
+    .await
+    .context("recording sync result")?;
+    Ok(())
+}
+
+/// Records a failed sync so the API shows it (`sync.state = failed`, `sync.error`).
+pub async fn record_sync_failure(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    error: &str,
+) -> Result<()> {
+    sqlx::query("update customers set sync_state = 'failed', sync_error = $2 where id = $1")
+        .bind(id.as_uuid())
+        .bind(error)
+        .execute(conn)
+        .await
+        .context("recording sync failure")?;
+    Ok(())
+}
+
+/// Marks a customer's sync as pending again (dead-letter replay).
+pub async fn reset_sync_state(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
+    sqlx::query_as::<_, CustomerRow>(concat!(
+        "update customers set sync_error = null, sync_state = case \
+         when stripe_synced_version >= version then 'synced' else 'pending' end \
+         where id = $1 returning ",
+        customer_columns!()
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await
+    .context("resetting sync state")?
+    .map(Customer::try_from)
+    .transpose()
+}

@@ -4,6 +4,7 @@
 //! and its outbox row always commit together (DESIGN.md §2, no dual write).
 
 pub mod customers;
+pub mod dead_letters;
 pub mod idempotency;
 pub mod outbox;
 

@@ -17,6 +17,8 @@ async fn every_v1_route_rejects_missing_or_wrong_tokens(pool: PgPool) {
         (Method::GET, format!("/v1/customers/{SOME_ID}")),
         (Method::PATCH, format!("/v1/customers/{SOME_ID}")),
         (Method::DELETE, format!("/v1/customers/{SOME_ID}")),
+        (Method::GET, "/v1/dead-letters".to_owned()),
+        (Method::POST, format!("/v1/dead-letters/{SOME_ID}/replay")),
     ];
     for (method, path) in &routes {
         let attempts = [

@@ -4,8 +4,13 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use paysync::app::{Application, Settings};
+use std::num::NonZeroU32;
+
+use paysync::app::{Application, OutboundSettings, Settings};
 use paysync::http::ApiAuth;
+use paysync::stripe::StripeSettings;
+use paysync::stripe::retry::Backoff;
+use paysync::sync::outbox_worker::WorkerSettings;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -29,11 +34,22 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The API alone: changes stay queued in the outbox.
     pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, None).await
+    }
+
+    /// The API and the outbound worker, syncing to the Stripe at `stripe_base`.
+    pub async fn spawn_syncing(pool: PgPool, stripe_base: &str) -> Self {
+        Self::spawn_with(pool, Some(outbound_settings(stripe_base))).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, outbound: Option<OutboundSettings>) -> Self {
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),
             shutdown_timeout: Duration::from_secs(5),
+            outbound,
         };
         let app = Application::build(settings, pool.clone()).await.unwrap();
         let base_url = format!("http://{}", app.local_addr().unwrap());
@@ -112,6 +128,30 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+}
+
+/// Outbound settings for tests: a generous rate, short backoffs and a 2 s request timeout,
+/// so fault tests retry quickly.
+pub fn outbound_settings(stripe_base: &str) -> OutboundSettings {
+    OutboundSettings {
+        stripe: StripeSettings {
+            api_key: "sk_test_paysync".into(),
+            api_base: stripe_base.to_owned(),
+            timeout: Duration::from_secs(2),
+            max_attempts: 10,
+            backoff: Backoff {
+                base: Duration::from_millis(20),
+                max: Duration::from_millis(500),
+            },
+        },
+        rate: NonZeroU32::new(200).unwrap(),
+        burst: NonZeroU32::new(50).unwrap(),
+        worker: WorkerSettings {
+            batch_size: 100,
+            concurrency: 4,
+            poll_interval: Duration::from_millis(500),
+        },
     }
 }
 

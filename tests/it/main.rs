@@ -7,5 +7,8 @@
 mod auth;
 mod binary;
 mod customers;
+mod fault_proxy;
 mod helpers;
 mod ops;
+mod outbound;
+mod stripe_helpers;

@@ -40,6 +40,7 @@ async fn readiness_fails_while_the_database_is_unreachable() {
         listen: "127.0.0.1:0".parse().unwrap(),
         auth: ApiAuth::Disabled,
         shutdown_timeout: Duration::from_secs(1),
+        outbound: None,
     };
     let app = Application::build(settings, pool).await.unwrap();
     let url = format!("http://{}/readyz", app.local_addr().unwrap());

@@ -1,0 +1,134 @@
+//! `/v1/dead-letters`: changes that could not be synced, and their replay.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::ApiQuery;
+use super::{ApiError, AppState, ErrorBody};
+use crate::store::{self, dead_letters::DeadLetter};
+use crate::sync::dead_letters::{ReplayError, replay};
+
+/// Largest page of dead letters.
+const MAX_LIST: i64 = 500;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(replay_dead_letter))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterBody {
+    pub id: Uuid,
+    /// `outbound` (local → Stripe) or `inbound` (Stripe → local).
+    pub source: String,
+    /// The local customer id (outbound) or Stripe event id (inbound).
+    pub key: String,
+    pub payload: serde_json::Value,
+    /// The last error.
+    pub error: String,
+    pub attempts: i32,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+impl From<DeadLetter> for DeadLetterBody {
+    fn from(letter: DeadLetter) -> Self {
+        Self {
+            id: letter.id,
+            source: letter.source,
+            key: letter.key,
+            payload: letter.payload,
+            error: letter.error,
+            attempts: letter.attempts,
+            first_failed_at: letter.first_failed_at,
+            last_failed_at: letter.last_failed_at,
+            replayed_at: letter.replayed_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    pub data: Vec<DeadLetterBody>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// Include replayed dead letters (default: only open ones).
+    pub all: Option<bool>,
+    /// At most this many, newest first (1 to 500, default 100).
+    pub limit: Option<i64>,
+}
+
+/// List dead letters, newest first.
+#[utoipa::path(get, path = "/dead-letters", tag = "dead letters", params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "Dead letters", body = DeadLetterList),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<DeadLetterQuery>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_LIST}"),
+        ));
+    }
+    let mut conn = store::acquire(&state.pool).await?;
+    let letters = store::dead_letters::list(&mut conn, query.all.unwrap_or(false), limit).await?;
+    Ok(Json(DeadLetterList {
+        data: letters.into_iter().map(DeadLetterBody::from).collect(),
+    }))
+}
+
+/// Replay a dead letter: its customer is queued for another sync of its current state.
+#[utoipa::path(post, path = "/dead-letters/{id}/replay", tag = "dead letters",
+    params(("id" = Uuid, Path, description = "Dead letter id")),
+    responses(
+        (status = 202, description = "Queued for another sync"),
+        (status = 400, description = "Not a dead letter id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+        (status = 409, description = "Already replayed", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn replay_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("{id:?} is not a dead letter id (a UUID)"),
+        )
+    })?;
+    match replay(&state.pool, id).await {
+        Ok(()) => Ok(StatusCode::ACCEPTED),
+        Err(ReplayError::NotFound(_)) => {
+            Err(ApiError::not_found(format!("dead letter {id} not found")))
+        }
+        Err(e @ ReplayError::AlreadyReplayed(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_replayed",
+            e.to_string(),
+        )),
+        Err(ReplayError::Store(e)) => Err(e.into()),
+        Err(e @ ReplayError::BadKey { .. }) => Err(ApiError::internal(e)),
+    }
+}

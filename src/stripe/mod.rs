@@ -1,0 +1,90 @@
+//! Stripe behind one seam: the [`StripeApi`] trait, its HTTP implementation (async-stripe's
+//! typed requests, paysync's transport with rate limiting, timeouts and retries), and the
+//! tolerant types responses are parsed into.
+
+mod client;
+mod rate_limit;
+pub mod retry;
+mod types;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use client::{HttpStripe, StripeSettings};
+pub use rate_limit::RateLimit;
+pub use types::{CustomerWrite, StripeCustomer};
+
+use crate::domain::CustomerId;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Stripe refused the request for good (e.g. 400 invalid email); retrying cannot help.
+    #[error("Stripe rejected {operation} with {status}: {message}")]
+    Rejected {
+        operation: &'static str,
+        status: u16,
+        message: String,
+    },
+    /// Every attempt failed with an error that could have passed (rate limit, 5xx, network).
+    #[error("{operation} failed after {attempts} attempts; last error: {last}")]
+    Exhausted {
+        operation: &'static str,
+        attempts: u32,
+        last: String,
+    },
+    /// The request may or may not have been applied (timeout, reset, 5xx after sending). For a
+    /// create the caller must look the customer up before trying again.
+    #[error("{operation} outcome unknown: {cause}")]
+    Ambiguous {
+        operation: &'static str,
+        cause: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("Stripe answered {operation} with a body paysync cannot read: {source}")]
+    Unreadable {
+        operation: &'static str,
+        #[source]
+        source: std::sync::Arc<serde_json::Error>,
+    },
+}
+
+impl Error {
+    /// Whether a later attempt of the same change may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Exhausted { .. } | Self::Ambiguous { .. })
+    }
+}
+
+/// The Stripe operations paysync needs, for one Stripe account.
+#[async_trait]
+pub trait StripeApi: Send + Sync {
+    /// The Stripe customer paysync created for `paysync_id` (email plus
+    /// `metadata.paysync_id` match), if any: the guard against creating it twice.
+    async fn find_customer(
+        &self,
+        email: &str,
+        paysync_id: CustomerId,
+    ) -> Result<Option<StripeCustomer>>;
+
+    /// Creates a customer. Only attempts that certainly did not apply are retried inside;
+    /// anything else is [`Error::Ambiguous`].
+    async fn create_customer(
+        &self,
+        write: &CustomerWrite,
+        idempotency_key: &str,
+    ) -> Result<StripeCustomer>;
+
+    /// Makes the customer's fields and metadata equal to `write` (keys not in it are removed).
+    async fn update_customer(
+        &self,
+        stripe_id: &str,
+        write: &CustomerWrite,
+        idempotency_key: &str,
+    ) -> Result<StripeCustomer>;
+
+    /// Deletes a customer; one that is already gone counts as deleted.
+    async fn delete_customer(&self, stripe_id: &str, idempotency_key: &str) -> Result<()>;
+}

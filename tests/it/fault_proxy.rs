@@ -1,0 +1,147 @@
+//! A fault-injecting HTTP proxy in front of localstripe, on 127.0.0.1: it forwards requests
+//! and, by plan, answers 5xx or 429 instead, loses the response after forwarding, stalls, or
+//! rejects requests whose body contains a marker (as Stripe rejects invalid input).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Mutex;
+
+use crate::stripe_helpers::LOCALSTRIPE;
+
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status without forwarding (Stripe did nothing).
+    Status(u16),
+    /// 429 with `Retry-After: seconds`, without forwarding.
+    RateLimited { retry_after_secs: u64 },
+    /// Forward, then answer 500 (Stripe applied it; the client cannot know).
+    StatusAfterForward(u16),
+    /// Forward, then cut the response short (a reset mid-response).
+    DropAfterForward,
+    /// Forward, then hold the response this long (longer than the client's timeout).
+    Stall(Duration),
+}
+
+struct ProxyState {
+    upstream: reqwest::Client,
+    /// Faults for requests in turn: request n gets `plan[n % plan.len()]` when `Some`.
+    plan: Mutex<Vec<Option<Fault>>>,
+    /// A body marker answered with 400 for as long as it is set.
+    reject_marker: Mutex<Option<String>>,
+    requests: AtomicU64,
+}
+
+pub struct FaultProxy {
+    pub base_url: String,
+    state: Arc<ProxyState>,
+}
+
+impl FaultProxy {
+    pub async fn start() -> Self {
+        let state = Arc::new(ProxyState {
+            upstream: reqwest::Client::new(),
+            plan: Mutex::new(Vec::new()),
+            reject_marker: Mutex::new(None),
+            requests: AtomicU64::new(0),
+        });
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base_url, state }
+    }
+
+    /// Repeats `plan` over the following requests (`None` = forward untouched).
+    pub async fn set_plan(&self, plan: Vec<Option<Fault>>) {
+        *self.state.plan.lock().await = plan;
+    }
+
+    pub async fn reject_bodies_containing(&self, marker: Option<&str>) {
+        *self.state.reject_marker.lock().await = marker.map(str::to_owned);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    let n = state.requests.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+
+    if let Some(marker) = state.reject_marker.lock().await.as_deref()
+        && String::from_utf8_lossy(&body).contains(marker)
+    {
+        let error = serde_json::json!({"error": {"type": "invalid_request_error", "message": "Invalid email address"}});
+        return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+    }
+    let fault = {
+        let plan = state.plan.lock().await;
+        if plan.is_empty() {
+            None
+        } else {
+            plan[(n as usize) % plan.len()].clone()
+        }
+    };
+    match fault {
+        Some(Fault::Status(code)) => return status_response(code),
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            let mut response = status_response(429);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            return response;
+        }
+        _ => {}
+    }
+
+    let url = format!(
+        "{LOCALSTRIPE}{}",
+        parts.uri.path_and_query().map_or("", |p| p.as_str())
+    );
+    let mut upstream = state.upstream.request(parts.method.clone(), url).body(body);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(value) = parts.headers.get(&name) {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let Ok(answer) = upstream.send().await else {
+        return status_response(502);
+    };
+    let status = answer.status();
+    let bytes: Bytes = answer.bytes().await.unwrap_or_default();
+    match fault {
+        Some(Fault::StatusAfterForward(code)) => status_response(code),
+        Some(Fault::DropAfterForward) => {
+            // Declares more bytes than it sends: the client sees the connection cut mid-body.
+            let mut response = Response::new(Body::from(bytes.slice(..bytes.len().min(5))));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len() + 100));
+            response
+        }
+        Some(Fault::Stall(pause)) => {
+            tokio::time::sleep(pause).await;
+            (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+        }
+        _ => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+    }
+}
+
+fn status_response(code: u16) -> Response {
+    let status = StatusCode::from_u16(code).unwrap();
+    let error =
+        serde_json::json!({"error": {"type": "api_error", "message": format!("injected {code}")}});
+    (status, axum::Json(error)).into_response()
+}

@@ -1,0 +1,320 @@
+//! Local → Stripe over the PostgreSQL transport, against localstripe: changes arrive with
+//! their fields and metadata, bursts collapse, faults converge without duplicates, and what
+//! Stripe rejects lands in dead letters and can be replayed.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::fault_proxy::{Fault, FaultProxy};
+use crate::helpers::{TestApp, wait_for};
+use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
+
+/// Generous: the fault tests retry through several injected failures and 2 s timeouts.
+const SYNC_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until the customer's sync has reached `version`; returns the customer.
+async fn wait_synced(app: &TestApp, id: &str, version: i64) -> Value {
+    wait_for(
+        &format!("customer {id} synced at version {version}"),
+        SYNC_DEADLINE,
+        || async {
+            let customer: Value = app
+                .get_customer(id)
+                .await
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if customer["sync"]["synced_version"] == version
+                && customer["sync"]["state"] == "synced"
+            {
+                Ok(customer)
+            } else {
+                Err(customer["sync"].to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// The version a deleted customer was synced at (it is 404 in the API).
+async fn synced_version_in_db(app: &TestApp, id: &str) -> i64 {
+    sqlx::query_scalar("select stripe_synced_version from customers where id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Metadata as real Stripe would hold it: localstripe keeps a key set to "" (Stripe's way to
+/// remove it) with an empty value instead of removing it.
+fn without_blank_values(metadata: &Value) -> Value {
+    let kept: serde_json::Map<String, Value> = metadata
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| *v != "")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Value::Object(kept)
+}
+
+#[sqlx::test]
+async fn creates_updates_and_deletes_reach_stripe(pool: PgPool) {
+    let app = TestApp::spawn_syncing(pool, LOCALSTRIPE).await;
+    let stripe = Localstripe::new();
+    let email = unique_email("roundtrip");
+    let created: Value = app
+        .post_customer(&json!({
+            "email": email, "name": "Ada Lovelace", "phone": "+44 20 7946 0958",
+            "description": "first programmer", "metadata": {"plan": "pro", "seats": "3"}
+        }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let synced = wait_synced(&app, &id, 1).await;
+    let stripe_id = synced["sync"]["stripe_id"].as_str().unwrap().to_owned();
+    let remote = stripe.customer(&stripe_id).await.unwrap();
+    assert_eq!(remote["email"], email);
+    assert_eq!(remote["name"], "Ada Lovelace");
+    assert_eq!(remote["phone"], "+44 20 7946 0958");
+    assert_eq!(remote["description"], "first programmer");
+    assert_eq!(
+        remote["metadata"],
+        json!({"plan": "pro", "seats": "3", "paysync_id": id, "paysync_version": "1"})
+    );
+
+    let patched = app
+        .patch_customer(&id, &json!({"name": "Augusta Ada King", "phone": null, "metadata": {"plan": null, "seats": "5"}}), None)
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    wait_synced(&app, &id, 2).await;
+    let remote = stripe.customer(&stripe_id).await.unwrap();
+    assert_eq!(remote["name"], "Augusta Ada King");
+    assert!(
+        remote["phone"].is_null() || remote["phone"] == "",
+        "{remote}"
+    );
+    assert_eq!(
+        without_blank_values(&remote["metadata"]),
+        json!({"seats": "5", "paysync_id": id, "paysync_version": "2"})
+    );
+
+    assert_eq!(
+        app.delete_customer(&id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    wait_for(
+        "the Stripe customer to be deleted",
+        SYNC_DEADLINE,
+        || async {
+            match stripe.customer(&stripe_id).await {
+                None => Ok(()),
+                Some(c) => Err(c.to_string()),
+            }
+        },
+    )
+    .await;
+    wait_for("the deletion to be recorded", SYNC_DEADLINE, || async {
+        match synced_version_in_db(&app, &id).await {
+            3 => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+}
+
+#[sqlx::test]
+async fn a_burst_of_patches_ends_with_stripe_at_the_last_version(pool: PgPool) {
+    let app = TestApp::spawn_syncing(pool, LOCALSTRIPE).await;
+    let email = unique_email("burst");
+    let id = app.create_customer(&email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=100 {
+        let response = app
+            .patch_customer(&id, &json!({"name": format!("revision {i}")}), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let synced = wait_synced(&app, &id, 101).await;
+    let remote = Localstripe::new()
+        .customer(synced["sync"]["stripe_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(remote["name"], "revision 100");
+    assert_eq!(remote["metadata"]["paysync_version"], "101");
+    assert_eq!(
+        Localstripe::new().customers_with_email(&email).await.len(),
+        1
+    );
+}
+
+#[sqlx::test]
+async fn faults_between_paysync_and_stripe_converge_without_duplicates(pool: PgPool) {
+    let proxy = FaultProxy::start().await;
+    proxy
+        .set_plan(vec![
+            Some(Fault::Status(500)),
+            None,
+            Some(Fault::RateLimited {
+                retry_after_secs: 1,
+            }),
+            Some(Fault::DropAfterForward),
+            None,
+            Some(Fault::StatusAfterForward(502)),
+            Some(Fault::Status(503)),
+            None,
+            Some(Fault::Stall(Duration::from_secs(5))),
+            None,
+        ])
+        .await;
+    let app = TestApp::spawn_syncing(pool, &proxy.base_url).await;
+    let stripe = Localstripe::new();
+
+    let mut customers = Vec::new();
+    for i in 0..8 {
+        let email = unique_email(&format!("fault{i}"));
+        let id = app.create_customer(&email).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let response = app
+            .patch_customer(
+                &id,
+                &json!({"name": format!("customer {i}"), "metadata": {"n": i.to_string()}}),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        customers.push((id, email));
+    }
+    for (i, (id, email)) in customers.iter().enumerate() {
+        let synced = wait_synced(&app, id, 2).await;
+        let in_stripe = stripe.customers_with_email(email).await;
+        assert_eq!(
+            in_stripe.len(),
+            1,
+            "exactly one Stripe customer for {email}: {in_stripe:?}"
+        );
+        assert_eq!(in_stripe[0]["id"], synced["sync"]["stripe_id"]);
+        assert_eq!(in_stripe[0]["name"], format!("customer {i}"));
+        assert_eq!(in_stripe[0]["metadata"]["n"], i.to_string());
+        assert_eq!(in_stripe[0]["metadata"]["paysync_version"], "2");
+    }
+    assert!(proxy.requests() > 16, "the faults were exercised");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("paysync_stripe_retries_total"),
+        "{metrics}"
+    );
+}
+
+#[sqlx::test]
+async fn a_change_stripe_rejects_is_dead_lettered_and_replays_once_fixed(pool: PgPool) {
+    let proxy = FaultProxy::start().await;
+    proxy
+        .reject_bodies_containing(Some("rejected-by-stripe"))
+        .await;
+    let app = TestApp::spawn_syncing(pool, &proxy.base_url).await;
+    let email = unique_email("rejected-by-stripe");
+    let id = app.create_customer(&email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let failed = wait_for("the sync to fail", SYNC_DEADLINE, || async {
+        let customer: Value = app.get_customer(&id).await.json().await.unwrap();
+        if customer["sync"]["state"] == "failed" {
+            Ok(customer)
+        } else {
+            Err(customer["sync"].to_string())
+        }
+    })
+    .await;
+    let error = failed["sync"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("Invalid email address") && error.contains("400"),
+        "{error}"
+    );
+
+    let letters: Value = app
+        .request(Method::GET, "/v1/dead-letters")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let letters = letters["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{letters}"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["source"], "outbound");
+    assert_eq!(letters[0]["key"], id);
+    let letter_id = letters[0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        Localstripe::new()
+            .customers_with_email(&email)
+            .await
+            .is_empty()
+    );
+
+    proxy.reject_bodies_containing(None).await;
+    let replay = app
+        .request(
+            Method::POST,
+            &format!("/v1/dead-letters/{letter_id}/replay"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    wait_synced(&app, &id, 1).await;
+    assert_eq!(
+        Localstripe::new().customers_with_email(&email).await.len(),
+        1
+    );
+
+    let again = app
+        .request(
+            Method::POST,
+            &format!("/v1/dead-letters/{letter_id}/replay"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let open: Value = app
+        .request(Method::GET, "/v1/dead-letters")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(open["data"], json!([]));
+    let all: Value = app
+        .request(Method::GET, "/v1/dead-letters?all=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(all["data"][0]["replayed_at"].is_string());
+}
