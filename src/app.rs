@@ -14,7 +14,13 @@ use tracing::{info, warn};
 
 use std::num::NonZeroU32;
 
-use crate::config::{DatabaseArgs, DeadLetterCommand, OutboundArgs, ServeArgs, StripeArgs};
+use rdkafka::producer::FutureProducer;
+
+use crate::bus::relay::RelaySettings;
+use crate::bus::{self, KafkaProbe, KafkaSettings};
+use crate::config::{
+    DatabaseArgs, DeadLetterCommand, KafkaArgs, OutboundArgs, ServeArgs, StripeArgs,
+};
 use crate::http::{self, ApiAuth, AppState};
 use crate::metrics::Metrics;
 use crate::store;
@@ -36,6 +42,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Sync local changes to Stripe; `None` leaves them queued in the outbox.
     pub outbound: Option<OutboundSettings>,
+    /// The Kafka transport; `None` runs the workers over PostgreSQL.
+    pub kafka: Option<KafkaSettings>,
+    /// Publish the outbox to Kafka from this process (Kafka transport only).
+    pub relay: Option<RelaySettings>,
 }
 
 /// The outbound side: which Stripe account, within which budget, and how the worker runs.
@@ -54,7 +64,15 @@ pub struct Application {
     pool: PgPool,
     metrics: Arc<Metrics>,
     outbound: Option<(Arc<OutboundSync>, WorkerSettings)>,
+    kafka: Option<KafkaRuntime>,
     shutdown_timeout: Duration,
+}
+
+/// Kafka clients created at start-up (so configuration errors surface before serving).
+struct KafkaRuntime {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    relay: Option<RelaySettings>,
 }
 
 impl Application {
@@ -83,9 +101,22 @@ impl Application {
             }
             None => None,
         };
+        let kafka = match settings.kafka {
+            Some(kafka_settings) => {
+                bus::ensure_topics(&kafka_settings).await?;
+                let producer = kafka_settings.producer()?;
+                Some(KafkaRuntime {
+                    settings: kafka_settings,
+                    producer,
+                    relay: settings.relay,
+                })
+            }
+            None => None,
+        };
         let state = AppState {
             pool: pool.clone(),
             metrics: metrics.clone(),
+            kafka: kafka.as_ref().map(|k| KafkaProbe::new(k.producer.clone())),
         };
         Ok(Self {
             listener,
@@ -93,6 +124,7 @@ impl Application {
             pool,
             metrics,
             outbound,
+            kafka,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -107,16 +139,44 @@ impl Application {
         let addr = self.local_addr()?;
         info!(%addr, "listening");
         let janitor = spawn_idempotency_janitor(self.pool.clone(), shutdown.clone());
-        let worker = self.outbound.map(|(sync, worker_settings)| {
-            info!("syncing local changes to Stripe (PostgreSQL transport)");
-            tokio::spawn(outbox_worker::run(
-                self.pool.clone(),
-                sync,
-                self.metrics.clone(),
-                worker_settings,
-                shutdown.clone(),
-            ))
-        });
+        let mut workers = Vec::new();
+        match (&self.kafka, self.outbound) {
+            (Some(kafka), outbound) => {
+                if let Some(relay) = kafka.relay {
+                    info!(topic = %kafka.settings.outbound_topic(), "relaying the outbox to Kafka");
+                    workers.push(tokio::spawn(bus::relay::run(
+                        self.pool.clone(),
+                        kafka.producer.clone(),
+                        kafka.settings.outbound_topic(),
+                        self.metrics.clone(),
+                        relay,
+                        shutdown.clone(),
+                    )));
+                }
+                if let Some((sync, _)) = outbound {
+                    let consumer = bus::consumer::outbound_consumer(&kafka.settings)?;
+                    info!(group = %kafka.settings.group("outbound"), "syncing local changes to Stripe (Kafka transport)");
+                    workers.push(tokio::spawn(bus::consumer::run_outbound(
+                        consumer,
+                        self.pool.clone(),
+                        sync,
+                        self.metrics.clone(),
+                        shutdown.clone(),
+                    )));
+                }
+            }
+            (None, Some((sync, worker_settings))) => {
+                info!("syncing local changes to Stripe (PostgreSQL transport)");
+                workers.push(tokio::spawn(outbox_worker::run(
+                    self.pool.clone(),
+                    sync,
+                    self.metrics.clone(),
+                    worker_settings,
+                    shutdown.clone(),
+                )));
+            }
+            (None, None) => {}
+        }
         let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let drain_deadline = async {
@@ -131,10 +191,10 @@ impl Application {
         if let Err(e) = janitor.await {
             warn!(error = %e, "idempotency janitor task failed");
         }
-        if let Some(worker) = worker
-            && let Err(e) = worker.await
-        {
-            warn!(error = %e, "outbound worker task failed");
+        for worker in workers {
+            if let Err(e) = worker.await {
+                warn!(error = %e, "a worker task failed");
+            }
         }
         self.pool.close().await;
         info!("stopped");
@@ -179,11 +239,31 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth,
         shutdown_timeout: args.shutdown_timeout,
         outbound: outbound_settings(&args.stripe, &args.outbound),
+        kafka: kafka_settings(&args.kafka),
+        relay: (!args.outbound.no_relay).then_some(RelaySettings {
+            batch_size: args.outbound.outbox_batch,
+            poll_interval: args.outbound.outbox_poll_interval,
+        }),
     };
     let app = Application::build(settings, pool).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone())?;
     app.run(shutdown).await
+}
+
+fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {
+    let brokers = kafka
+        .kafka_brokers
+        .clone()
+        .filter(|b| !b.trim().is_empty())?;
+    info!(brokers = %brokers, "Kafka transport");
+    Some(KafkaSettings {
+        brokers,
+        topic_prefix: kafka.kafka_topic_prefix.clone(),
+        partitions: kafka.kafka_partitions,
+        replication_factor: kafka.kafka_replication_factor,
+        options: kafka.kafka_options.clone(),
+    })
 }
 
 fn outbound_settings(stripe: &StripeArgs, outbound: &OutboundArgs) -> Option<OutboundSettings> {

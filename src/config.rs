@@ -57,7 +57,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API and the sync machinery until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
     /// Print the OpenAPI document of the HTTP API (JSON) to stdout.
@@ -134,12 +134,52 @@ pub struct StripeArgs {
     pub stripe_backoff_max: Duration,
 }
 
+/// The Kafka transport. Without brokers, paysync runs the same workers over PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, e.g. `kafka-0:9092,kafka-1:9092`. Unset: PostgreSQL transport.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Topic names are `<prefix>.outbound` and `<prefix>.inbound`.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "paysync")]
+    pub kafka_topic_prefix: String,
+
+    /// Partitions of topics paysync creates (more partitions allow more consumers).
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_partitions: i32,
+
+    /// Replication factor of topics paysync creates.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_replication_factor: i32,
+
+    /// Extra librdkafka settings for every client, comma-separated `key=value` pairs
+    /// (e.g. `security.protocol=SASL_SSL,sasl.mechanisms=PLAIN`).
+    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', hide_env_values = true, value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("{raw:?} is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{raw:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
 /// The outbound worker.
 #[derive(Debug, Clone, Args)]
 pub struct OutboundArgs {
     /// Do not sync local changes to Stripe in this process.
     #[arg(long, env = "PAYSYNC_NO_OUTBOUND")]
     pub no_outbound: bool,
+
+    /// Do not publish outbox rows to Kafka in this process (Kafka transport only).
+    #[arg(long, env = "PAYSYNC_NO_RELAY")]
+    pub no_relay: bool,
 
     /// Customers synced to Stripe at once (each holds a database connection meanwhile).
     #[arg(long, env = "PAYSYNC_OUTBOUND_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -198,6 +238,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub outbound: OutboundArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     /// How long shutdown waits for in-flight requests before exiting anyway.
     #[arg(long, env = "PAYSYNC_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -266,7 +309,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         cli.check()?;
         match cli.command {
-            Command::Serve(serve) => Ok(serve),
+            Command::Serve(serve) => Ok(*serve),
             other => panic!("parsed {other:?}"),
         }
     }

@@ -2,6 +2,7 @@
 //! The architecture is described in the README and `docs/`.
 
 pub mod app;
+pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod http;

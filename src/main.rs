@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Serve(args) => app::serve(args).await,
+        Command::Serve(args) => app::serve(*args).await,
         Command::Migrate(args) => app::migrate(args).await,
         Command::Openapi => print_openapi(),
         Command::DeadLetters(command) => app::dead_letters(command).await,

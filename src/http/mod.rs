@@ -25,6 +25,7 @@ pub use auth::ApiAuth;
 pub use dead_letters::DeadLetterBody;
 pub use error::{ApiError, ErrorBody};
 
+use crate::bus::KafkaProbe;
 use crate::metrics::{HttpLabels, Metrics};
 
 /// Largest request body accepted (customers are small; this bounds memory per request).
@@ -38,6 +39,8 @@ pub const DOCS_PATH: &str = "/docs";
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
+    /// Checked by `/readyz` when the Kafka transport is configured.
+    pub kafka: Option<KafkaProbe>,
 }
 
 #[derive(OpenApi)]

@@ -43,6 +43,9 @@ pub struct Readiness {
 pub struct ReadinessChecks {
     /// `ok` or `unreachable`.
     pub database: &'static str,
+    /// `ok` or `unreachable`; absent with the PostgreSQL transport.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<&'static str>,
 }
 
 /// Liveness: the process is up and serving HTTP.
@@ -52,7 +55,7 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: paysync can do its work (PostgreSQL answers).
+/// Readiness: paysync can do its work (PostgreSQL answers, and Kafka when configured).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -64,7 +67,12 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         tokio::time::timeout(READINESS_CHECK_TIMEOUT, ping).await,
         Ok(Ok(_))
     );
-    let (status, code) = if database_ok {
+    let kafka_ok = match &state.kafka {
+        Some(probe) => Some(probe.reachable(READINESS_CHECK_TIMEOUT).await),
+        None => None,
+    };
+    let ready = database_ok && kafka_ok.unwrap_or(true);
+    let (status, code) = if ready {
         ("ready", StatusCode::OK)
     } else {
         ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
@@ -74,7 +82,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         code,
         Json(Readiness {
             status,
-            checks: ReadinessChecks { database },
+            checks: ReadinessChecks {
+                database,
+                kafka: kafka_ok.map(|ok| if ok { "ok" } else { "unreachable" }),
+            },
         }),
     )
 }

@@ -64,3 +64,47 @@ pub async fn backlog(conn: &mut PgConnection) -> Result<i64> {
         .await
         .context("counting the outbox backlog")
 }
+
+/// The channel the outbox insert trigger notifies on.
+pub const NOTIFY_CHANNEL: &str = "paysync_outbox";
+
+/// Wakes a worker when outbox rows commit (LISTEN/NOTIFY), or after a poll interval as the
+/// fallback for missed notifications and a lost listener connection.
+pub struct Wakeup {
+    pool: sqlx::PgPool,
+    listener: Option<sqlx::postgres::PgListener>,
+    poll_interval: std::time::Duration,
+}
+
+impl Wakeup {
+    pub async fn new(pool: &sqlx::PgPool, poll_interval: std::time::Duration) -> Self {
+        Self {
+            pool: pool.clone(),
+            listener: Self::listen(pool).await,
+            poll_interval,
+        }
+    }
+
+    async fn listen(pool: &sqlx::PgPool) -> Option<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await.ok()?;
+        listener.listen(NOTIFY_CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    /// Returns after a notification or the poll interval, whichever comes first.
+    pub async fn wait(&mut self) {
+        let notified = async {
+            match &mut self.listener {
+                Some(listener) => listener.recv().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let lost = tokio::select! {
+            () = tokio::time::sleep(self.poll_interval) => false,
+            ok = notified => !ok,
+        };
+        if lost || self.listener.is_none() {
+            self.listener = Self::listen(&self.pool).await;
+        }
+    }
+}

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -16,9 +15,6 @@ use super::OutboundSync;
 use crate::domain::CustomerId;
 use crate::metrics::Metrics;
 use crate::store::{self, outbox};
-
-/// The channel the outbox insert trigger notifies on.
-pub const OUTBOX_CHANNEL: &str = "paysync_outbox";
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
@@ -38,42 +34,28 @@ pub async fn run(
     settings: WorkerSettings,
     shutdown: CancellationToken,
 ) {
-    let mut listener = connect_listener(&pool).await;
+    let mut wakeup = outbox::Wakeup::new(&pool, settings.poll_interval).await;
     while !shutdown.is_cancelled() {
         match drain_batch(&pool, &sync, settings).await {
             Ok(claimed) if claimed > 0 => continue,
             Ok(_) => {}
             Err(e) => warn!(error = %e, "outbound batch failed; its rows will be claimed again"),
         }
-        if let Ok(mut conn) = store::acquire(&pool).await
-            && let Ok(backlog) = outbox::backlog(&mut conn).await
-        {
-            metrics.outbox_backlog.set(backlog);
-        }
+        update_backlog(&pool, &metrics).await;
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(settings.poll_interval) => {}
-            notified = wait_for_notification(&mut listener) => {
-                if !notified {
-                    listener = connect_listener(&pool).await;
-                }
-            }
+            () = wakeup.wait() => {}
         }
     }
     debug!("outbound worker stopped");
 }
 
-async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await.ok()?;
-    listener.listen(OUTBOX_CHANNEL).await.ok()?;
-    Some(listener)
-}
-
-/// True on a notification; false when the listener is gone (the poll then takes over).
-async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => l.recv().await.is_ok(),
-        None => std::future::pending().await,
+/// Publishes the outbox backlog as a gauge; best effort.
+pub async fn update_backlog(pool: &PgPool, metrics: &Metrics) {
+    if let Ok(mut conn) = store::acquire(pool).await
+        && let Ok(backlog) = outbox::backlog(&mut conn).await
+    {
+        metrics.outbox_backlog.set(backlog);
     }
 }
 

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use std::num::NonZeroU32;
 
 use paysync::app::{Application, OutboundSettings, Settings};
+use paysync::bus::KafkaSettings;
+use paysync::bus::relay::RelaySettings;
 use paysync::http::ApiAuth;
 use paysync::stripe::StripeSettings;
 use paysync::stripe::retry::Backoff;
 use paysync::sync::outbox_worker::WorkerSettings;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-token-primary";
@@ -25,6 +27,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub pool: PgPool,
     shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -45,22 +48,78 @@ impl TestApp {
     }
 
     pub async fn spawn_with(pool: PgPool, outbound: Option<OutboundSettings>) -> Self {
-        let settings = Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),
-            shutdown_timeout: Duration::from_secs(5),
-            outbound,
-        };
+        Self::spawn_settings(pool, settings(outbound)).await
+    }
+
+    /// The API, the relay and the outbound consumer over Kafka at `brokers`.
+    pub async fn spawn_kafka(pool: PgPool, stripe_base: &str, brokers: &str) -> Self {
+        let mut settings = settings(Some(outbound_settings(stripe_base)));
+        settings.kafka = Some(kafka_settings(brokers));
+        settings.relay = Some(RelaySettings {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(500),
+        });
+        Self::spawn_settings(pool, settings).await
+    }
+
+    pub async fn spawn_settings(pool: PgPool, settings: Settings) -> Self {
+        // Logs of the app under test, shown for failing tests (`RUST_LOG` to filter).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let app = Application::build(settings, pool.clone()).await.unwrap();
         let base_url = format!("http://{}", app.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        tokio::spawn(app.run(shutdown.clone()));
+        let running = tokio::spawn(app.run(shutdown.clone()));
         Self {
             base_url,
             client: reqwest::Client::new(),
             pool,
             shutdown,
+            running: Some(running),
         }
+    }
+
+    /// Shuts the app down as SIGTERM would and waits until it has (Kafka tests call this
+    /// before their broker goes away, so the consumer can leave its group cleanly).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().unwrap();
+        }
+        // Connections outside the pool (the LISTEN connection) close asynchronously; the test
+        // database can only be dropped once they are gone.
+        let options = self.pool.connect_options().as_ref().clone();
+        wait_for(
+            "the app's database sessions to close",
+            Duration::from_secs(15),
+            || {
+                let options = options.clone();
+                async move {
+                    let mut conn = sqlx::PgConnection::connect_with(&options)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let others: i64 = sqlx::query_scalar(
+                        "select count(*) from pg_stat_activity \
+                     where datname = current_database() and pid <> pg_backend_pid()",
+                    )
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    conn.close().await.map_err(|e| e.to_string())?;
+                    if others == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("{others} sessions"))
+                    }
+                }
+            },
+        )
+        .await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -128,6 +187,34 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+}
+
+fn settings(outbound: Option<OutboundSettings>) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),
+        shutdown_timeout: Duration::from_secs(5),
+        outbound,
+        kafka: None,
+        relay: None,
+    }
+}
+
+/// Kafka settings for tests: quick reconnects, so recovery after a broker outage is prompt.
+pub fn kafka_settings(brokers: &str) -> KafkaSettings {
+    KafkaSettings {
+        brokers: brokers.to_owned(),
+        topic_prefix: "paysync".to_owned(),
+        partitions: 4,
+        replication_factor: 1,
+        options: vec![
+            ("reconnect.backoff.max.ms".to_owned(), "500".to_owned()),
+            (
+                "topic.metadata.refresh.interval.ms".to_owned(),
+                "1000".to_owned(),
+            ),
+        ],
     }
 }
 

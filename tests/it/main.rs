@@ -9,6 +9,8 @@ mod binary;
 mod customers;
 mod fault_proxy;
 mod helpers;
+mod kafka;
+mod mock_kafka;
 mod ops;
 mod outbound;
 mod stripe_helpers;

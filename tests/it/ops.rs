@@ -41,6 +41,8 @@ async fn readiness_fails_while_the_database_is_unreachable() {
         auth: ApiAuth::Disabled,
         shutdown_timeout: Duration::from_secs(1),
         outbound: None,
+        kafka: None,
+        relay: None,
     };
     let app = Application::build(settings, pool).await.unwrap();
     let url = format!("http://{}/readyz", app.local_addr().unwrap());

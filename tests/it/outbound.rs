@@ -16,7 +16,7 @@ use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Waits until the customer's sync has reached `version`; returns the customer.
-async fn wait_synced(app: &TestApp, id: &str, version: i64) -> Value {
+pub async fn wait_synced(app: &TestApp, id: &str, version: i64) -> Value {
     wait_for(
         &format!("customer {id} synced at version {version}"),
         SYNC_DEADLINE,

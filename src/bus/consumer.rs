@@ -1,0 +1,158 @@
+//! The outbound consumer: hands each message of the outbound topic to the sync handler and
+//! stores its offset only once the handler finished, so a crash re-reads, never skips.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Envelope, Error, KafkaSettings, Result};
+use crate::domain::CustomerId;
+use crate::metrics::{Metrics, SourceLabels};
+use crate::store::{self, dead_letters};
+use crate::sync::OutboundSync;
+
+/// Longest pause between retries of a message whose handling failed on the database.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+pub fn outbound_consumer(settings: &KafkaSettings) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer =
+        settings
+            .consumer_config("outbound")
+            .create()
+            .map_err(|source| Error::Client {
+                client: "consumer",
+                source,
+            })?;
+    consumer
+        .subscribe(&[&settings.outbound_topic()])
+        .map_err(|source| Error::Client {
+            client: "consumer",
+            source,
+        })?;
+    Ok(consumer)
+}
+
+/// Runs until `shutdown`, then closes the consumer (committing the stored offsets).
+pub async fn run_outbound(
+    consumer: StreamConsumer,
+    pool: PgPool,
+    sync: Arc<OutboundSync>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                if handle(&message, &pool, &sync, &metrics, &shutdown).await {
+                    if let Err(e) = consumer.store_offset_from_message(&message) {
+                        warn!(error = %e, "storing the consumer offset failed");
+                    }
+                } else {
+                    // Shutting down mid-retry: leave the offset, the message is read again.
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading from Kafka failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // Closing commits the stored offsets and leaves the group. It blocks (for at most about
+    // the session timeout when brokers are gone), so it runs off the async threads. A
+    // synchronous commit here would wait forever while every broker is down.
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+        warn!(error = %e, "closing the Kafka consumer failed; uncommitted messages will be read again");
+    }
+    info!("outbound consumer stopped");
+}
+
+/// Handles one message to the end. Returns false only when shutdown interrupted a retry.
+async fn handle(
+    message: &BorrowedMessage<'_>,
+    pool: &PgPool,
+    sync: &OutboundSync,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let envelope = Envelope::parse(message.payload().unwrap_or_default()).and_then(|e| {
+        e.customer_id
+            .map(CustomerId::from_uuid)
+            .ok_or_else(|| "envelope has no customer_id".to_owned())
+    });
+    let customer_id = match envelope {
+        Ok(id) => id,
+        Err(reason) => {
+            return dead_letter_unreadable(message, pool, metrics, &reason, shutdown).await;
+        }
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match sync.sync(customer_id).await {
+            Ok(_) => return true,
+            Err(e) => {
+                warn!(customer_id = %customer_id, error = %e, "outbound message failed on the database; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+}
+
+/// A message paysync cannot read goes to the dead-letter table so the partition moves on.
+async fn dead_letter_unreadable(
+    message: &BorrowedMessage<'_>,
+    pool: &PgPool,
+    metrics: &Metrics,
+    reason: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let key = format!(
+        "{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    let payload = json!({"raw": String::from_utf8_lossy(message.payload().unwrap_or_default())});
+    warn!(message = %key, reason, "unreadable outbound message; dead-lettered");
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let recorded = async {
+            let mut conn = store::acquire(pool).await?;
+            dead_letters::record(&mut conn, "outbound", &key, &payload, reason, 1).await
+        };
+        match recorded.await {
+            Ok(_) => {
+                metrics
+                    .dead_letters
+                    .get_or_create(&SourceLabels {
+                        source: "outbound".to_owned(),
+                    })
+                    .inc();
+                return true;
+            }
+            Err(e) => {
+                warn!(error = %e, "recording a dead letter failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Kafka: topic set-up, the outbox relay (producer) and the outbound consumer.
+//!
+//! Delivery is at-least-once end to end: the relay marks outbox rows published only after
+//! the broker acknowledged them, and the consumer stores an offset only after its message was
+//! fully handled. The handlers are idempotent, so duplicates are harmless.
+
+pub mod consumer;
+mod envelope;
+pub mod relay;
+mod topics;
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::FutureProducer;
+
+pub use envelope::Envelope;
+pub use topics::ensure_topics;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating the Kafka {client} client")]
+    Client {
+        client: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("Kafka topic {topic} is missing and could not be created: {reason}")]
+    Topic { topic: String, reason: String },
+}
+
+/// How to reach Kafka and name the topics.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// librdkafka settings applied to every client (after paysync's own).
+    pub options: Vec<(String, String)>,
+}
+
+/// How long a produced message may wait for the broker's acknowledgement before the relay
+/// gives up on it (the outbox row stays unpublished and is sent again).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl KafkaSettings {
+    pub fn outbound_topic(&self) -> String {
+        format!("{}.outbound", self.topic_prefix)
+    }
+
+    pub fn inbound_topic(&self) -> String {
+        format!("{}.inbound", self.topic_prefix)
+    }
+
+    /// The consumer group of one role, so each role scales out on its own.
+    pub fn group(&self, role: &str) -> String {
+        format!("{}-{role}", self.topic_prefix)
+    }
+
+    fn base_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", concat!("paysync/", env!("CARGO_PKG_VERSION")));
+        config
+    }
+
+    fn with_options(&self, mut config: ClientConfig) -> ClientConfig {
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// An idempotent producer that waits for all in-sync replicas.
+    pub fn producer(&self) -> Result<FutureProducer> {
+        let mut config = self.base_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set(
+                "message.timeout.ms",
+                MESSAGE_TIMEOUT.as_millis().to_string(),
+            );
+        self.with_options(config)
+            .create()
+            .map_err(|source| Error::Client {
+                client: "producer",
+                source,
+            })
+    }
+
+    /// A consumer that never commits an offset its handler has not stored.
+    pub fn consumer_config(&self, role: &str) -> ClientConfig {
+        let mut config = self.base_config();
+        config
+            .set("group.id", self.group(role))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000");
+        self.with_options(config)
+    }
+}
+
+/// Answers whether a Kafka broker can be reached (for `/readyz`).
+#[derive(Clone)]
+pub struct KafkaProbe {
+    producer: FutureProducer,
+}
+
+impl KafkaProbe {
+    pub fn new(producer: FutureProducer) -> Self {
+        Self { producer }
+    }
+
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer as _;
+            producer.client().fetch_metadata(None, timeout).is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+impl std::fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProbe").finish_non_exhaustive()
+    }
+}

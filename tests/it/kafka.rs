@@ -1,0 +1,168 @@
+//! Local → Stripe over the Kafka transport (librdkafka's mock cluster in another process):
+//! the relay and consumer deliver every change, writes go on while the brokers are down, and
+//! a message paysync cannot read is dead-lettered without blocking its partition.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, wait_for};
+use crate::mock_kafka::MockKafka;
+use crate::outbound::wait_synced;
+use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[sqlx::test]
+async fn changes_travel_through_kafka_to_stripe(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let app = TestApp::spawn_kafka(pool, LOCALSTRIPE, &kafka.bootstrap).await;
+    let stripe = Localstripe::new();
+    let email = unique_email("kafka");
+    let id = app.create_customer(&email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let synced = wait_synced(&app, &id, 1).await;
+    let stripe_id = synced["sync"]["stripe_id"].as_str().unwrap().to_owned();
+
+    let patched = app
+        .patch_customer(
+            &id,
+            &json!({"name": "Via Kafka", "metadata": {"tier": "gold"}}),
+            None,
+        )
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    wait_synced(&app, &id, 2).await;
+    let remote = stripe.customer(&stripe_id).await.unwrap();
+    assert_eq!(remote["name"], "Via Kafka");
+    assert_eq!(remote["metadata"]["tier"], "gold");
+
+    assert_eq!(
+        app.delete_customer(&id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    wait_for("the Stripe customer to be deleted", DEADLINE, || async {
+        stripe
+            .customer(&stripe_id)
+            .await
+            .map_or(Ok(()), |c| Err(c.to_string()))
+    })
+    .await;
+    let unpublished: i64 =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0, "every outbox row was published");
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["kafka"], "ok");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn writes_succeed_while_kafka_is_down_and_sync_once_it_returns(pool: PgPool) {
+    let mut kafka = MockKafka::start().await;
+    let app = TestApp::spawn_kafka(pool, LOCALSTRIPE, &kafka.bootstrap).await;
+    kafka.all_down().await;
+    wait_for("readiness to report Kafka down", DEADLINE, || async {
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE && body["checks"]["kafka"] == "unreachable" {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+
+    let mut customers = Vec::new();
+    for i in 0..5 {
+        let email = unique_email(&format!("outage{i}"));
+        let created = app.create_customer(&email).await;
+        assert_eq!(created["sync"]["state"], "pending");
+        customers.push((created["id"].as_str().unwrap().to_owned(), email));
+    }
+
+    kafka.all_up().await;
+    for (id, email) in &customers {
+        wait_synced(&app, id, 1).await;
+        assert_eq!(
+            Localstripe::new().customers_with_email(email).await.len(),
+            1,
+            "{email}"
+        );
+    }
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_unreadable_message_is_dead_lettered_and_the_partition_moves_on(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .create()
+        .unwrap();
+    for partition in 0..4 {
+        let record = FutureRecord::<str, str>::to("paysync.outbound")
+            .partition(partition)
+            .payload("this is not an envelope");
+        producer.send(record, Duration::from_secs(5)).await.unwrap();
+    }
+    let app = TestApp::spawn_kafka(pool, LOCALSTRIPE, &kafka.bootstrap).await;
+    let id = app.create_customer(&unique_email("after-garbage")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_synced(&app, &id, 1).await;
+
+    let letters = wait_for("four dead letters", DEADLINE, || async {
+        let body: Value = app
+            .request(Method::GET, "/v1/dead-letters")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let letters = body["data"].as_array().cloned().unwrap_or_default();
+        if letters.len() == 4 {
+            Ok(letters)
+        } else {
+            Err(body.to_string())
+        }
+    })
+    .await;
+    for letter in letters {
+        assert!(
+            letter["key"]
+                .as_str()
+                .unwrap()
+                .starts_with("paysync.outbound/"),
+            "{letter}"
+        );
+        assert!(
+            letter["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a paysync envelope"),
+            "{letter}"
+        );
+        assert_eq!(letter["payload"]["raw"], "this is not an envelope");
+    }
+    app.stop().await;
+}

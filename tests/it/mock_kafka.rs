@@ -1,0 +1,51 @@
+//! librdkafka's mock cluster in its own process (`paysync-mock-kafka`), with faults on demand.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+pub struct MockKafka {
+    pub bootstrap: String,
+    stdin: ChildStdin,
+    replies: Lines<BufReader<ChildStdout>>,
+    _child: Child,
+}
+
+impl MockKafka {
+    pub async fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paysync-mock-kafka"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut replies = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = replies.next_line().await.unwrap().unwrap();
+        let bootstrap = first.strip_prefix("bootstrap=").unwrap().to_owned();
+        Self {
+            bootstrap,
+            stdin,
+            replies,
+            _child: child,
+        }
+    }
+
+    async fn command(&mut self, command: &str) {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        let reply = self.replies.next_line().await.unwrap().unwrap();
+        assert_eq!(reply, "ok", "{command}");
+    }
+
+    pub async fn all_down(&mut self) {
+        self.command("all-down").await;
+    }
+
+    pub async fn all_up(&mut self) {
+        self.command("all-up").await;
+    }
+}
