@@ -1,10 +1,12 @@
 //! The real `paysync` binary: start-up, migrations, configuration errors, secrets kept out of
-//! logs, and graceful shutdown on SIGTERM.
+//! logs, graceful shutdown, a SIGKILL with changes in flight, Kafka end to end through tansu,
+//! and the dead-letters CLI.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
@@ -15,17 +17,23 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::helpers::wait_for;
+use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
 
 const TOKEN: &str = "binary-test-token-must-not-be-logged";
 const DB_PASSWORD: &str = "db-password-must-not-be-logged";
 /// Upper bound for the process to start or stop; a hang fails the test instead of blocking CI.
 const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
+/// The tansu broker that `scripts/services up --kafka` starts.
+const TANSU: &str = "127.0.0.1:19092";
 
 /// The binary with a clean paysync environment (nothing inherited from the developer's shell).
 fn paysync() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_paysync"));
     for (name, _) in std::env::vars() {
-        if name.starts_with("PAYSYNC_") || name == "DATABASE_URL" || name == "RUST_LOG" {
+        let ours = name.starts_with("PAYSYNC_")
+            || name.starts_with("STRIPE_")
+            || name.starts_with("KAFKA_");
+        if ours || name == "DATABASE_URL" || name == "RUST_LOG" {
             command.env_remove(name);
         }
     }
@@ -41,54 +49,117 @@ fn database_url(pool: &PgPool) -> String {
     url.to_string()
 }
 
-/// Collects a child's stdout lines as they arrive; the task ends at EOF, when the child exits.
-fn capture_stdout(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, JoinHandle<()>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
-    let sink = lines.clone();
-    let reading = tokio::spawn(async move {
-        while let Ok(Some(line)) = reader.next_line().await {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    (lines, reading)
+/// Settings that sync to localstripe.
+fn stripe_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("STRIPE_API_KEY", "sk_test_paysync".to_owned()),
+        ("STRIPE_API_BASE", LOCALSTRIPE.to_owned()),
+        ("STRIPE_BACKOFF_BASE", "20ms".to_owned()),
+        ("STRIPE_BACKOFF_MAX", "500ms".to_owned()),
+    ]
 }
 
-fn logged(lines: &Arc<Mutex<Vec<String>>>) -> String {
-    lines.lock().unwrap().join("\n")
+/// A running `paysync serve`, with its address and collected logs.
+struct ServeProcess {
+    child: Child,
+    base_url: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    reading: JoinHandle<()>,
+}
+
+impl ServeProcess {
+    /// Starts `paysync serve` on a free port with `env` and waits until it listens.
+    async fn start(env: &[(&str, String)]) -> Self {
+        let mut command = paysync();
+        command
+            .arg("serve")
+            .env("PAYSYNC_LISTEN", "127.0.0.1:0")
+            .env("PAYSYNC_API_TOKENS", TOKEN)
+            .stdout(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
+        let sink = lines.clone();
+        // Ends at EOF, when the process exits.
+        let reading = tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = wait_for("the listening log line", PROCESS_DEADLINE, || {
+            let lines = lines.clone();
+            async move {
+                let lines = lines.lock().unwrap();
+                lines
+                    .iter()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .find(|event| event["message"] == "listening")
+                    .and_then(|event| event["addr"].as_str().map(str::to_owned))
+                    .ok_or_else(|| lines.join("\n"))
+            }
+        })
+        .await;
+        Self {
+            child,
+            base_url: format!("http://{addr}"),
+            lines,
+            reading,
+        }
+    }
+
+    fn post(&self, client: &reqwest::Client, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(TOKEN)
+            .json(body)
+    }
+
+    fn patch(&self, client: &reqwest::Client, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        client
+            .patch(format!("{}{path}", self.base_url))
+            .bearer_auth(TOKEN)
+            .json(body)
+    }
+
+    /// SIGTERM, then the exit status must be success; returns the logs.
+    async fn sigterm_and_wait(mut self) -> String {
+        kill(
+            Pid::from_raw(self.child.id().unwrap() as i32),
+            Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = tokio::time::timeout(PROCESS_DEADLINE, self.child.wait())
+            .await
+            .expect("paysync did not exit after SIGTERM")
+            .unwrap();
+        self.reading.await.unwrap();
+        let logs = self.lines.lock().unwrap().join("\n");
+        assert!(status.success(), "exit status {status}; logs:\n{logs}");
+        logs
+    }
+
+    async fn sigkill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
 }
 
 #[sqlx::test(migrations = false)]
 async fn serve_migrates_serves_and_drains_on_sigterm(pool: PgPool) {
-    let mut child = paysync()
-        .arg("serve")
-        .env("DATABASE_URL", database_url(&pool))
-        .env("PAYSYNC_LISTEN", "127.0.0.1:0")
-        .env("PAYSYNC_API_TOKENS", format!("other-token,{TOKEN}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, reading) = capture_stdout(&mut child);
-
-    let addr = wait_for("the listening log line", PROCESS_DEADLINE, || {
-        let lines = lines.clone();
-        async move {
-            let lines = lines.lock().unwrap();
-            lines
-                .iter()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|event| event["message"] == "listening")
-                .and_then(|event| event["addr"].as_str().map(str::to_owned))
-                .ok_or_else(|| lines.join("\n"))
-        }
-    })
+    let server = ServeProcess::start(&[
+        ("DATABASE_URL", database_url(&pool)),
+        ("PAYSYNC_API_TOKENS", format!("other-token,{TOKEN}")),
+    ])
     .await;
-
-    let client = reqwest::Client::new();
-    let created = client
-        .post(format!("http://{addr}/v1/customers"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"email": "binary@example.com"}))
+    let created = server
+        .post(
+            &reqwest::Client::new(),
+            "/v1/customers",
+            &json!({"email": "binary@example.com"}),
+        )
         .send()
         .await
         .unwrap();
@@ -102,19 +173,12 @@ async fn serve_migrates_serves_and_drains_on_sigterm(pool: PgPool) {
         "serve applied the migrations and wrote the outbox row"
     );
 
-    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(PROCESS_DEADLINE, child.wait())
-        .await
-        .expect("paysync did not exit after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
-    reading.await.unwrap();
-
-    let logs = logged(&lines);
+    let logs = server.sigterm_and_wait().await;
     assert!(
         logs.contains("SIGTERM") && logs.contains("\"stopped\""),
         "{logs}"
     );
+    assert!(logs.contains("STRIPE_API_KEY is not set"), "{logs}");
     assert!(!logs.contains(TOKEN), "a token was logged:\n{logs}");
     assert!(
         !logs.contains(DB_PASSWORD),
@@ -197,4 +261,240 @@ async fn an_unreachable_database_fails_start_up_without_leaking_the_password() {
         !stdout.contains(DB_PASSWORD) && !stdout.contains(TOKEN),
         "{stdout}"
     );
+}
+
+/// 100 customers × 10 versions = 1,000 committed changes; the process is killed with SIGKILL
+/// while they are being synced, restarted, and every customer must end in Stripe exactly once
+/// at its last version.
+#[sqlx::test]
+async fn a_sigkill_with_a_thousand_changes_in_flight_loses_and_duplicates_nothing(pool: PgPool) {
+    let mut env = stripe_env();
+    env.push(("DATABASE_URL", database_url(&pool)));
+    // A budget well below the change rate, so the kill lands mid-way.
+    env.push(("STRIPE_RATE_LIMIT", "40".to_owned()));
+    let server = ServeProcess::start(&env).await;
+    let client = reqwest::Client::new();
+
+    let emails: Vec<String> = (0..100)
+        .map(|i| unique_email(&format!("kill{i}")))
+        .collect();
+    let ids: Vec<String> = futures::stream::iter(&emails)
+        .map(|email| {
+            let request = server.post(&client, "/v1/customers", &json!({ "email": email }));
+            async move {
+                let created: Value = request.send().await.unwrap().json().await.unwrap();
+                created["id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let patches = ids
+        .iter()
+        .flat_map(|id| (2..=10).map(move |v| (id.clone(), v)));
+    futures::stream::iter(patches)
+        .map(|(id, version)| {
+            let request = server.patch(
+                &client,
+                &format!("/v1/customers/{id}"),
+                &json!({"name": format!("version {version}")}),
+            );
+            async move { assert_eq!(request.send().await.unwrap().status(), StatusCode::OK) }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    let changes: i64 = sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(changes, 1000);
+
+    let count_synced = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from customers where stripe_synced_version = version",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    wait_for("some customers to be synced", PROCESS_DEADLINE, || async {
+        let synced = count_synced().await;
+        if synced >= 5 {
+            Ok(())
+        } else {
+            Err(synced.to_string())
+        }
+    })
+    .await;
+    let synced_before_kill = count_synced().await;
+    server.sigkill().await;
+    assert!(
+        synced_before_kill < 100,
+        "the kill must land mid-way ({synced_before_kill} synced)"
+    );
+
+    let restarted = ServeProcess::start(&env).await;
+    wait_for(
+        "every customer synced at its last version",
+        Duration::from_secs(120),
+        || async {
+            let synced = count_synced().await;
+            if synced == 100 {
+                Ok(())
+            } else {
+                Err(format!("{synced} of 100"))
+            }
+        },
+    )
+    .await;
+    let stripe = Localstripe::new();
+    for email in &emails {
+        let found = stripe.customers_with_email(email).await;
+        assert_eq!(
+            found.len(),
+            1,
+            "exactly one Stripe customer for {email}: {found:?}"
+        );
+        // Patches ran concurrently, so the last committed name is whichever came last.
+        let (name, stripe_id): (String, String) =
+            sqlx::query_as("select name, stripe_id from customers where email = $1")
+                .bind(email)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(found[0]["id"], stripe_id.as_str());
+        assert_eq!(found[0]["name"], name.as_str());
+        assert_eq!(found[0]["metadata"]["paysync_version"], "10");
+    }
+    restarted.sigterm_and_wait().await;
+}
+
+/// The real binary over a real Kafka-protocol broker (tansu, a separate program).
+#[sqlx::test]
+async fn changes_reach_stripe_through_tansu(pool: PgPool) {
+    let mut env = stripe_env();
+    env.push(("DATABASE_URL", database_url(&pool)));
+    env.push(("KAFKA_BROKERS", TANSU.to_owned()));
+    // Fresh topics and consumer group per run, so runs never see each other's messages.
+    env.push((
+        "KAFKA_TOPIC_PREFIX",
+        format!("paysync-e2e-{}", uuid::Uuid::now_v7().simple()),
+    ));
+    env.push(("KAFKA_PARTITIONS", "2".to_owned()));
+    let server = ServeProcess::start(&env).await;
+    let client = reqwest::Client::new();
+    let email = unique_email("tansu");
+    let created: Value = server
+        .post(
+            &client,
+            "/v1/customers",
+            &json!({"email": email, "name": "Through tansu"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_for(
+        "the customer to reach Stripe through tansu",
+        Duration::from_secs(60),
+        || async {
+            let state: (i64, Option<String>) = sqlx::query_as(
+                "select stripe_synced_version, stripe_id from customers where id = $1::uuid",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if state.0 == 1 {
+                Ok(())
+            } else {
+                Err(format!("{state:?}"))
+            }
+        },
+    )
+    .await;
+    let found = Localstripe::new().customers_with_email(&email).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["name"], "Through tansu");
+    let ready: Value = client
+        .get(format!("{}/readyz", server.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["kafka"], "ok");
+    let logs = server.sigterm_and_wait().await;
+    assert!(logs.contains("Kafka transport"), "{logs}");
+}
+
+#[sqlx::test]
+async fn the_dead_letters_cli_lists_and_replays(pool: PgPool) {
+    let customer_id = uuid::Uuid::now_v7();
+    sqlx::query("insert into customers (id, email, version) values ($1, 'cli@example.com', 3)")
+        .bind(customer_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let letter_id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "insert into dead_letters (id, source, key, payload, error, attempts) \
+         values ($1, 'outbound', $2, '{}', 'Stripe rejected create_customer with 400', 1)",
+    )
+    .bind(letter_id)
+    .bind(customer_id.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let listed = paysync()
+        .args(["dead-letters", "list"])
+        .env("DATABASE_URL", database_url(&pool))
+        .output()
+        .await
+        .unwrap();
+    assert!(listed.status.success());
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    let entry: Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|v| v["id"] == letter_id.to_string())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(entry["error"], "Stripe rejected create_customer with 400");
+
+    let replayed = paysync()
+        .args(["dead-letters", "replay", &letter_id.to_string()])
+        .env("DATABASE_URL", database_url(&pool))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stdout)
+    );
+    let (replayed_at, queued): (bool, i64) = sqlx::query_as(
+        "select (select replayed_at is not null from dead_letters where id = $1), \
+                (select count(*) from outbox where customer_id = $2 and version = 3)",
+    )
+    .bind(letter_id)
+    .bind(customer_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(replayed_at);
+    assert_eq!(queued, 1, "the customer is queued for another sync");
+
+    let again = paysync()
+        .args(["dead-letters", "replay", &letter_id.to_string()])
+        .env("DATABASE_URL", database_url(&pool))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1), "replaying twice is refused");
 }
