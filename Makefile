@@ -1,5 +1,5 @@
 # The everyday commands; each is a line or two of the project scripts.
-.PHONY: run test lint fmt generate services services-down
+.PHONY: run test lint fmt generate services services-down bench
 
 run:            ## serve paysync locally (starts PostgreSQL and localstripe)
 	scripts/run
@@ -22,3 +22,6 @@ services:       ## start PostgreSQL, localstripe and the tansu Kafka broker
 
 services-down:
 	scripts/services down
+
+bench:          ## outbound latency and throughput against localstripe (docs/BENCHMARKS.md)
+	scripts/bench

@@ -83,7 +83,7 @@ impl OutboundSync {
     /// Brings Stripe to the customer's current version. A change Stripe refuses, or one that
     /// keeps failing, goes to the dead-letter table and the customer shows `failed`; only a
     /// database failure is returned as an error (the message is then retried).
-    #[instrument(skip(self), fields(customer_id = %id))]
+    #[instrument(skip_all, fields(customer_id = %id))]
     pub async fn sync(&self, id: CustomerId) -> store::Result<Outcome> {
         let mut tx = store::begin(&self.pool).await?;
         customers::lock_for_sync(&mut tx, id).await?;

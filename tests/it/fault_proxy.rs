@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -35,6 +35,17 @@ struct ProxyState {
     /// A body marker answered with 400 for as long as it is set.
     reject_marker: Mutex<Option<String>>,
     requests: AtomicU64,
+    /// Every request with when it arrived and when its answer came back from upstream.
+    log: Mutex<Vec<Recorded>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+    pub arrived: Instant,
+    pub answered: Instant,
 }
 
 pub struct FaultProxy {
@@ -49,6 +60,7 @@ impl FaultProxy {
             plan: Mutex::new(Vec::new()),
             reject_marker: Mutex::new(None),
             requests: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -71,9 +83,14 @@ impl FaultProxy {
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
     }
+
+    pub async fn recorded(&self) -> Vec<Recorded> {
+        self.state.log.lock().await.clone()
+    }
 }
 
 async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    let arrived = Instant::now();
     let n = state.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20)
@@ -110,6 +127,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         "{LOCALSTRIPE}{}",
         parts.uri.path_and_query().map_or("", |p| p.as_str())
     );
+    let logged_body = body.clone();
     let mut upstream = state.upstream.request(parts.method.clone(), url).body(body);
     for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
         if let Some(value) = parts.headers.get(&name) {
@@ -121,6 +139,13 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     };
     let status = answer.status();
     let bytes: Bytes = answer.bytes().await.unwrap_or_default();
+    state.log.lock().await.push(Recorded {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        body: String::from_utf8_lossy(&logged_body).into_owned(),
+        arrived,
+        answered: Instant::now(),
+    });
     match fault {
         Some(Fault::StatusAfterForward(code)) => status_response(code),
         Some(Fault::DropAfterForward) => {

@@ -190,7 +190,7 @@ impl TestApp {
     }
 }
 
-fn settings(outbound: Option<OutboundSettings>) -> Settings {
+pub fn settings(outbound: Option<OutboundSettings>) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),

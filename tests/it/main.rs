@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod auth;
+mod bench;
 mod binary;
 mod customers;
 mod fault_proxy;

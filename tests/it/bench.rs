@@ -1,0 +1,228 @@
+//! Outbound benchmark (DESIGN.md §12), run by `scripts/bench`, never by the test suite: it
+//! reports numbers and asserts only that the run was valid (no failures, no 429s).
+//!
+//! A recording proxy in front of localstripe timestamps every Stripe call, so latency is
+//! measured from a change's commit to the moment paysync issues its Stripe call (Stripe's own
+//! latency excluded) and, separately, to Stripe having applied it.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::fault_proxy::{FaultProxy, Recorded};
+use crate::helpers::{TestApp, kafka_settings, outbound_settings, settings, wait_for};
+use crate::mock_kafka::MockKafka;
+use crate::stripe_helpers::unique_email;
+use paysync::bus::relay::RelaySettings;
+
+/// Stripe's test-mode limit, the budget the benchmark configures.
+const RATE_BUDGET: u32 = 25;
+/// Changes in the latency phase, paced well below the budget.
+const LATENCY_CHANGES: usize = 200;
+const LATENCY_PACE: Duration = Duration::from_millis(200);
+/// Customers created at once in the throughput phase (each is a lookup and a create).
+const THROUGHPUT_CUSTOMERS: usize = 375;
+
+/// Where the Kafka transport runs, if it is used.
+struct KafkaTarget {
+    brokers: String,
+    topic_prefix: String,
+    options: Vec<(String, String)>,
+}
+
+async fn spawn(pool: PgPool, proxy: &FaultProxy, kafka: Option<&KafkaTarget>) -> TestApp {
+    let mut outbound = outbound_settings(&proxy.base_url);
+    outbound.rate = NonZeroU32::new(RATE_BUDGET).unwrap();
+    outbound.burst = NonZeroU32::new(RATE_BUDGET).unwrap();
+    let mut settings = settings(Some(outbound));
+    if let Some(kafka) = kafka {
+        let mut kafka_settings = kafka_settings(&kafka.brokers);
+        kafka_settings.topic_prefix = kafka.topic_prefix.clone();
+        kafka_settings.partitions = 2;
+        kafka_settings.options.extend(kafka.options.iter().cloned());
+        settings.kafka = Some(kafka_settings);
+        settings.relay = Some(RelaySettings {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(500),
+        });
+    }
+    TestApp::spawn_settings(pool, settings).await
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The `metadata[paysync_version]` of an update, from its form-encoded body.
+fn version_of(body: &str) -> Option<i64> {
+    body.split('&')
+        .find_map(|pair| {
+            pair.strip_prefix("metadata[paysync_version]=")
+                .or_else(|| pair.strip_prefix("metadata%5Bpaysync_version%5D="))
+        })
+        .and_then(|v| v.parse().ok())
+}
+
+async fn wait_all_synced(app: &TestApp, deadline: Duration) {
+    wait_for("every customer synced", deadline, || async {
+        let behind: i64 = sqlx::query_scalar(
+            "select count(*) from customers where stripe_synced_version < version",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if behind == 0 {
+            Ok(())
+        } else {
+            Err(format!("{behind} behind"))
+        }
+    })
+    .await;
+}
+
+async fn run(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
+    let proxy = FaultProxy::start().await;
+    let app = spawn(pool, &proxy, kafka).await;
+
+    // Latency: changes to 20 synced customers, one every 200 ms (5/s, a fifth of the budget).
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(
+            app.create_customer(&unique_email("bench")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    wait_all_synced(&app, Duration::from_secs(60)).await;
+    let mut committed: HashMap<(String, i64), Instant> = HashMap::new();
+    for i in 0..LATENCY_CHANGES {
+        let id = &ids[i % ids.len()];
+        let response = app
+            .patch_customer(id, &json!({"name": format!("change {i}")}), None)
+            .await;
+        let at = Instant::now();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: serde_json::Value = response.json().await.unwrap();
+        let stripe_id = body["sync"]["stripe_id"].as_str().unwrap().to_owned();
+        committed.insert((stripe_id, body["version"].as_i64().unwrap()), at);
+        tokio::time::sleep(LATENCY_PACE).await;
+    }
+    wait_all_synced(&app, Duration::from_secs(60)).await;
+    let updates: Vec<Recorded> = proxy
+        .recorded()
+        .await
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with("/v1/customers/cus_"))
+        .collect();
+    let (mut to_issue, mut to_applied) = (Vec::new(), Vec::new());
+    for update in &updates {
+        let stripe_id = update.path.trim_start_matches("/v1/customers/").to_owned();
+        if let Some(at) = version_of(&update.body).and_then(|v| committed.get(&(stripe_id, v))) {
+            to_issue.push(update.arrived.saturating_duration_since(*at));
+            to_applied.push(update.answered.saturating_duration_since(*at));
+        }
+    }
+    to_issue.sort();
+    to_applied.sort();
+
+    // Throughput: many customers at once, so the budget is the bottleneck.
+    let before = proxy.recorded().await.len();
+    let emails: Vec<String> = (0..THROUGHPUT_CUSTOMERS)
+        .map(|_| unique_email("bench-load"))
+        .collect();
+    futures::stream::iter(&emails)
+        .map(|email| {
+            let app = &app;
+            async move { app.post_customer(&json!({ "email": email })).await }
+        })
+        .buffer_unordered(16)
+        .for_each(|response| async move { assert_eq!(response.status(), StatusCode::CREATED) })
+        .await;
+    wait_all_synced(&app, Duration::from_secs(120)).await;
+    let calls: Vec<Recorded> = proxy.recorded().await.split_off(before);
+    let first = calls.iter().map(|c| c.arrived).min().unwrap();
+    let last = calls.iter().map(|c| c.arrived).max().unwrap();
+    let elapsed = last.duration_since(first).as_secs_f64();
+    let rate = (calls.len() - 1) as f64 / elapsed;
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rate_limited = metrics
+        .lines()
+        .filter(|l| l.contains("result=\"rate_limited\""))
+        .count();
+    let dead: i64 = sqlx::query_scalar("select count(*) from dead_letters")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (rate_limited, dead),
+        (0, 0),
+        "a valid run has no 429s and no dead letters"
+    );
+
+    println!(
+        "| {transport} | {} | {} | {} | {} | {} | {:.1} req/s over {:.1} s | {:.1}% |",
+        to_issue.len(),
+        ms(percentile(&to_issue, 0.5)),
+        ms(percentile(&to_issue, 0.99)),
+        ms(percentile(&to_applied, 0.5)),
+        ms(percentile(&to_applied, 0.99)),
+        rate,
+        elapsed,
+        100.0 * rate / f64::from(RATE_BUDGET),
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+#[ignore = "benchmark: run with scripts/bench"]
+async fn bench_outbound_postgres_transport(pool: PgPool) {
+    run(pool, "PostgreSQL", None).await;
+}
+
+#[sqlx::test]
+#[ignore = "benchmark: run with scripts/bench"]
+async fn bench_outbound_kafka_mock_cluster(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let target = KafkaTarget {
+        brokers: kafka.bootstrap.clone(),
+        topic_prefix: "paysync".to_owned(),
+        options: std::env::var("BENCH_KAFKA_OPTIONS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    run(pool, "Kafka (librdkafka mock cluster)", Some(&target)).await;
+}
+
+#[sqlx::test]
+#[ignore = "benchmark: run with scripts/bench"]
+async fn bench_outbound_kafka_tansu(pool: PgPool) {
+    let target = KafkaTarget {
+        brokers: "127.0.0.1:19092".to_owned(),
+        topic_prefix: format!("paysync-bench-{}", uuid::Uuid::now_v7().simple()),
+        options: Vec::new(),
+    };
+    run(pool, "Kafka (tansu)", Some(&target)).await;
+}
