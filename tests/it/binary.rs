@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::helpers::wait_for;
+use crate::mock_kafka::MockKafka;
 use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
 
 const TOKEN: &str = "binary-test-token-must-not-be-logged";
@@ -266,9 +267,12 @@ async fn an_unreachable_database_fails_start_up_without_leaking_the_password() {
 /// 100 customers × 10 versions = 1,000 committed changes; the process is killed with SIGKILL
 /// while they are being synced, restarted, and every customer must end in Stripe exactly once
 /// at its last version.
-#[sqlx::test]
-async fn a_sigkill_with_a_thousand_changes_in_flight_loses_and_duplicates_nothing(pool: PgPool) {
+async fn sigkill_with_a_thousand_changes_in_flight(
+    pool: PgPool,
+    transport_env: Vec<(&'static str, String)>,
+) {
     let mut env = stripe_env();
+    env.extend(transport_env);
     env.push(("DATABASE_URL", database_url(&pool)));
     // A budget well below the change rate, so the kill lands mid-way.
     env.push(("STRIPE_RATE_LIMIT", "40".to_owned()));
@@ -368,6 +372,23 @@ async fn a_sigkill_with_a_thousand_changes_in_flight_loses_and_duplicates_nothin
         assert_eq!(found[0]["metadata"]["paysync_version"], "10");
     }
     restarted.sigterm_and_wait().await;
+}
+
+#[sqlx::test]
+async fn a_sigkill_mid_sync_loses_and_duplicates_nothing_postgres_transport(pool: PgPool) {
+    sigkill_with_a_thousand_changes_in_flight(pool, Vec::new()).await;
+}
+
+/// The same over Kafka (librdkafka's mock cluster in another process): the restarted consumer
+/// resumes from the last committed offset after the killed member's session expires.
+#[sqlx::test]
+async fn a_sigkill_mid_sync_loses_and_duplicates_nothing_kafka_transport(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let env = vec![
+        ("KAFKA_BROKERS", kafka.bootstrap.clone()),
+        ("KAFKA_OPTIONS", "reconnect.backoff.max.ms=500".to_owned()),
+    ];
+    sigkill_with_a_thousand_changes_in_flight(pool, env).await;
 }
 
 /// The real binary over a real Kafka-protocol broker (tansu, a separate program).

@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
+use paysync::bus::relay::RelaySettings;
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, wait_for};
+use crate::helpers::{TestApp, kafka_settings, settings, wait_for};
 use crate::mock_kafka::MockKafka;
 use crate::outbound::wait_synced;
 use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
@@ -165,4 +167,97 @@ async fn an_unreadable_message_is_dead_lettered_and_the_partition_moves_on(pool:
         assert_eq!(letter["payload"]["raw"], "this is not an envelope");
     }
     app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_burst_of_patches_through_kafka_ends_at_the_last_version(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let app = TestApp::spawn_kafka(pool, LOCALSTRIPE, &kafka.bootstrap).await;
+    let email = unique_email("kafka-burst");
+    let id = app.create_customer(&email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=100 {
+        let response = app
+            .patch_customer(&id, &json!({"name": format!("revision {i}")}), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let synced = wait_synced(&app, &id, 101).await;
+    let remote = Localstripe::new()
+        .customer(synced["sync"]["stripe_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(remote["name"], "revision 100");
+    assert_eq!(remote["metadata"]["paysync_version"], "101");
+    assert_eq!(
+        Localstripe::new().customers_with_email(&email).await.len(),
+        1
+    );
+    app.stop().await;
+}
+
+/// Two relays on one database (two replicas) publish every outbox row exactly once: the
+/// topic ends up holding as many messages as there are rows.
+#[sqlx::test]
+async fn two_relays_publish_each_outbox_row_exactly_once(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let relay_only = || {
+        let mut settings = settings(None);
+        settings.kafka = Some(kafka_settings(&kafka.bootstrap));
+        settings.relay = Some(RelaySettings {
+            batch_size: 7,
+            poll_interval: Duration::from_millis(100),
+        });
+        TestApp::spawn_settings(pool.clone(), settings)
+    };
+    let (first, second) = (relay_only().await, relay_only().await);
+    for i in 0..100 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let id = app.create_customer(&unique_email("two-relays")).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            app.patch_customer(&id, &json!({"name": "again"}), None)
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    wait_for("every outbox row published", DEADLINE, || async {
+        let left: i64 =
+            sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} unpublished"))
+        }
+    })
+    .await;
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", "watermarks")
+        .create()
+        .unwrap();
+    let messages = tokio::task::spawn_blocking(move || {
+        (0..4)
+            .map(|partition| {
+                let (low, high) = consumer
+                    .fetch_watermarks("paysync.outbound", partition, Duration::from_secs(5))
+                    .unwrap();
+                high - low
+            })
+            .sum::<i64>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(messages, 200, "200 outbox rows, 200 messages");
+    first.stop().await;
+    second.stop().await;
 }
