@@ -104,12 +104,26 @@ pub async fn insert(conn: &mut PgConnection, account: &str, new: NewCustomer) ->
 
 /// A live (not deleted) customer.
 pub async fn find_live(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
+    find(conn, id, true).await
+}
+
+/// Any customer, deleted or not (the outbound worker must see deletions).
+pub async fn find_any(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
+    find(conn, id, false).await
+}
+
+async fn find(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    live_only: bool,
+) -> Result<Option<Customer>> {
     sqlx::query_as::<_, CustomerRow>(concat!(
         "select ",
         customer_columns!(),
-        " from customers where id = $1 and deleted_at is null"
+        " from customers where id = $1 and (not $2 or deleted_at is null)"
     ))
     .bind(id.as_uuid())
+    .bind(live_only)
     .fetch_optional(conn)
     .await
     .context("loading customer")?
@@ -224,21 +238,6 @@ pub async fn list_live(
     .await
     .context("listing customers")?;
     rows.into_iter().map(Customer::try_from).collect()
-}
-
-/// Any customer, deleted or not (the outbound worker must see deletions).
-pub async fn find_any(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
-    sqlx::query_as::<_, CustomerRow>(concat!(
-        "select ",
-        customer_columns!(),
-        " from customers where id = $1"
-    ))
-    .bind(id.as_uuid())
-    .fetch_optional(conn)
-    .await
-    .context("loading customer")?
-    .map(Customer::try_from)
-    .transpose()
 }
 
 /// Serializes syncs of one customer across workers and replicas until the transaction ends,

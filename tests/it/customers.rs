@@ -318,14 +318,7 @@ async fn listing_pages_through_every_live_customer_once(pool: PgPool) {
             Some(c) => format!("/v1/customers?limit=10&cursor={c}"),
             None => "/v1/customers?limit=10".to_owned(),
         };
-        let page: Value = app
-            .request(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.get_json(&path).await;
         pages += 1;
         let data = page["data"].as_array().unwrap();
         seen.extend(data.iter().map(|c| c["id"].as_str().unwrap().to_owned()));
@@ -346,14 +339,7 @@ async fn listing_filters_by_email_ignoring_case(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     app.create_customer("alice@example.com").await;
     let bob = app.create_customer("Bob@Example.com").await;
-    let page: Value = app
-        .request(Method::GET, "/v1/customers?email=bob@example.com")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/customers?email=bob@example.com").await;
     let data = page["data"].as_array().unwrap();
     assert_eq!(data.len(), 1);
     assert_eq!(data[0]["id"], bob["id"]);
@@ -584,14 +570,7 @@ async fn delete_is_soft_queues_a_deletion_and_hides_the_customer(pool: PgPool) {
         app.delete_customer(&id).await.status(),
         StatusCode::NOT_FOUND
     );
-    let page: Value = app
-        .request(Method::GET, "/v1/customers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/customers").await;
     assert_eq!(page["data"], json!([]));
 
     let (deleted, version): (bool, i64) =

@@ -133,6 +133,17 @@ impl TestApp {
             .bearer_auth(TOKEN)
     }
 
+    /// GET with the API token, parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_customer(&self, body: &Value) -> Response {
         self.request(Method::POST, "/v1/customers")
             .json(body)

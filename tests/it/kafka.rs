@@ -8,13 +8,13 @@ use paysync::bus::relay::RelaySettings;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{TestApp, kafka_settings, settings, wait_for};
 use crate::mock_kafka::MockKafka;
-use crate::outbound::wait_synced;
+use crate::outbound::{burst_of_patches_ends_at_the_last_version, wait_synced};
 use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -133,14 +133,7 @@ async fn an_unreadable_message_is_dead_lettered_and_the_partition_moves_on(pool:
     wait_synced(&app, &id, 1).await;
 
     let letters = wait_for("four dead letters", DEADLINE, || async {
-        let body: Value = app
-            .request(Method::GET, "/v1/dead-letters")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = app.get_json("/v1/dead-letters").await;
         let letters = body["data"].as_array().cloned().unwrap_or_default();
         if letters.len() == 4 {
             Ok(letters)
@@ -173,28 +166,7 @@ async fn an_unreadable_message_is_dead_lettered_and_the_partition_moves_on(pool:
 async fn a_burst_of_patches_through_kafka_ends_at_the_last_version(pool: PgPool) {
     let kafka = MockKafka::start().await;
     let app = TestApp::spawn_kafka(pool, LOCALSTRIPE, &kafka.bootstrap).await;
-    let email = unique_email("kafka-burst");
-    let id = app.create_customer(&email).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for i in 1..=100 {
-        let response = app
-            .patch_customer(&id, &json!({"name": format!("revision {i}")}), None)
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-    let synced = wait_synced(&app, &id, 101).await;
-    let remote = Localstripe::new()
-        .customer(synced["sync"]["stripe_id"].as_str().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(remote["name"], "revision 100");
-    assert_eq!(remote["metadata"]["paysync_version"], "101");
-    assert_eq!(
-        Localstripe::new().customers_with_email(&email).await.len(),
-        1
-    );
+    burst_of_patches_ends_at_the_last_version(&app).await;
     app.stop().await;
 }
 

@@ -129,9 +129,8 @@ async fn creates_updates_and_deletes_reach_stripe(pool: PgPool) {
     .await;
 }
 
-#[sqlx::test]
-async fn a_burst_of_patches_ends_with_stripe_at_the_last_version(pool: PgPool) {
-    let app = TestApp::spawn_syncing(pool, LOCALSTRIPE).await;
+/// 100 rapid PATCHes of one customer end with Stripe equal to the last version, once.
+pub async fn burst_of_patches_ends_at_the_last_version(app: &TestApp) {
     let email = unique_email("burst");
     let id = app.create_customer(&email).await["id"]
         .as_str()
@@ -143,7 +142,7 @@ async fn a_burst_of_patches_ends_with_stripe_at_the_last_version(pool: PgPool) {
             .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let synced = wait_synced(&app, &id, 101).await;
+    let synced = wait_synced(app, &id, 101).await;
     let remote = Localstripe::new()
         .customer(synced["sync"]["stripe_id"].as_str().unwrap())
         .await
@@ -154,6 +153,12 @@ async fn a_burst_of_patches_ends_with_stripe_at_the_last_version(pool: PgPool) {
         Localstripe::new().customers_with_email(&email).await.len(),
         1
     );
+}
+
+#[sqlx::test]
+async fn a_burst_of_patches_ends_with_stripe_at_the_last_version(pool: PgPool) {
+    let app = TestApp::spawn_syncing(pool, LOCALSTRIPE).await;
+    burst_of_patches_ends_at_the_last_version(&app).await;
 }
 
 #[sqlx::test]
@@ -252,14 +257,7 @@ async fn a_change_stripe_rejects_is_dead_lettered_and_replays_once_fixed(pool: P
         "{error}"
     );
 
-    let letters: Value = app
-        .request(Method::GET, "/v1/dead-letters")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters: Value = app.get_json("/v1/dead-letters").await;
     let letters = letters["data"]
         .as_array()
         .unwrap_or_else(|| panic!("{letters}"));
@@ -299,22 +297,8 @@ async fn a_change_stripe_rejects_is_dead_lettered_and_replays_once_fixed(pool: P
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::CONFLICT);
-    let open: Value = app
-        .request(Method::GET, "/v1/dead-letters")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let open: Value = app.get_json("/v1/dead-letters").await;
     assert_eq!(open["data"], json!([]));
-    let all: Value = app
-        .request(Method::GET, "/v1/dead-letters?all=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = app.get_json("/v1/dead-letters?all=true").await;
     assert!(all["data"][0]["replayed_at"].is_string());
 }
