@@ -21,10 +21,11 @@ use crate::bus::{self, KafkaProbe, KafkaSettings};
 use crate::config::{
     DatabaseArgs, DeadLetterCommand, KafkaArgs, OutboundArgs, ServeArgs, StripeArgs,
 };
-use crate::http::{self, ApiAuth, AppState};
+use crate::http::{self, ApiAuth, AppState, InboundQueue, WebhookIngress};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::stripe::retry::Backoff;
+use crate::stripe::webhook::WebhookVerifier;
 use crate::stripe::{HttpStripe, RateLimit, StripeSettings};
 use crate::sync::outbox_worker::{self, WorkerSettings};
 use crate::sync::{CreateRetry, OutboundSync};
@@ -46,6 +47,8 @@ pub struct Settings {
     pub kafka: Option<KafkaSettings>,
     /// Publish the outbox to Kafka from this process (Kafka transport only).
     pub relay: Option<RelaySettings>,
+    /// Accept Stripe webhooks signed with one of these secrets.
+    pub webhooks: Option<WebhookVerifier>,
 }
 
 /// The outbound side: which Stripe account, within which budget, and how the worker runs.
@@ -113,10 +116,21 @@ impl Application {
             }
             None => None,
         };
+        let webhooks = settings.webhooks.map(|verifier| {
+            let queue = match &kafka {
+                Some(k) => InboundQueue::Kafka {
+                    producer: k.producer.clone(),
+                    topic: k.settings.inbound_topic(),
+                },
+                None => InboundQueue::Postgres(pool.clone()),
+            };
+            Arc::new(WebhookIngress { verifier, queue })
+        });
         let state = AppState {
             pool: pool.clone(),
             metrics: metrics.clone(),
             kafka: kafka.as_ref().map(|k| KafkaProbe::new(k.producer.clone())),
+            webhooks,
         };
         Ok(Self {
             listener,
@@ -240,6 +254,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_timeout: args.shutdown_timeout,
         outbound: outbound_settings(&args.stripe, &args.outbound),
         kafka: kafka_settings(&args.kafka),
+        webhooks: webhook_verifier(&args.stripe),
         relay: (!args.outbound.no_relay).then_some(RelaySettings {
             batch_size: args.outbound.outbox_batch,
             poll_interval: args.outbound.outbox_poll_interval,
@@ -249,6 +264,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone())?;
     app.run(shutdown).await
+}
+
+fn webhook_verifier(stripe: &StripeArgs) -> Option<WebhookVerifier> {
+    if stripe.stripe_webhook_secrets.is_empty() {
+        warn!("STRIPE_WEBHOOK_SECRETS is not set: POST /webhooks/stripe answers 503");
+        return None;
+    }
+    Some(WebhookVerifier::new(
+        stripe.stripe_webhook_secrets.clone(),
+        stripe.stripe_webhook_tolerance,
+    ))
 }
 
 fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {

@@ -129,6 +129,15 @@ pub struct StripeArgs {
     #[arg(long, env = "STRIPE_BACKOFF_BASE", default_value = "250ms", value_parser = parse_duration)]
     pub stripe_backoff_base: Duration,
 
+    /// Webhook endpoint signing secrets (whsec_…), comma-separated; several during a rotation.
+    /// Without any, POST /webhooks/stripe answers 503.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRETS", value_delimiter = ',', hide_env_values = true, value_parser = parse_token)]
+    pub stripe_webhook_secrets: Vec<SecretString>,
+
+    /// How far a webhook's signed timestamp may be from now.
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = parse_duration)]
+    pub stripe_webhook_tolerance: Duration,
+
     /// Longest wait between attempts (a longer Retry-After is cut to this).
     #[arg(long, env = "STRIPE_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
     pub stripe_backoff_max: Duration,

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub outbound_synced: Family<OutcomeLabels, Counter>,
     pub dead_letters: Family<SourceLabels, Counter>,
     pub outbox_backlog: Gauge,
+    pub webhooks: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -128,6 +129,13 @@ impl Metrics {
             "Outbox rows not yet published (Kafka) or not yet synced (PostgreSQL transport)",
             outbox_backlog.clone(),
         );
+        let webhooks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Stripe webhook deliveries, by outcome (accepted, bad_signature, stale, oversized, \
+             malformed, ignored_type, unavailable)",
+            webhooks.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -139,6 +147,7 @@ impl Metrics {
             outbound_synced,
             dead_letters,
             outbox_backlog,
+            webhooks,
         }
     }
 

@@ -43,6 +43,19 @@ impl Envelope {
         }
     }
 
+    /// A verified Stripe event for the inbound topic.
+    pub fn inbound(event: serde_json::Value, occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            id: Uuid::now_v7(),
+            kind: "stripe.event".to_owned(),
+            customer_id: None,
+            version: None,
+            event: Some(event),
+            occurred_at,
+        }
+    }
+
     /// Parses a message payload; a newer schema or a malformed body is an error the consumer
     /// dead-letters instead of guessing.
     pub fn parse(payload: &[u8]) -> Result<Self, String> {

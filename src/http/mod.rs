@@ -6,6 +6,7 @@ mod dead_letters;
 mod error;
 mod extract;
 mod ops;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use auth::ApiAuth;
 pub use dead_letters::DeadLetterBody;
 pub use error::{ApiError, ErrorBody};
+pub use webhooks::{InboundQueue, MAX_WEBHOOK_BYTES, WebhookIngress};
 
 use crate::bus::KafkaProbe;
 use crate::metrics::{HttpLabels, Metrics};
@@ -41,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Checked by `/readyz` when the Kafka transport is configured.
     pub kafka: Option<KafkaProbe>,
+    /// The Stripe webhook ingress, when webhook secrets are configured.
+    pub webhooks: Option<Arc<WebhookIngress>>,
 }
 
 #[derive(OpenApi)]
@@ -56,6 +60,7 @@ pub struct AppState {
     tags(
         (name = "customers", description = "Customers, synced to Stripe"),
         (name = "dead letters", description = "Changes that could not be synced, and their replay"),
+        (name = "webhooks", description = "Signed Stripe deliveries (the signature is the credential)"),
         (name = "operations", description = "Health, readiness and metrics (no authentication)")
     )
 )]
@@ -77,6 +82,7 @@ impl Modify for BearerAuth {
 fn documented_routes(v1: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
+        .merge(webhooks::router())
         .merge(ops::router())
 }
 

@@ -3,9 +3,11 @@
 //! tolerant types responses are parsed into.
 
 mod client;
+pub mod event;
 mod rate_limit;
 pub mod retry;
 mod types;
+pub mod webhook;
 
 use std::time::Duration;
 

@@ -209,6 +209,7 @@ pub fn settings(outbound: Option<OutboundSettings>) -> Settings {
         outbound,
         kafka: None,
         relay: None,
+        webhooks: None,
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use paysync::bus::relay::RelaySettings;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -212,23 +211,7 @@ async fn two_relays_publish_each_outbox_row_exactly_once(pool: PgPool) {
     })
     .await;
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .set("group.id", "watermarks")
-        .create()
-        .unwrap();
-    let messages = tokio::task::spawn_blocking(move || {
-        (0..4)
-            .map(|partition| {
-                let (low, high) = consumer
-                    .fetch_watermarks("paysync.outbound", partition, Duration::from_secs(5))
-                    .unwrap();
-                high - low
-            })
-            .sum::<i64>()
-    })
-    .await
-    .unwrap();
+    let messages = kafka.messages_in("paysync.outbound").await;
     assert_eq!(messages, 200, "200 outbox rows, 200 messages");
     first.stop().await;
     second.stop().await;

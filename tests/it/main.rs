@@ -15,3 +15,4 @@ mod mock_kafka;
 mod ops;
 mod outbound;
 mod stripe_helpers;
+mod webhooks;

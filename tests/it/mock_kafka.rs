@@ -48,4 +48,26 @@ impl MockKafka {
     pub async fn all_up(&mut self) {
         self.command("all-up").await;
     }
+
+    /// Messages in `topic` (sum of high watermarks; the mock never deletes any).
+    pub async fn messages_in(&self, topic: &str) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .unwrap();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            (0..4)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p, std::time::Duration::from_secs(5))
+                        .unwrap()
+                        .1
+                })
+                .sum()
+        })
+        .await
+        .unwrap()
+    }
 }

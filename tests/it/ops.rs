@@ -43,6 +43,7 @@ async fn readiness_fails_while_the_database_is_unreachable() {
         outbound: None,
         kafka: None,
         relay: None,
+        webhooks: None,
     };
     let app = Application::build(settings, pool).await.unwrap();
     let url = format!("http://{}/readyz", app.local_addr().unwrap());
