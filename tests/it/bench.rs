@@ -156,15 +156,7 @@ async fn run(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
     let elapsed = last.duration_since(first).as_secs_f64();
     let rate = (calls.len() - 1) as f64 / elapsed;
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let rate_limited = metrics
         .lines()
         .filter(|l| l.contains("result=\"rate_limited\""))

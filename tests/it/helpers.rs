@@ -133,6 +133,13 @@ impl TestApp {
             .bearer_auth(TOKEN)
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
     /// GET with the API token, parsed as JSON.
     pub async fn get_json(&self, path: &str) -> Value {
         self.request(Method::GET, path)

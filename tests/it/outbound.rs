@@ -214,15 +214,7 @@ async fn faults_between_paysync_and_stripe_converge_without_duplicates(pool: PgP
         assert_eq!(in_stripe[0]["metadata"]["paysync_version"], "2");
     }
     assert!(proxy.requests() > 16, "the faults were exercised");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("paysync_stripe_retries_total"),
         "{metrics}"

@@ -90,15 +90,7 @@ async fn a_verified_event_is_in_the_inbox_before_the_2xx_and_stored_once(pool: P
         assert_eq!(stored[0].1.as_deref(), Some("cus_Inbox1"));
         assert_eq!(stored[0].2, serde_json::from_str::<Value>(&body).unwrap());
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"paysync_webhooks_total{outcome="accepted"} 5"#),
         "{metrics}"
@@ -187,15 +179,7 @@ async fn forged_expired_oversized_and_malformed_deliveries_store_nothing(pool: P
     assert_eq!(response.json::<Value>().await.unwrap()["ignored"], true);
 
     assert!(inbox(&app).await.is_empty());
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for outcome in [
         "bad_signature",
         "stale",
