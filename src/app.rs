@@ -19,21 +19,26 @@ use rdkafka::producer::FutureProducer;
 use crate::bus::relay::RelaySettings;
 use crate::bus::{self, KafkaProbe, KafkaSettings};
 use crate::config::{
-    DatabaseArgs, DeadLetterCommand, KafkaArgs, OutboundArgs, ServeArgs, StripeArgs,
+    DatabaseArgs, DeadLetterCommand, InboundArgs, KafkaArgs, OutboundArgs, ServeArgs, StripeArgs,
 };
-use crate::http::{self, ApiAuth, AppState, InboundQueue, WebhookIngress};
+use crate::http::{self, ApiAuth, AppState, WebhookIngress};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::stripe::retry::Backoff;
 use crate::stripe::webhook::WebhookVerifier;
-use crate::stripe::{HttpStripe, RateLimit, StripeSettings};
+use crate::stripe::{HttpStripe, RateLimit, StripeApi, StripeSettings};
+use crate::sync::inbound::ConflictPolicy;
+use crate::sync::inbox_worker::{self, InboxSettings};
 use crate::sync::outbox_worker::{self, WorkerSettings};
-use crate::sync::{CreateRetry, OutboundSync};
+use crate::sync::{CreateRetry, InboundQueue, InboundSync, OutboundSync, catch_up};
 
 /// How long a POST's `Idempotency-Key` is remembered (as Stripe does).
 const IDEMPOTENCY_KEY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
-/// How often expired idempotency keys are removed.
-const IDEMPOTENCY_JANITOR_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// How long a processed Stripe event's id is remembered: past Stripe's retries (3 days) and
+/// the Events API's retention (30 days), so neither can make it apply twice.
+const PROCESSED_EVENT_RETENTION: Duration = Duration::from_secs(31 * 24 * 60 * 60);
+/// How often expired idempotency keys and processed events are removed.
+const JANITOR_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// What the server needs besides a database pool.
 #[derive(Debug, Clone)]
@@ -41,8 +46,14 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub auth: ApiAuth,
     pub shutdown_timeout: Duration,
-    /// Sync local changes to Stripe; `None` leaves them queued in the outbox.
-    pub outbound: Option<OutboundSettings>,
+    /// The Stripe account paysync talks to; `None` without an API key.
+    pub stripe: Option<StripeAccount>,
+    /// Sync local changes to Stripe (with `stripe`); `None` leaves them queued in the outbox.
+    pub outbound: Option<WorkerSettings>,
+    /// Apply Stripe events to PostgreSQL; `None` leaves them queued.
+    pub inbound: Option<InboundSettings>,
+    /// Read the Events API this often for events missed as webhooks (with `stripe`).
+    pub catch_up: Option<Duration>,
     /// The Kafka transport; `None` runs the workers over PostgreSQL.
     pub kafka: Option<KafkaSettings>,
     /// Publish the outbox to Kafka from this process (Kafka transport only).
@@ -51,13 +62,20 @@ pub struct Settings {
     pub webhooks: Option<WebhookVerifier>,
 }
 
-/// The outbound side: which Stripe account, within which budget, and how the worker runs.
+/// A Stripe account and the request budget paysync keeps to with it.
 #[derive(Debug, Clone)]
-pub struct OutboundSettings {
-    pub stripe: StripeSettings,
+pub struct StripeAccount {
+    pub api: StripeSettings,
     pub rate: NonZeroU32,
     pub burst: NonZeroU32,
-    pub worker: WorkerSettings,
+}
+
+/// The inbound side: how Stripe events are applied.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundSettings {
+    /// Batches and workers; the batch size also bounds a Kafka batch.
+    pub inbox: InboxSettings,
+    pub policy: ConflictPolicy,
 }
 
 /// A bound, not yet running paysync server.
@@ -67,6 +85,9 @@ pub struct Application {
     pool: PgPool,
     metrics: Arc<Metrics>,
     outbound: Option<(Arc<OutboundSync>, WorkerSettings)>,
+    inbound: Option<(Arc<InboundSync>, InboxSettings)>,
+    catch_up: Option<(Arc<dyn StripeApi>, Duration)>,
+    queue: InboundQueue,
     kafka: Option<KafkaRuntime>,
     shutdown_timeout: Duration,
 }
@@ -85,25 +106,36 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let metrics = Arc::new(Metrics::new());
-        let outbound = match settings.outbound {
-            Some(outbound) => {
-                let stripe_settings = outbound.stripe.clone();
-                let limit = RateLimit::new(outbound.rate, outbound.burst);
-                let stripe = HttpStripe::new(stripe_settings.clone(), limit, metrics.clone())?;
-                let create_retry = CreateRetry {
-                    max_attempts: stripe_settings.max_attempts,
-                    backoff: stripe_settings.backoff,
-                };
-                let sync = OutboundSync::new(
-                    pool.clone(),
-                    Arc::new(stripe),
-                    metrics.clone(),
-                    create_retry,
-                );
-                Some((Arc::new(sync), outbound.worker))
+        // One client per account: its token bucket is shared by every caller.
+        let stripe = match &settings.stripe {
+            Some(account) => {
+                let limit = RateLimit::new(account.rate, account.burst);
+                let client = HttpStripe::new(account.api.clone(), limit, metrics.clone())?;
+                Some(Arc::new(client) as Arc<dyn StripeApi>)
             }
             None => None,
         };
+        let outbound = match (settings.outbound, &stripe, &settings.stripe) {
+            (Some(worker), Some(stripe), Some(account)) => {
+                let create_retry = CreateRetry {
+                    max_attempts: account.api.max_attempts,
+                    backoff: account.api.backoff,
+                };
+                let sync =
+                    OutboundSync::new(pool.clone(), stripe.clone(), metrics.clone(), create_retry);
+                Some((Arc::new(sync), worker))
+            }
+            _ => None,
+        };
+        let inbound = settings.inbound.map(|inbound| {
+            let sync = InboundSync::new(
+                pool.clone(),
+                stripe.clone(),
+                metrics.clone(),
+                inbound.policy,
+            );
+            (Arc::new(sync), inbound.inbox)
+        });
         let kafka = match settings.kafka {
             Some(kafka_settings) => {
                 bus::ensure_topics(&kafka_settings).await?;
@@ -116,15 +148,18 @@ impl Application {
             }
             None => None,
         };
+        let queue = match &kafka {
+            Some(k) => InboundQueue::Kafka {
+                producer: k.producer.clone(),
+                topic: k.settings.inbound_topic(),
+            },
+            None => InboundQueue::Postgres(pool.clone()),
+        };
         let webhooks = settings.webhooks.map(|verifier| {
-            let queue = match &kafka {
-                Some(k) => InboundQueue::Kafka {
-                    producer: k.producer.clone(),
-                    topic: k.settings.inbound_topic(),
-                },
-                None => InboundQueue::Postgres(pool.clone()),
-            };
-            Arc::new(WebhookIngress { verifier, queue })
+            Arc::new(WebhookIngress {
+                verifier,
+                queue: queue.clone(),
+            })
         });
         let state = AppState {
             pool: pool.clone(),
@@ -138,6 +173,9 @@ impl Application {
             pool,
             metrics,
             outbound,
+            inbound,
+            catch_up: stripe.zip(settings.catch_up),
+            queue,
             kafka,
             shutdown_timeout: settings.shutdown_timeout,
         })
@@ -152,9 +190,48 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         info!(%addr, "listening");
-        let janitor = spawn_idempotency_janitor(self.pool.clone(), shutdown.clone());
+        let janitor = spawn_janitor(self.pool.clone(), shutdown.clone());
+        let mut workers = self.spawn_outbound(&shutdown)?;
+        workers.extend(self.spawn_inbound(&shutdown)?);
+        if let Some((stripe, interval)) = self.catch_up.clone() {
+            info!(interval = ?interval, "catching up on missed Stripe events (Events API)");
+            workers.push(tokio::spawn(catch_up::run(
+                self.pool.clone(),
+                stripe,
+                self.queue.clone(),
+                self.metrics.clone(),
+                interval,
+                shutdown.clone(),
+            )));
+        }
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.shutdown_timeout).await;
+        };
+        tokio::select! {
+            served = server => served.context("serving HTTP")?,
+            () = drain_deadline => warn!(timeout = ?self.shutdown_timeout, "in-flight requests did not finish in time; exiting"),
+        }
+        shutdown.cancel();
+        if let Err(e) = janitor.await {
+            warn!(error = %e, "janitor task failed");
+        }
+        for worker in workers {
+            if let Err(e) = worker.await {
+                warn!(error = %e, "a worker task failed");
+            }
+        }
+        self.pool.close().await;
+        info!("stopped");
+        Ok(())
+    }
+
+    /// The relay (Kafka) and the worker that syncs local changes to Stripe.
+    fn spawn_outbound(&self, shutdown: &CancellationToken) -> anyhow::Result<Vec<JoinHandle<()>>> {
         let mut workers = Vec::new();
-        match (&self.kafka, self.outbound) {
+        match (&self.kafka, &self.outbound) {
             (Some(kafka), outbound) => {
                 if let Some(relay) = kafka.relay {
                     info!(topic = %kafka.settings.outbound_topic(), "relaying the outbox to Kafka");
@@ -173,7 +250,7 @@ impl Application {
                     workers.push(tokio::spawn(bus::consumer::run_outbound(
                         consumer,
                         self.pool.clone(),
-                        sync,
+                        sync.clone(),
                         self.metrics.clone(),
                         shutdown.clone(),
                     )));
@@ -183,42 +260,51 @@ impl Application {
                 info!("syncing local changes to Stripe (PostgreSQL transport)");
                 workers.push(tokio::spawn(outbox_worker::run(
                     self.pool.clone(),
-                    sync,
+                    sync.clone(),
                     self.metrics.clone(),
-                    worker_settings,
+                    *worker_settings,
                     shutdown.clone(),
                 )));
             }
             (None, None) => {}
         }
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let drain_deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.shutdown_timeout).await;
+        Ok(workers)
+    }
+
+    /// The workers that apply Stripe events: the inbox worker always (it also takes replayed
+    /// dead letters), and the inbound consumer with Kafka.
+    fn spawn_inbound(&self, shutdown: &CancellationToken) -> anyhow::Result<Vec<JoinHandle<()>>> {
+        let Some((sync, inbox)) = &self.inbound else {
+            return Ok(Vec::new());
         };
-        tokio::select! {
-            served = server => served.context("serving HTTP")?,
-            () = drain_deadline => warn!(timeout = ?self.shutdown_timeout, "in-flight requests did not finish in time; exiting"),
-        }
-        shutdown.cancel();
-        if let Err(e) = janitor.await {
-            warn!(error = %e, "idempotency janitor task failed");
-        }
-        for worker in workers {
-            if let Err(e) = worker.await {
-                warn!(error = %e, "a worker task failed");
+        let mut workers = vec![tokio::spawn(inbox_worker::run(
+            sync.clone(),
+            self.metrics.clone(),
+            *inbox,
+            shutdown.clone(),
+        ))];
+        match &self.kafka {
+            Some(kafka) => {
+                let consumer = bus::inbound::inbound_consumer(&kafka.settings)?;
+                info!(group = %kafka.settings.group("inbound"), "applying Stripe events (Kafka transport)");
+                workers.push(tokio::spawn(bus::inbound::run_inbound(
+                    consumer,
+                    sync.clone(),
+                    self.metrics.clone(),
+                    usize::try_from(inbox.batch_size).unwrap_or(1).max(1),
+                    shutdown.clone(),
+                )));
             }
+            None => info!("applying Stripe events (PostgreSQL transport)"),
         }
-        self.pool.close().await;
-        info!("stopped");
-        Ok(())
+        Ok(workers)
     }
 }
 
-fn spawn_idempotency_janitor(pool: PgPool, shutdown: CancellationToken) -> JoinHandle<()> {
+/// Removes expired idempotency keys and processed-event records, hourly.
+fn spawn_janitor(pool: PgPool, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(IDEMPOTENCY_JANITOR_INTERVAL);
+        let mut tick = tokio::time::interval(JANITOR_INTERVAL);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -228,6 +314,13 @@ fn spawn_idempotency_janitor(pool: PgPool, shutdown: CancellationToken) -> JoinH
                 Ok(0) => {}
                 Ok(deleted) => info!(deleted, "expired idempotency keys removed"),
                 Err(e) => warn!(error = %e, "removing expired idempotency keys failed; will retry"),
+            }
+            let processed =
+                store::processed_events::delete_processed_before(&pool, PROCESSED_EVENT_RETENTION);
+            match processed.await {
+                Ok(0) => {}
+                Ok(deleted) => info!(deleted, "old processed Stripe events forgotten"),
+                Err(e) => warn!(error = %e, "removing old processed events failed; will retry"),
             }
         }
     })
@@ -248,11 +341,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store::migrate(&pool).await?;
         info!("database schema is up to date");
     }
+    let stripe = stripe_account(&args.stripe);
     let settings = Settings {
         listen: args.listen,
         auth,
         shutdown_timeout: args.shutdown_timeout,
-        outbound: outbound_settings(&args.stripe, &args.outbound),
+        outbound: outbound_settings(stripe.is_some(), &args.outbound),
+        inbound: inbound_settings(&args.inbound, &args.outbound),
+        catch_up: catch_up_interval(stripe.is_some(), &args.inbound),
+        stripe,
         kafka: kafka_settings(&args.kafka),
         webhooks: webhook_verifier(&args.stripe),
         relay: (!args.outbound.no_relay).then_some(RelaySettings {
@@ -292,11 +389,7 @@ fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {
     })
 }
 
-fn outbound_settings(stripe: &StripeArgs, outbound: &OutboundArgs) -> Option<OutboundSettings> {
-    if outbound.no_outbound {
-        info!("outbound sync disabled (--no-outbound)");
-        return None;
-    }
+fn stripe_account(stripe: &StripeArgs) -> Option<StripeAccount> {
     let Some(api_key) = stripe.stripe_api_key.clone() else {
         warn!("STRIPE_API_KEY is not set: local changes stay queued in the outbox");
         return None;
@@ -307,8 +400,8 @@ fn outbound_settings(stripe: &StripeArgs, outbound: &OutboundArgs) -> Option<Out
         .and_then(NonZeroU32::new)
         .unwrap_or(rate);
     info!(api_base = %stripe.stripe_api_base, rate = rate.get(), burst = burst.get(), "Stripe account configured");
-    Some(OutboundSettings {
-        stripe: StripeSettings {
+    Some(StripeAccount {
+        api: StripeSettings {
             api_key,
             api_base: stripe.stripe_api_base.clone(),
             timeout: stripe.stripe_timeout,
@@ -320,12 +413,46 @@ fn outbound_settings(stripe: &StripeArgs, outbound: &OutboundArgs) -> Option<Out
         },
         rate,
         burst,
-        worker: WorkerSettings {
-            batch_size: outbound.outbox_batch,
-            concurrency: outbound.outbound_concurrency as usize,
+    })
+}
+
+fn outbound_settings(has_stripe: bool, outbound: &OutboundArgs) -> Option<WorkerSettings> {
+    if outbound.no_outbound {
+        info!("outbound sync disabled (--no-outbound)");
+        return None;
+    }
+    has_stripe.then_some(WorkerSettings {
+        batch_size: outbound.outbox_batch,
+        concurrency: outbound.outbound_concurrency as usize,
+        poll_interval: outbound.outbox_poll_interval,
+    })
+}
+
+fn inbound_settings(inbound: &InboundArgs, outbound: &OutboundArgs) -> Option<InboundSettings> {
+    if inbound.no_inbound {
+        info!("inbound sync disabled (--no-inbound): Stripe events stay queued");
+        return None;
+    }
+    Some(InboundSettings {
+        inbox: InboxSettings {
+            batch_size: i64::from(inbound.inbound_batch),
+            concurrency: inbound.inbound_concurrency as usize,
             poll_interval: outbound.outbox_poll_interval,
         },
+        policy: inbound.conflict_policy,
     })
+}
+
+fn catch_up_interval(has_stripe: bool, inbound: &InboundArgs) -> Option<Duration> {
+    if inbound.no_catch_up {
+        info!("catch-up disabled (--no-catch-up)");
+        return None;
+    }
+    if !has_stripe {
+        warn!("STRIPE_API_KEY is not set: no catch-up of missed Stripe events");
+        return None;
+    }
+    Some(inbound.catch_up_interval)
 }
 
 /// `paysync dead-letters list|replay`.

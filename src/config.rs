@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use secrecy::SecretString;
 
+use crate::sync::inbound::ConflictPolicy;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -198,9 +199,49 @@ pub struct OutboundArgs {
     #[arg(long, env = "PAYSYNC_OUTBOX_BATCH", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub outbox_batch: i64,
 
-    /// How often the outbox is polled when no notification arrives.
+    /// How often the outbox (and the inbox of Stripe events) is polled when no notification
+    /// arrives.
     #[arg(long, env = "PAYSYNC_OUTBOX_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub outbox_poll_interval: Duration,
+}
+
+/// The inbound side: Stripe events applied to PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct InboundArgs {
+    /// Do not apply Stripe events in this process (the webhook ingress still queues them).
+    #[arg(long, env = "PAYSYNC_NO_INBOUND")]
+    pub no_inbound: bool,
+
+    /// Stripe events applied and committed together (a Kafka poll or an inbox claim).
+    #[arg(long, env = "PAYSYNC_INBOUND_BATCH", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub inbound_batch: u32,
+
+    /// Workers draining the inbox of Stripe events at once (PostgreSQL transport).
+    #[arg(long, env = "PAYSYNC_INBOUND_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub inbound_concurrency: u32,
+
+    /// Who wins when a customer changed on both sides since the last sync: `newest` (the
+    /// later change), `local-wins` or `stripe-wins`.
+    #[arg(long, env = "PAYSYNC_CONFLICT_POLICY", default_value = "newest")]
+    pub conflict_policy: ConflictPolicy,
+
+    /// How often the Stripe Events API is read for customer events that never arrived as
+    /// webhooks (also once at start-up). Needs STRIPE_API_KEY.
+    #[arg(long, env = "PAYSYNC_CATCH_UP_INTERVAL", default_value = "5m", value_parser = parse_interval)]
+    pub catch_up_interval: Duration,
+
+    /// Do not read the Stripe Events API in this process.
+    #[arg(long, env = "PAYSYNC_NO_CATCH_UP")]
+    pub no_catch_up: bool,
+}
+
+/// A period of at least one second.
+fn parse_interval(raw: &str) -> Result<Duration, String> {
+    let interval = parse_duration(raw)?;
+    if interval < Duration::from_secs(1) {
+        return Err(format!("{raw:?} is too short; use at least 1s"));
+    }
+    Ok(interval)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -247,6 +288,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub outbound: OutboundArgs,
+
+    #[command(flatten)]
+    pub inbound: InboundArgs,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -355,6 +399,27 @@ mod tests {
         let debug = format!("{args:?}");
         assert!(!debug.contains("hunter2-token"), "{debug}");
         assert!(!debug.contains("postgres://localhost/db"), "{debug}");
+    }
+
+    #[test]
+    fn inbound_settings_parse_and_check_their_ranges() {
+        let args = serve(&["--api-tokens", "t"]).unwrap();
+        assert_eq!(args.inbound.conflict_policy, ConflictPolicy::Newest);
+        assert_eq!(args.inbound.catch_up_interval, Duration::from_secs(300));
+        let args = serve(&[
+            "--api-tokens",
+            "t",
+            "--conflict-policy",
+            "stripe-wins",
+            "--catch-up-interval",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(args.inbound.conflict_policy, ConflictPolicy::StripeWins);
+        assert_eq!(args.inbound.catch_up_interval, Duration::from_secs(30));
+        let err = serve(&["--api-tokens", "t", "--conflict-policy", "oldest"]).unwrap_err();
+        assert!(err.contains("local-wins"), "{err}");
+        assert!(serve(&["--api-tokens", "t", "--catch-up-interval", "0s"]).is_err());
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// 5 ms to ~45 min: from a webhook applied at once to an event found by catch-up after an
+/// outage.
+fn lag_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 20))
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms to ~16 s: from a cached health check to a request stuck behind a slow database.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -69,6 +75,11 @@ pub struct Metrics {
     pub dead_letters: Family<SourceLabels, Counter>,
     pub outbox_backlog: Gauge,
     pub webhooks: Family<OutcomeLabels, Counter>,
+    pub inbound_events: Family<OutcomeLabels, Counter>,
+    pub inbound_lag: Histogram,
+    pub inbox_backlog: Gauge,
+    pub catch_up_events: Counter,
+    pub catch_up_runs: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -136,6 +147,38 @@ impl Metrics {
              malformed, ignored_type, unavailable)",
             webhooks.clone(),
         );
+        let inbound_events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "inbound_events",
+            "Stripe events handled by the inbound worker, by outcome (applied, adopted, deleted, \
+             kept_local, duplicate, stale, superseded, echo, no_change, already_deleted, \
+             not_linked, no_email, dead_lettered)",
+            inbound_events.clone(),
+        );
+        let inbound_lag = lag_histogram();
+        registry.register(
+            "inbound_lag_seconds",
+            "From a Stripe event being created to paysync having handled it",
+            inbound_lag.clone(),
+        );
+        let inbox_backlog = Gauge::default();
+        registry.register(
+            "inbox_backlog",
+            "Stripe events waiting in the PostgreSQL inbox",
+            inbox_backlog.clone(),
+        );
+        let catch_up_events = Counter::default();
+        registry.register(
+            "catch_up_events",
+            "Stripe events found by catch-up (Events API) that paysync had not received",
+            catch_up_events.clone(),
+        );
+        let catch_up_runs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "catch_up_runs",
+            "Catch-up runs, by outcome (done, skipped: another replica ran it, failed)",
+            catch_up_runs.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -148,7 +191,21 @@ impl Metrics {
             dead_letters,
             outbox_backlog,
             webhooks,
+            inbound_events,
+            inbound_lag,
+            inbox_backlog,
+            catch_up_events,
+            catch_up_runs,
         }
+    }
+
+    /// Counts one outcome of a family labelled by outcome.
+    pub fn count(family: &Family<OutcomeLabels, Counter>, outcome: &str) {
+        family
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The registry in OpenMetrics text format.

@@ -45,3 +45,15 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An error and its causes on one line (`what: why: root cause`), for logs and stored errors.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::Message as _;
+use rdkafka::Message;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use serde_json::json;
@@ -22,21 +22,39 @@ use crate::sync::OutboundSync;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 pub fn outbound_consumer(settings: &KafkaSettings) -> Result<StreamConsumer> {
+    subscribed_consumer(settings, "outbound", &settings.outbound_topic())
+}
+
+/// A consumer of `topic` in the group of `role`.
+pub(super) fn subscribed_consumer(
+    settings: &KafkaSettings,
+    role: &str,
+    topic: &str,
+) -> Result<StreamConsumer> {
     let consumer: StreamConsumer =
         settings
-            .consumer_config("outbound")
+            .consumer_config(role)
             .create()
             .map_err(|source| Error::Client {
                 client: "consumer",
                 source,
             })?;
     consumer
-        .subscribe(&[&settings.outbound_topic()])
+        .subscribe(&[topic])
         .map_err(|source| Error::Client {
             client: "consumer",
             source,
         })?;
     Ok(consumer)
+}
+
+/// Closes a consumer, which commits the stored offsets and leaves the group. It blocks (for
+/// at most about the session timeout when brokers are gone), so it runs off the async
+/// threads. A synchronous commit instead would wait forever while every broker is down.
+pub(super) async fn close(consumer: StreamConsumer) {
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+        warn!(error = %e, "closing the Kafka consumer failed; uncommitted messages will be read again");
+    }
 }
 
 /// Runs until `shutdown`, then closes the consumer (committing the stored offsets).
@@ -69,12 +87,7 @@ pub async fn run_outbound(
             }
         }
     }
-    // Closing commits the stored offsets and leaves the group. It blocks (for at most about
-    // the session timeout when brokers are gone), so it runs off the async threads. A
-    // synchronous commit here would wait forever while every broker is down.
-    if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
-        warn!(error = %e, "closing the Kafka consumer failed; uncommitted messages will be read again");
-    }
+    close(consumer).await;
     info!("outbound consumer stopped");
 }
 
@@ -94,7 +107,12 @@ async fn handle(
     let customer_id = match envelope {
         Ok(id) => id,
         Err(reason) => {
-            return dead_letter_unreadable(message, pool, metrics, &reason, shutdown).await;
+            let at = MessageAt::of(message);
+            let payload = message.payload().unwrap_or_default();
+            return dead_letter_unreadable(
+                "outbound", &at, payload, pool, metrics, &reason, shutdown,
+            )
+            .await;
         }
     };
     let mut delay = Duration::from_millis(200);
@@ -113,34 +131,46 @@ async fn handle(
     }
 }
 
+/// Where a message is: its dead-letter key.
+pub(super) struct MessageAt(String);
+
+impl MessageAt {
+    pub(super) fn of(message: &impl Message) -> Self {
+        Self(format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        ))
+    }
+}
+
 /// A message paysync cannot read goes to the dead-letter table so the partition moves on.
-async fn dead_letter_unreadable(
-    message: &BorrowedMessage<'_>,
+/// Returns false only when shutdown interrupted the retries.
+pub(super) async fn dead_letter_unreadable(
+    source: &str,
+    at: &MessageAt,
+    payload: &[u8],
     pool: &PgPool,
     metrics: &Metrics,
     reason: &str,
     shutdown: &CancellationToken,
 ) -> bool {
-    let key = format!(
-        "{}/{}/{}",
-        message.topic(),
-        message.partition(),
-        message.offset()
-    );
-    let payload = json!({"raw": String::from_utf8_lossy(message.payload().unwrap_or_default())});
-    warn!(message = %key, reason, "unreadable outbound message; dead-lettered");
+    let key = &at.0;
+    let payload = json!({"raw": String::from_utf8_lossy(payload)});
+    warn!(message = %key, source, reason, "unreadable message; dead-lettered");
     let mut delay = Duration::from_millis(200);
     loop {
         let recorded = async {
             let mut conn = store::acquire(pool).await?;
-            dead_letters::record(&mut conn, "outbound", &key, &payload, reason, 1).await
+            dead_letters::record(&mut conn, source, key, &payload, reason, 1).await
         };
         match recorded.await {
             Ok(_) => {
                 metrics
                     .dead_letters
                     .get_or_create(&SourceLabels {
-                        source: "outbound".to_owned(),
+                        source: source.to_owned(),
                     })
                     .inc();
                 return true;

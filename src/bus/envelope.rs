@@ -6,6 +6,18 @@ use uuid::Uuid;
 
 /// The envelope version consumers understand.
 pub const SCHEMA_VERSION: u32 = 1;
+/// The `kind` of inbound messages: a verified Stripe event.
+pub const INBOUND_KIND: &str = "stripe.event";
+
+/// The inbound form of [`Envelope`], serialized without copying the event.
+#[derive(Debug, Serialize)]
+pub struct InboundEnvelope<'a> {
+    pub schema: u32,
+    pub id: Uuid,
+    pub kind: &'static str,
+    pub event: &'a serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -43,15 +55,14 @@ impl Envelope {
         }
     }
 
-    /// A verified Stripe event for the inbound topic.
-    pub fn inbound(event: serde_json::Value, occurred_at: DateTime<Utc>) -> Self {
-        Self {
+    /// A verified Stripe event for the inbound topic (borrowing it: serialized, it reads back
+    /// as an [`Envelope`]).
+    pub fn inbound(event: &serde_json::Value, occurred_at: DateTime<Utc>) -> InboundEnvelope<'_> {
+        InboundEnvelope {
             schema: SCHEMA_VERSION,
             id: Uuid::now_v7(),
-            kind: "stripe.event".to_owned(),
-            customer_id: None,
-            version: None,
-            event: Some(event),
+            kind: INBOUND_KIND,
+            event,
             occurred_at,
         }
     }
@@ -85,6 +96,16 @@ mod tests {
             text.contains(r#""kind":"customer.update""#) && !text.contains("event"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn inbound_envelopes_read_back_with_their_event() {
+        let event = serde_json::json!({"id": "evt_1", "type": "customer.updated"});
+        let bytes = serde_json::to_vec(&Envelope::inbound(&event, Utc::now())).unwrap();
+        let read = Envelope::parse(&bytes).unwrap();
+        assert_eq!(read.kind, INBOUND_KIND);
+        assert_eq!(read.event, Some(event));
+        assert_eq!(read.customer_id, None);
     }
 
     #[test]

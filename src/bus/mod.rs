@@ -1,4 +1,4 @@
-//! Kafka: topic set-up, the outbox relay (producer) and the outbound consumer.
+//! Kafka: topic set-up, the outbox relay (producer), and the outbound and inbound consumers.
 //!
 //! Delivery is at-least-once end to end: the relay marks outbox rows published only after
 //! the broker acknowledged them, and the consumer stores an offset only after its message was
@@ -6,6 +6,7 @@
 
 pub mod consumer;
 mod envelope;
+pub mod inbound;
 pub mod relay;
 mod topics;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 
-pub use envelope::Envelope;
+pub use envelope::{Envelope, INBOUND_KIND, InboundEnvelope};
 pub use topics::ensure_topics;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

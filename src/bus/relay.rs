@@ -35,7 +35,8 @@ pub async fn run(
     settings: RelaySettings,
     shutdown: CancellationToken,
 ) {
-    let mut wakeup = outbox::Wakeup::new(&pool, settings.poll_interval).await;
+    let mut wakeup =
+        store::Wakeup::new(&pool, outbox::NOTIFY_CHANNEL, settings.poll_interval).await;
     while !shutdown.is_cancelled() {
         match publish_batch(&pool, &producer, &topic, settings.batch_size).await {
             Ok(Published { claimed, failed: 0 }) if claimed > 0 => continue,

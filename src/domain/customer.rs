@@ -1,4 +1,5 @@
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 
 use super::{
     CustomerId, Description, Email, Metadata, MetadataPatch, Name, Phone, ValidationError,
@@ -65,6 +66,26 @@ pub struct CustomerFields {
     pub metadata: Metadata,
 }
 
+/// SHA-256 of a customer's synced fields: compact enough to keep for every customer, so
+/// content can be compared with what was synced without storing it twice.
+pub type ContentHash = [u8; 32];
+
+impl CustomerFields {
+    pub fn content_hash(&self) -> ContentHash {
+        // JSON of a tuple is unambiguous (no field can run into the next), and metadata is a
+        // sorted map, so equal fields always hash equally.
+        let canonical = serde_json::to_vec(&(
+            &self.email,
+            &self.name,
+            &self.phone,
+            &self.description,
+            self.metadata.as_map(),
+        ))
+        .unwrap_or_default();
+        Sha256::digest(&canonical).into()
+    }
+}
+
 /// A customer as stored locally, with its sync bookkeeping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Customer {
@@ -79,9 +100,24 @@ pub struct Customer {
     pub stripe_synced_version: i64,
     pub sync_state: SyncState,
     pub sync_error: Option<String>,
+    /// `created` of the last Stripe event applied (or found already applied): older events
+    /// never overwrite newer ones.
+    pub stripe_event_at: Option<DateTime<Utc>>,
+    /// paysync's last write of this customer to Stripe.
+    pub stripe_write: Option<WriteWindow>,
+    /// [`CustomerFields::content_hash`] of what Stripe holds, as far as paysync knows.
+    pub stripe_synced_hash: Option<ContentHash>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// When a write to Stripe was sent and when its answer arrived (paysync's clock): Stripe
+/// applied it somewhere in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteWindow {
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
 }
 
 /// A validated request to create a customer.
@@ -214,6 +250,23 @@ mod tests {
                 .as_map()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn content_hashes_differ_with_any_field_and_not_otherwise() {
+        let base = fields();
+        assert_eq!(base.content_hash(), fields().content_hash());
+        let mut renamed = fields();
+        renamed.name = Some("Ada L.".into());
+        let mut shifted = fields();
+        // The same characters split differently between fields.
+        shifted.name = Some("Ada+1 555".into());
+        shifted.phone = None;
+        let mut tagged = fields();
+        tagged.metadata = Metadata::parse(BTreeMap::from([("plan".into(), "max".into())])).unwrap();
+        for other in [renamed, shifted, tagged] {
+            assert_ne!(base.content_hash(), other.content_hash(), "{other:?}");
+        }
     }
 
     #[test]

@@ -9,10 +9,12 @@ mod ids;
 mod metadata;
 mod text;
 
-pub use customer::{Customer, CustomerFields, CustomerPatch, NewCustomer, Op, SyncState};
+pub use customer::{
+    ContentHash, Customer, CustomerFields, CustomerPatch, NewCustomer, Op, SyncState, WriteWindow,
+};
 pub use email::Email;
 pub use ids::{CustomerId, StripeCustomerId};
-pub use metadata::{Metadata, MetadataPatch};
+pub use metadata::{Metadata, MetadataPatch, RESERVED_PREFIX};
 pub use text::{Description, Name, Phone};
 
 /// A value that breaks a domain rule; `field` names the input the caller must fix.

@@ -97,7 +97,8 @@ async fn list_dead_letters(
     }))
 }
 
-/// Replay a dead letter: its customer is queued for another sync of its current state.
+/// Replay a dead letter: an outbound one queues its customer for another sync of its current
+/// state; an inbound one puts its Stripe event back in the inbox to be applied again.
 #[utoipa::path(post, path = "/dead-letters/{id}/replay", tag = "dead letters",
     params(("id" = Uuid, Path, description = "Dead letter id")),
     responses(
@@ -106,6 +107,7 @@ async fn list_dead_letters(
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
         (status = 409, description = "Already replayed", body = ErrorBody),
+        (status = 422, description = "Not replayable (a message paysync could not read)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn replay_dead_letter(
@@ -129,6 +131,8 @@ async fn replay_dead_letter(
             e.to_string(),
         )),
         Err(ReplayError::Store(e)) => Err(e.into()),
-        Err(e @ ReplayError::BadKey { .. }) => Err(ApiError::internal(e)),
+        Err(e @ (ReplayError::BadKey { .. } | ReplayError::NotReplayable { .. })) => {
+            Err(ApiError::unprocessable("not_replayable", e.to_string()))
+        }
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::store;
+use crate::telemetry::error_chain;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,18 +104,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// `error: cause: cause`, for one log line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl From<store::Error> for ApiError {

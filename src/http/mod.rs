@@ -25,7 +25,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use auth::ApiAuth;
 pub use dead_letters::DeadLetterBody;
 pub use error::{ApiError, ErrorBody};
-pub use webhooks::{InboundQueue, MAX_WEBHOOK_BYTES, WebhookIngress};
+pub use webhooks::{MAX_WEBHOOK_BYTES, WebhookIngress};
 
 use crate::bus::KafkaProbe;
 use crate::metrics::{HttpLabels, Metrics};

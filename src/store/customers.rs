@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::{DbContext, Error, Result, outbox};
 use crate::domain::{
-    Customer, CustomerFields, CustomerId, CustomerPatch, Metadata, NewCustomer, Op, SyncState,
+    ContentHash, Customer, CustomerFields, CustomerId, CustomerPatch, Metadata, NewCustomer, Op,
+    SyncState, WriteWindow,
 };
 
 /// The name of the index that keeps live emails unique per account.
@@ -20,7 +21,9 @@ const LIVE_EMAIL_INDEX: &str = "customers_live_email_key";
 macro_rules! customer_columns {
     () => {
         "id, account, email, name, phone, description, metadata, version, stripe_id, \
-         stripe_synced_version, sync_state, sync_error, created_at, updated_at, deleted_at"
+         stripe_synced_version, sync_state, sync_error, stripe_event_at, \
+         stripe_write_started_at, stripe_written_at, stripe_synced_hash, created_at, updated_at, \
+         deleted_at"
     };
 }
 
@@ -38,6 +41,10 @@ struct CustomerRow {
     stripe_synced_version: i64,
     sync_state: String,
     sync_error: Option<String>,
+    stripe_event_at: Option<DateTime<Utc>>,
+    stripe_write_started_at: Option<DateTime<Utc>>,
+    stripe_written_at: Option<DateTime<Utc>>,
+    stripe_synced_hash: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
@@ -64,6 +71,15 @@ impl TryFrom<CustomerRow> for Customer {
             stripe_synced_version: row.stripe_synced_version,
             sync_state,
             sync_error: row.sync_error,
+            stripe_event_at: row.stripe_event_at,
+            stripe_write: row
+                .stripe_write_started_at
+                .zip(row.stripe_written_at)
+                .map(|(started, finished)| WriteWindow { started, finished }),
+            // A hash of another length is not one paysync wrote: treat it as unknown.
+            stripe_synced_hash: row
+                .stripe_synced_hash
+                .and_then(|hash| ContentHash::try_from(hash).ok()),
             created_at: row.created_at,
             updated_at: row.updated_at,
             deleted_at: row.deleted_at,
@@ -240,6 +256,172 @@ pub async fn list_live(
     rows.into_iter().map(Customer::try_from).collect()
 }
 
+/// The customer linked to a Stripe customer, deleted or not.
+pub async fn find_by_stripe_id(
+    conn: &mut PgConnection,
+    stripe_id: &str,
+) -> Result<Option<Customer>> {
+    sqlx::query_as::<_, CustomerRow>(concat!(
+        "select ",
+        customer_columns!(),
+        " from customers where stripe_id = $1"
+    ))
+    .bind(stripe_id)
+    .fetch_optional(conn)
+    .await
+    .context("finding customer by Stripe id")?
+    .map(Customer::try_from)
+    .transpose()
+}
+
+/// The live customer of `account` with this email, ignoring case.
+pub async fn find_live_by_email(
+    conn: &mut PgConnection,
+    account: &str,
+    email: &str,
+) -> Result<Option<Customer>> {
+    sqlx::query_as::<_, CustomerRow>(concat!(
+        "select ",
+        customer_columns!(),
+        " from customers where account = $1 and lower(email) = lower($2) and deleted_at is null"
+    ))
+    .bind(account)
+    .bind(email)
+    .fetch_optional(conn)
+    .await
+    .context("finding customer by email")?
+    .map(Customer::try_from)
+    .transpose()
+}
+
+/// Locks a customer, deleted or not, for the rest of the transaction and returns its
+/// current row.
+pub async fn lock_any(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
+    sqlx::query_as::<_, CustomerRow>(concat!(
+        "select ",
+        customer_columns!(),
+        " from customers where id = $1 for update"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await
+    .context("locking customer")?
+    .map(Customer::try_from)
+    .transpose()
+}
+
+/// Records which Stripe customer a local one is (found by `paysync_id` or email).
+pub async fn link_stripe_id(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    stripe_id: &str,
+) -> Result<()> {
+    sqlx::query("update customers set stripe_id = $2 where id = $1")
+        .bind(id.as_uuid())
+        .bind(stripe_id)
+        .execute(conn)
+        .await
+        .context("linking customer to its Stripe customer")?;
+    Ok(())
+}
+
+/// Writes a change made in Stripe: a new version that Stripe already matches, so it is
+/// `synced` at once and no outbox row is written (nothing to push back).
+pub async fn apply_from_stripe(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    fields: &CustomerFields,
+    event_at: DateTime<Utc>,
+) -> Result<Customer> {
+    let row: CustomerRow = sqlx::query_as(concat!(
+        "update customers set email = $2, name = $3, phone = $4, description = $5, \
+         metadata = $6, version = version + 1, stripe_synced_version = version + 1, \
+         sync_state = 'synced', sync_error = null, updated_at = now(), \
+         stripe_event_at = greatest(stripe_event_at, $7), stripe_synced_hash = $8 \
+         where id = $1 returning ",
+        customer_columns!()
+    ))
+    .bind(id.as_uuid())
+    .bind(&fields.email)
+    .bind(&fields.name)
+    .bind(&fields.phone)
+    .bind(&fields.description)
+    .bind(Json(fields.metadata.as_map()))
+    .bind(event_at)
+    .bind(&fields.content_hash()[..])
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(email_conflict("applying a Stripe change"))?;
+    Customer::try_from(row)
+}
+
+/// Soft-deletes a customer deleted in Stripe; synced at once (Stripe already has it gone).
+pub async fn delete_from_stripe(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    event_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "update customers set deleted_at = now(), version = version + 1, \
+         stripe_synced_version = version + 1, sync_state = 'synced', sync_error = null, \
+         updated_at = now(), stripe_event_at = greatest(stripe_event_at, $2) where id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(event_at)
+    .execute(conn)
+    .await
+    .context("deleting a customer deleted in Stripe")?;
+    Ok(())
+}
+
+/// Records that a Stripe event of `event_at` was taken into account without a change, so
+/// older events are recognised as stale.
+pub async fn note_stripe_event(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    event_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "update customers set stripe_event_at = greatest(stripe_event_at, $2) where id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(event_at)
+    .execute(conn)
+    .await
+    .context("recording the last Stripe event")?;
+    Ok(())
+}
+
+/// Creates the local customer of a Stripe customer paysync did not know, linked and synced.
+pub async fn adopt(
+    conn: &mut PgConnection,
+    account: &str,
+    stripe_id: &str,
+    fields: &CustomerFields,
+    event_at: DateTime<Utc>,
+) -> Result<Customer> {
+    let row: CustomerRow = sqlx::query_as(concat!(
+        "insert into customers (id, account, email, name, phone, description, metadata, \
+         stripe_id, stripe_synced_version, sync_state, stripe_event_at, stripe_synced_hash) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, 1, 'synced', $9, $10) returning ",
+        customer_columns!()
+    ))
+    .bind(CustomerId::new().as_uuid())
+    .bind(account)
+    .bind(&fields.email)
+    .bind(&fields.name)
+    .bind(&fields.phone)
+    .bind(&fields.description)
+    .bind(Json(fields.metadata.as_map()))
+    .bind(stripe_id)
+    .bind(event_at)
+    .bind(&fields.content_hash()[..])
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(email_conflict("adopting a Stripe customer"))?;
+    Customer::try_from(row)
+}
+
 /// Serializes syncs of one customer across workers and replicas until the transaction ends,
 /// so two deliveries of the same change can never both create it in Stripe.
 pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
@@ -252,25 +434,54 @@ pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId) -> Result<()
     Ok(())
 }
 
-/// Records that Stripe now matches `synced_version` (and, once known, which Stripe customer
-/// it is). The state becomes `synced` unless a newer local change arrived meanwhile.
+/// Namespace of the per-Stripe-customer advisory locks (the two-key form, apart from the
+/// one-key customer locks of [`lock_for_sync`]).
+const STRIPE_CUSTOMER_LOCK_NAMESPACE: i32 = 0x7079_7363; // "pysc"
+
+/// Serializes the handling of events about one Stripe customer until the transaction ends,
+/// so two workers cannot both adopt or link it.
+pub async fn lock_stripe_customer(conn: &mut PgConnection, stripe_id: &str) -> Result<()> {
+    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(STRIPE_CUSTOMER_LOCK_NAMESPACE)
+        .bind(stripe_id)
+        .execute(conn)
+        .await
+        .context("taking the Stripe customer's lock")?;
+    Ok(())
+}
+
+/// What paysync wrote to Stripe for one customer: which version, as which Stripe customer,
+/// when, and the hash of the content written.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncedWrite<'a> {
+    pub version: i64,
+    pub stripe_id: Option<&'a str>,
+    pub window: WriteWindow,
+    pub content: ContentHash,
+}
+
+/// Records that Stripe now matches `write.version` (and, once known, which Stripe customer it
+/// is). The state becomes `synced` unless a newer local change arrived meanwhile.
 pub async fn record_synced(
     conn: &mut PgConnection,
     id: CustomerId,
-    synced_version: i64,
-    stripe_id: Option<&str>,
+    write: SyncedWrite<'_>,
 ) -> Result<()> {
     sqlx::query(
         "update customers set stripe_id = coalesce($3, stripe_id), \
          stripe_synced_version = greatest(stripe_synced_version, $2), \
          sync_state = case when greatest(stripe_synced_version, $2) >= version \
                            then 'synced' else 'pending' end, \
-         sync_error = null \
+         sync_error = null, \
+         stripe_write_started_at = $4, stripe_written_at = $5, stripe_synced_hash = $6 \
          where id = $1",
     )
     .bind(id.as_uuid())
-    .bind(synced_version)
-    .bind(stripe_id)
+    .bind(write.version)
+    .bind(write.stripe_id)
+    .bind(write.window.started)
+    .bind(write.window.finished)
+    .bind(&write.content[..])
     .execute(conn)
     .await
     .context("recording sync result")?;

@@ -7,6 +7,11 @@ pub mod customers;
 pub mod dead_letters;
 pub mod idempotency;
 pub mod outbox;
+pub mod processed_events;
+pub mod sync_cursors;
+mod wakeup;
+
+pub use wakeup::Wakeup;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -11,7 +11,10 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use stripe_client_core::{RequestBuilder, StripeMethod, StripeRequest};
-use stripe_core::customer::{CreateCustomer, DeleteCustomer, ListCustomer, UpdateCustomer};
+use stripe_core::customer::{
+    CreateCustomer, DeleteCustomer, ListCustomer, RetrieveCustomer, UpdateCustomer,
+};
+use stripe_core::event::ListEvent;
 use tracing::{debug, warn};
 
 use super::retry::{Backoff, Disposition, classify_status, parse_retry_after};
@@ -22,7 +25,7 @@ use crate::metrics::{Metrics, StripeCallLabels};
 
 /// The Stripe API version paysync is written against.
 const STRIPE_VERSION: &str = "2025-09-30.clover";
-/// Stripe's maximum page size, to find a customer among few others with the same email.
+/// Stripe's maximum page size: fewest calls per customer lookup and per catch-up.
 const LIST_PAGE_SIZE: i64 = 100;
 
 #[derive(Debug, Clone)]
@@ -392,6 +395,40 @@ impl StripeApi for HttpStripe {
             Err(Error::Rejected { status: 404, .. }) => Ok(()),
             Err(other) => Err(other),
         }
+    }
+
+    async fn retrieve_customer(&self, stripe_id: &str) -> Result<Option<StripeCustomer>> {
+        let found: Result<StripeCustomer> = self
+            .send(
+                "retrieve_customer",
+                RetrieveCustomer::new(stripe_id).build(),
+                None,
+                Repeat::AnyTransient,
+            )
+            .await;
+        match found {
+            Ok(customer) if customer.deleted => Ok(None),
+            Ok(customer) => Ok(Some(customer)),
+            Err(Error::Rejected { status: 404, .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn list_events(
+        &self,
+        kind: &str,
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> Result<StripeList<serde_json::Value>> {
+        let mut list = ListEvent::new()
+            .type_(kind)
+            .created(stripe_types::RangeQueryTs::gte(created_gte))
+            .limit(LIST_PAGE_SIZE);
+        if let Some(after) = starting_after {
+            list = list.starting_after(after);
+        }
+        self.send("list_events", list.build(), None, Repeat::AnyTransient)
+            .await
     }
 }
 

@@ -38,6 +38,15 @@ impl StripeEvent {
         Ok(event)
     }
 
+    /// Reads an event queued as JSON (inbox row, Kafka envelope, dead letter).
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
+        let event = Self::deserialize(value).map_err(|e| format!("not a Stripe event: {e}"))?;
+        if !event.id.starts_with("evt_") {
+            return Err(format!("{:?} is not a Stripe event id", event.id));
+        }
+        Ok(event)
+    }
+
     pub fn is_handled(&self) -> bool {
         HANDLED_TYPES.contains(&self.kind.as_str())
     }

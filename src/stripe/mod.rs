@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 pub use client::{HttpStripe, StripeSettings};
 pub use rate_limit::RateLimit;
-pub use types::{CustomerWrite, StripeCustomer};
+pub use types::{CustomerWrite, StripeCustomer, StripeList};
 
 use crate::domain::CustomerId;
 
@@ -89,4 +89,18 @@ pub trait StripeApi: Send + Sync {
 
     /// Deletes a customer; one that is already gone counts as deleted.
     async fn delete_customer(&self, stripe_id: &str, idempotency_key: &str) -> Result<()>;
+
+    /// The customer as Stripe holds it now; `None` once deleted (Stripe answers with
+    /// `deleted: true`, localstripe with 404).
+    async fn retrieve_customer(&self, stripe_id: &str) -> Result<Option<StripeCustomer>>;
+
+    /// One page of events of type `kind` created at or after `created_gte` (Unix seconds),
+    /// after the event `starting_after`, as raw JSON (exactly what a webhook would carry).
+    /// Stripe pages newest first, localstripe oldest first: callers must not rely on either.
+    async fn list_events(
+        &self,
+        kind: &str,
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> Result<StripeList<serde_json::Value>>;
 }

@@ -6,19 +6,41 @@
 //! unsynced local change and a newer Stripe change is settled by the policy.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
 
-use crate::domain::{Customer, CustomerId};
+use crate::domain::{Customer, CustomerFields, CustomerId, Metadata, RESERVED_PREFIX, SyncState};
+use crate::stripe::StripeCustomer;
+use crate::stripe::event::StripeEvent;
 
 /// The prefix of every Idempotency-Key paysync sends to Stripe.
 pub const OWN_IDEMPOTENCY_PREFIX: &str = "paysync:";
+
+/// How far paysync's clock may be from Stripe's. Events this close to one of paysync's own
+/// writes may be on either side of it, so Stripe is asked for its current state.
+pub const CLOCK_SKEW_ALLOWANCE: TimeDelta = TimeDelta::seconds(2);
+
+/// Stripe's `created` is whole seconds: an event happened before `created` + this.
+const CREATED_RESOLUTION: TimeDelta = TimeDelta::seconds(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     Created,
     Updated,
     Deleted,
+}
+
+impl EventKind {
+    pub fn parse(event_type: &str) -> Option<Self> {
+        match event_type {
+            "customer.created" => Some(Self::Created),
+            "customer.updated" => Some(Self::Updated),
+            "customer.deleted" => Some(Self::Deleted),
+            _ => None,
+        }
+    }
 }
 
 /// Who wins when both sides changed since the last sync.
@@ -31,7 +53,23 @@ pub enum ConflictPolicy {
     StripeWins,
 }
 
-/// The synced fields as a Stripe event carries them (paysync's own metadata keys removed).
+impl FromStr for ConflictPolicy {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "newest" => Ok(Self::Newest),
+            "local-wins" => Ok(Self::LocalWins),
+            "stripe-wins" => Ok(Self::StripeWins),
+            other => Err(format!(
+                "{other:?} is not a conflict policy (newest, local-wins or stripe-wins)"
+            )),
+        }
+    }
+}
+
+/// The synced fields as Stripe holds them (paysync's own metadata keys removed; Stripe's
+/// empty strings are unset values, as they are locally).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteFields {
     pub email: Option<String>,
@@ -41,110 +79,279 @@ pub struct RemoteFields {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl RemoteFields {
+    /// From a Stripe customer object as an event carries it.
+    pub fn from_object(object: &Value) -> Self {
+        let text = |field: &str| {
+            object
+                .get(field)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let metadata = object
+            .get("metadata")
+            .and_then(Value::as_object)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            email: text("email"),
+            name: text("name"),
+            phone: text("phone"),
+            description: text("description"),
+            metadata: user_metadata(metadata),
+        }
+    }
+
+    /// From a customer retrieved from Stripe.
+    pub fn from_customer(customer: &StripeCustomer) -> Self {
+        let text = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
+        Self {
+            email: text(&customer.email),
+            name: text(&customer.name),
+            phone: text(&customer.phone),
+            description: text(&customer.description),
+            metadata: user_metadata(customer.metadata.clone()),
+        }
+    }
+
+    /// The local fields these become. Stripe allows customers without an email, paysync does
+    /// not: the local email is kept then.
+    pub fn to_local(&self, local_email: &str) -> CustomerFields {
+        CustomerFields {
+            email: self.email.clone().unwrap_or_else(|| local_email.to_owned()),
+            name: self.name.clone(),
+            phone: self.phone.clone(),
+            description: self.description.clone(),
+            // Stripe enforces the same key and value limits; what it holds is taken as is.
+            metadata: Metadata::from_stored(self.metadata.clone()),
+        }
+    }
+}
+
+/// Metadata without paysync's own keys, and without blank values (Stripe's way of removing
+/// a key; localstripe keeps them blank).
+fn user_metadata(metadata: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    metadata
+        .into_iter()
+        .filter(|(key, value)| !key.starts_with(RESERVED_PREFIX) && !value.is_empty())
+        .collect()
+}
+
 /// A Stripe customer event, as the decision needs it.
 #[derive(Debug, Clone)]
 pub struct IncomingEvent {
+    pub id: String,
     pub kind: EventKind,
     /// `event.created` (1 s resolution).
     pub created: DateTime<Utc>,
+    pub stripe_id: String,
     pub idempotency_key: Option<String>,
     pub fields: RemoteFields,
     /// `metadata.paysync_id`, when paysync created or linked the Stripe customer.
     pub paysync_id: Option<CustomerId>,
+    /// Fetched from Stripe just now rather than carried by the event: Stripe's current state,
+    /// so no ordering doubt applies.
+    pub current: bool,
 }
 
+impl IncomingEvent {
+    /// Reads a customer event; an error names what is missing (the event is dead-lettered).
+    pub fn from_stripe(event: &StripeEvent) -> Result<Self, String> {
+        let kind = EventKind::parse(&event.kind)
+            .ok_or_else(|| format!("{} is not a customer event paysync applies", event.kind))?;
+        let object = &event.data.object;
+        let stripe_id = object
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| id.starts_with("cus_"))
+            .ok_or("data.object has no customer id")?
+            .to_owned();
+        let created = DateTime::from_timestamp(event.created, 0)
+            .ok_or_else(|| format!("created {} is not a valid time", event.created))?;
+        let paysync_id = object
+            .pointer("/metadata/paysync_id")
+            .and_then(Value::as_str)
+            .and_then(|id| id.parse().ok());
+        Ok(Self {
+            id: event.id.clone(),
+            kind,
+            created,
+            stripe_id,
+            idempotency_key: event.idempotency_key().map(str::to_owned),
+            fields: RemoteFields::from_object(object),
+            paysync_id,
+            current: false,
+        })
+    }
+
+    /// Stripe's current state of the event's customer (`None`: deleted), in its place.
+    pub fn refetched(&self, current: Option<&StripeCustomer>) -> Self {
+        let mut refetched = self.clone();
+        refetched.current = true;
+        refetched.idempotency_key = None;
+        match current {
+            Some(customer) => {
+                refetched.kind = EventKind::Updated;
+                refetched.fields = RemoteFields::from_customer(customer);
+            }
+            None => refetched.kind = EventKind::Deleted,
+        }
+        refetched
+    }
+}
+
+/// How a local customer found for an event relates to the event's Stripe customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Linked to it already.
+    Linked,
+    /// Not linked to any Stripe customer yet: link it to this one.
+    LinkNow,
+    /// Linked to another Stripe customer; linking would lose that one.
+    Taken { other: String },
+}
+
+pub fn link(local: &Customer, stripe_id: &str) -> Link {
+    match &local.stripe_id {
+        Some(linked) if linked == stripe_id => Link::Linked,
+        Some(other) => Link::Taken {
+            other: other.clone(),
+        },
+        None => Link::LinkNow,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
     /// Older than the last event applied to this customer.
     Stale,
+    /// Made before paysync's last write to Stripe, which replaced it.
+    Superseded,
     /// paysync's own write coming back.
     Echo,
     /// Stripe already equals the local row.
     NoChange,
-    /// A delete for a customer already deleted locally.
+    /// The customer is deleted locally (the deletion reaches Stripe through the outbox).
     AlreadyDeleted,
+    /// A deletion of a Stripe customer paysync never knew.
+    NotLinked,
+    /// A Stripe customer without an email cannot be adopted (paysync requires one).
+    NoEmail,
+}
+
+impl Skip {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stale => "stale",
+            Self::Superseded => "superseded",
+            Self::Echo => "echo",
+            Self::NoChange => "no_change",
+            Self::AlreadyDeleted => "already_deleted",
+            Self::NotLinked => "not_linked",
+            Self::NoEmail => "no_email",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Record the event as processed; change nothing else.
+    /// Record the event as processed (and seen, so older ones are stale); change nothing else.
     Skip(Skip),
-    /// Same second as the last applied event: their order is unknown, so fetch the customer
-    /// from Stripe and apply what Stripe holds now.
-    RefetchAndApply,
-    /// Write these fields (a new local version, synced at once: no outbox row).
-    Apply(RemoteFields),
-    /// Soft-delete locally (synced at once: no outbox row).
+    /// Whether the event is older or newer than what is known cannot be told from it (same
+    /// second as the last applied event, or close to paysync's own write): fetch the customer
+    /// from Stripe and decide on what Stripe holds now.
+    Refetch,
+    /// Write these fields: a new local version, synced at once (no outbox row).
+    Apply(CustomerFields),
+    /// Soft-delete locally, synced at once (no outbox row).
     Delete,
-    /// Both sides changed and local wins: keep the local row and make sure an outbox row
-    /// pushes it to Stripe. The Stripe change is logged as the loser.
-    KeepLocal,
+    /// Both sides changed and local wins: keep the local row; its sync overwrites the Stripe
+    /// change (logged as lost). `requeue` when no sync is on its way (the last one failed):
+    /// an outbox row then pushes the correction.
+    KeepLocal { requeue: bool },
     /// A customer created in Stripe that paysync does not know: create it locally, linked.
-    Adopt(RemoteFields),
+    Adopt(CustomerFields),
 }
 
-/// Decides what `event` does to `local` (the row linked to the event's Stripe customer, or
-/// named by its `paysync_id`; `None` when there is neither).
-pub fn decide(
-    local: Option<&Customer>,
-    last_event_at: Option<DateTime<Utc>>,
-    event: &IncomingEvent,
-    policy: ConflictPolicy,
-) -> Decision {
+/// Decides what `event` does to `local`: the customer linked to the event's Stripe customer,
+/// or just linked to it (found by `paysync_id` or email); `None` when there is none.
+pub fn decide(local: Option<&Customer>, event: &IncomingEvent, policy: ConflictPolicy) -> Decision {
     let own_write = event
         .idempotency_key
         .as_deref()
         .is_some_and(|key| key.starts_with(OWN_IDEMPOTENCY_PREFIX));
     let Some(local) = local else {
-        return match event.kind {
-            EventKind::Deleted => Decision::Skip(Skip::AlreadyDeleted),
-            // A customer created or changed in Stripe that paysync never saw.
-            EventKind::Created | EventKind::Updated if own_write => Decision::Skip(Skip::Echo),
-            EventKind::Created | EventKind::Updated => Decision::Adopt(event.fields.clone()),
+        return match (event.kind, &event.fields.email) {
+            (EventKind::Deleted, _) => Decision::Skip(Skip::NotLinked),
+            _ if own_write => Decision::Skip(Skip::Echo),
+            (_, None) => Decision::Skip(Skip::NoEmail),
+            (_, Some(email)) => Decision::Adopt(event.fields.to_local(email)),
         };
     };
-    match last_event_at {
-        Some(last) if event.created < last => return Decision::Skip(Skip::Stale),
-        Some(last) if event.created == last => return Decision::RefetchAndApply,
-        _ => {}
+    if local.deleted_at.is_some() {
+        return Decision::Skip(Skip::AlreadyDeleted);
+    }
+    // Deletion is final in Stripe: whatever the order, the customer is gone.
+    if event.kind == EventKind::Deleted {
+        return Decision::Delete;
     }
     if own_write {
         return Decision::Skip(Skip::Echo);
     }
-    if local.deleted_at.is_some() {
-        return Decision::Skip(Skip::AlreadyDeleted);
-    }
-    if event.kind == EventKind::Deleted {
-        return Decision::Delete;
-    }
-    if same_as_local(&event.fields, local) {
+    let wanted = event.fields.to_local(&local.fields.email);
+    // Equal content changes nothing whichever order the events came in.
+    if wanted == local.fields {
         return Decision::Skip(Skip::NoChange);
     }
-    let local_pending = local.stripe_synced_version < local.version;
-    if !local_pending {
-        return Decision::Apply(event.fields.clone());
+    // Stripe holds just what paysync last synced: nothing changed there. This is how an echo
+    // is recognised where Stripe does not report the request's key (localstripe), and it keeps
+    // a local change made since from being mistaken for a conflict.
+    if local.stripe_synced_hash == Some(wanted.content_hash()) {
+        return Decision::Skip(Skip::Echo);
     }
-    let stripe_wins = match policy {
-        ConflictPolicy::StripeWins => true,
-        ConflictPolicy::LocalWins => false,
-        ConflictPolicy::Newest => event.created > local.updated_at,
-    };
+    if !event.current
+        && let Some(doubt) = ordering_doubt(local, event.created)
+    {
+        return doubt;
+    }
+    let local_pending = local.stripe_synced_version < local.version;
+    let stripe_wins = !local_pending
+        || match policy {
+            ConflictPolicy::StripeWins => true,
+            ConflictPolicy::LocalWins => false,
+            ConflictPolicy::Newest => event.created > local.updated_at,
+        };
     if stripe_wins {
-        Decision::Apply(event.fields.clone())
+        Decision::Apply(wanted)
     } else {
-        Decision::KeepLocal
+        Decision::KeepLocal {
+            requeue: local.sync_state != SyncState::Pending,
+        }
     }
 }
 
-/// Content equality: also how an echo is recognised when Stripe does not report the request's
-/// Idempotency-Key (localstripe never does).
-fn same_as_local(remote: &RemoteFields, local: &Customer) -> bool {
-    let fields = &local.fields;
-    remote.email.as_deref() == Some(fields.email.as_str())
-        && remote.name == fields.name
-        && remote.phone == fields.phone
-        && remote.description == fields.description
-        && &remote.metadata == fields.metadata.as_map()
+/// Whether an event that differs from the local row may be older than what is known.
+fn ordering_doubt(local: &Customer, created: DateTime<Utc>) -> Option<Decision> {
+    match local.stripe_event_at {
+        Some(last) if created < last => return Some(Decision::Skip(Skip::Stale)),
+        Some(last) if created == last => return Some(Decision::Refetch),
+        _ => {}
+    }
+    let write = local.stripe_write?;
+    // The change happened before `created + 1 s` by Stripe's clock.
+    if created + CREATED_RESOLUTION + CLOCK_SKEW_ALLOWANCE <= write.started {
+        return Some(Decision::Skip(Skip::Superseded));
+    }
+    if created <= write.finished + CLOCK_SKEW_ALLOWANCE {
+        return Some(Decision::Refetch);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -152,7 +359,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::{CustomerFields, Metadata, SyncState};
+    use crate::domain::WriteWindow;
 
     fn at(second: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap()
@@ -178,10 +385,18 @@ mod tests {
                 SyncState::Pending
             },
             sync_error: None,
+            stripe_event_at: None,
+            stripe_write: None,
+            stripe_synced_hash: None,
             created_at: at(0),
             updated_at: at(updated),
             deleted_at: None,
         }
+    }
+
+    fn seen_event_at(mut customer: Customer, second: i64) -> Customer {
+        customer.stripe_event_at = Some(at(second));
+        customer
     }
 
     fn remote(name: &str) -> RemoteFields {
@@ -194,149 +409,244 @@ mod tests {
         }
     }
 
+    fn fields(name: &str) -> CustomerFields {
+        remote(name).to_local("unused@example.com")
+    }
+
     fn event(kind: EventKind, created: i64, name: &str) -> IncomingEvent {
         IncomingEvent {
+            id: "evt_1".into(),
             kind,
             created: at(created),
+            stripe_id: "cus_1".into(),
             idempotency_key: None,
             fields: remote(name),
             paysync_id: None,
+            current: false,
         }
+    }
+
+    fn newest(local: &Customer, event: &IncomingEvent) -> Decision {
+        decide(Some(local), event, ConflictPolicy::Newest)
     }
 
     #[test]
     fn a_stripe_change_to_a_synced_customer_is_applied() {
-        let decision = decide(
-            Some(&local(2, 2, 5)),
-            Some(at(5)),
+        let decision = newest(
+            &seen_event_at(local(2, 2, 5), 5),
             &event(EventKind::Updated, 10, "Ada L."),
-            ConflictPolicy::Newest,
         );
-        assert_eq!(decision, Decision::Apply(remote("Ada L.")));
+        assert_eq!(decision, Decision::Apply(fields("Ada L.")));
     }
 
     #[test]
     fn older_events_never_overwrite_newer_ones() {
-        let decision = decide(
-            Some(&local(2, 2, 5)),
-            Some(at(10)),
+        let decision = newest(
+            &seen_event_at(local(2, 2, 5), 10),
             &event(EventKind::Updated, 9, "old"),
-            ConflictPolicy::Newest,
         );
         assert_eq!(decision, Decision::Skip(Skip::Stale));
     }
 
     #[test]
     fn a_same_second_tie_is_resolved_by_asking_stripe() {
-        let decision = decide(
-            Some(&local(2, 2, 5)),
-            Some(at(10)),
-            &event(EventKind::Updated, 10, "tie"),
-            ConflictPolicy::Newest,
+        let tied = event(EventKind::Updated, 10, "tie");
+        let customer = seen_event_at(local(2, 2, 5), 10);
+        assert_eq!(newest(&customer, &tied), Decision::Refetch);
+        // What Stripe holds now is applied without another doubt.
+        let current = tied.refetched(Some(&StripeCustomer {
+            id: "cus_1".into(),
+            email: Some("ada@example.com".into()),
+            name: Some("Current".into()),
+            phone: Some(String::new()),
+            description: None,
+            metadata: BTreeMap::from([
+                ("plan".into(), "pro".into()),
+                ("paysync_id".into(), "x".into()),
+                ("gone".into(), String::new()),
+            ]),
+            deleted: false,
+        }));
+        assert_eq!(
+            newest(&customer, &current),
+            Decision::Apply(fields("Current"))
         );
-        assert_eq!(decision, Decision::RefetchAndApply);
+        assert_eq!(newest(&customer, &tied.refetched(None)), Decision::Delete);
+    }
+
+    #[test]
+    fn equal_content_is_never_a_change_even_in_doubt() {
+        let customer = seen_event_at(local(3, 3, 9), 10);
+        for created in [9, 10, 11] {
+            assert_eq!(
+                newest(&customer, &event(EventKind::Updated, created, "Ada")),
+                Decision::Skip(Skip::NoChange),
+                "{created}"
+            );
+        }
     }
 
     #[test]
     fn paysync_own_writes_coming_back_change_nothing() {
         let mut own = event(EventKind::Updated, 10, "whatever");
         own.idempotency_key = Some("paysync:update:x:3".into());
+        assert_eq!(newest(&local(3, 3, 9), &own), Decision::Skip(Skip::Echo));
+    }
+
+    #[test]
+    fn events_from_before_paysync_last_write_are_superseded_and_near_ones_refetched() {
+        let mut customer = seen_event_at(local(5, 5, 90), 10);
+        customer.stripe_write = Some(WriteWindow {
+            started: at(100),
+            finished: at(101),
+        });
+        let decide_at = |second| newest(&customer, &event(EventKind::Updated, second, "other"));
+        // Happened before second 97 + 1 by Stripe's clock: well before the write was sent.
+        assert_eq!(decide_at(97), Decision::Skip(Skip::Superseded));
+        // Within a clock skew of the write: could be either side of it.
+        for second in [98, 100, 101, 103] {
+            assert_eq!(decide_at(second), Decision::Refetch, "{second}");
+        }
+        assert_eq!(decide_at(104), Decision::Apply(fields("other")));
+    }
+
+    #[test]
+    fn stripe_holding_what_paysync_synced_is_no_change_there() {
+        // Local moved on to version 4 (pending); Stripe still holds what paysync wrote for 3,
+        // even though that change is newer than the local one by the clock.
+        let mut pending = local(4, 3, 20);
+        pending.stripe_synced_hash = Some(fields("Written for v3").content_hash());
+        let echo = event(EventKind::Updated, 30, "Written for v3");
+        assert_eq!(newest(&pending, &echo), Decision::Skip(Skip::Echo));
+        let dashboard_edit = event(EventKind::Updated, 30, "Edited in the Dashboard");
         assert_eq!(
-            decide(Some(&local(3, 3, 9)), None, &own, ConflictPolicy::Newest),
-            Decision::Skip(Skip::Echo)
+            newest(&pending, &dashboard_edit),
+            Decision::Apply(fields("Edited in the Dashboard"))
         );
-        // Without a reported key (localstripe), equal content is recognised instead.
-        let echo = event(EventKind::Updated, 10, "Ada");
+    }
+
+    #[test]
+    fn a_failed_local_sync_is_requeued_when_local_wins() {
+        let mut failed = local(4, 3, 20);
+        failed.sync_state = SyncState::Failed;
         assert_eq!(
-            decide(Some(&local(3, 3, 9)), None, &echo, ConflictPolicy::Newest),
-            Decision::Skip(Skip::NoChange)
+            decide(
+                Some(&failed),
+                &event(EventKind::Updated, 25, "x"),
+                ConflictPolicy::LocalWins
+            ),
+            Decision::KeepLocal { requeue: true }
         );
     }
 
     #[test]
     fn conflicts_follow_the_policy() {
         // Local changed at second 20 and is not synced yet.
-        let pending = local(4, 3, 20);
+        let pending = seen_event_at(local(4, 3, 20), 1);
         let earlier = event(EventKind::Updated, 15, "from Stripe");
         let later = event(EventKind::Updated, 25, "from Stripe");
+        let with = |policy, event: &IncomingEvent| decide(Some(&pending), event, policy);
+        let kept = Decision::KeepLocal { requeue: false };
+        assert_eq!(with(ConflictPolicy::Newest, &earlier), kept);
         assert_eq!(
-            decide(
-                Some(&pending),
-                Some(at(1)),
-                &earlier,
-                ConflictPolicy::Newest
-            ),
-            Decision::KeepLocal
+            with(ConflictPolicy::Newest, &later),
+            Decision::Apply(fields("from Stripe"))
         );
+        assert_eq!(with(ConflictPolicy::LocalWins, &later), kept);
         assert_eq!(
-            decide(Some(&pending), Some(at(1)), &later, ConflictPolicy::Newest),
-            Decision::Apply(remote("from Stripe"))
-        );
-        assert_eq!(
-            decide(
-                Some(&pending),
-                Some(at(1)),
-                &later,
-                ConflictPolicy::LocalWins
-            ),
-            Decision::KeepLocal
-        );
-        assert_eq!(
-            decide(
-                Some(&pending),
-                Some(at(1)),
-                &earlier,
-                ConflictPolicy::StripeWins
-            ),
-            Decision::Apply(remote("from Stripe"))
+            with(ConflictPolicy::StripeWins, &earlier),
+            Decision::Apply(fields("from Stripe"))
         );
     }
 
     #[test]
     fn deletes_and_unknown_customers() {
+        // A deletion applies whatever its time: deleted Stripe customers stay deleted.
         assert_eq!(
-            decide(
-                Some(&local(2, 2, 5)),
-                None,
-                &event(EventKind::Deleted, 10, "Ada"),
-                ConflictPolicy::Newest
+            newest(
+                &seen_event_at(local(2, 2, 5), 50),
+                &event(EventKind::Deleted, 10, "Ada")
             ),
             Decision::Delete
         );
         let mut gone = local(3, 3, 5);
         gone.deleted_at = Some(at(6));
         assert_eq!(
-            decide(
-                Some(&gone),
-                None,
-                &event(EventKind::Deleted, 10, "Ada"),
-                ConflictPolicy::Newest
-            ),
+            newest(&gone, &event(EventKind::Updated, 10, "Ada L.")),
             Decision::Skip(Skip::AlreadyDeleted)
         );
+        let unknown = |event: &IncomingEvent| decide(None, event, ConflictPolicy::Newest);
         assert_eq!(
-            decide(
-                None,
-                None,
-                &event(EventKind::Created, 10, "New"),
-                ConflictPolicy::Newest
-            ),
-            Decision::Adopt(remote("New"))
+            unknown(&event(EventKind::Created, 10, "New")),
+            Decision::Adopt(remote("New").to_local("ada@example.com"))
         );
         assert_eq!(
-            decide(
-                None,
-                None,
-                &event(EventKind::Deleted, 10, "x"),
-                ConflictPolicy::Newest
-            ),
-            Decision::Skip(Skip::AlreadyDeleted)
+            unknown(&event(EventKind::Deleted, 10, "x")),
+            Decision::Skip(Skip::NotLinked)
         );
+        let mut no_email = event(EventKind::Created, 10, "x");
+        no_email.fields.email = None;
+        assert_eq!(unknown(&no_email), Decision::Skip(Skip::NoEmail));
         let mut own_create = event(EventKind::Created, 10, "Ada");
         own_create.idempotency_key = Some("paysync:create:abc".into());
+        assert_eq!(unknown(&own_create), Decision::Skip(Skip::Echo));
+    }
+
+    #[test]
+    fn a_stripe_customer_without_email_keeps_the_local_one() {
+        let mut no_email = event(EventKind::Updated, 10, "Renamed");
+        no_email.fields.email = None;
+        let Decision::Apply(applied) = newest(&local(2, 2, 5), &no_email) else {
+            panic!("expected an apply");
+        };
+        assert_eq!(applied.email, "ada@example.com");
+        assert_eq!(applied.name.as_deref(), Some("Renamed"));
+    }
+
+    #[test]
+    fn linking_never_steals_a_linked_customer() {
+        let customer = local(1, 0, 1);
+        assert_eq!(link(&customer, "cus_1"), Link::Linked);
         assert_eq!(
-            decide(None, None, &own_create, ConflictPolicy::Newest),
-            Decision::Skip(Skip::Echo)
+            link(&customer, "cus_2"),
+            Link::Taken {
+                other: "cus_1".into()
+            }
         );
+        let mut unlinked = customer;
+        unlinked.stripe_id = None;
+        assert_eq!(link(&unlinked, "cus_2"), Link::LinkNow);
+    }
+
+    #[test]
+    fn reads_localstripe_and_stripe_events() {
+        let raw = br#"{"id": "evt_9", "type": "customer.updated", "created": 1700000010,
+            "data": {"object": {"id": "cus_9", "object": "customer", "email": "a@example.com",
+              "name": "", "phone": null, "description": "VIP",
+              "metadata": {"paysync_id": "0190a5a4-0000-7000-8000-000000000000",
+                           "paysync_version": "3", "plan": "pro", "removed": ""}}}}"#;
+        let event = IncomingEvent::from_stripe(&StripeEvent::parse(raw).unwrap()).unwrap();
+        assert_eq!(event.kind, EventKind::Updated);
+        assert_eq!(event.stripe_id, "cus_9");
+        assert_eq!(event.created, at(10));
+        assert_eq!(
+            event.paysync_id.unwrap().to_string(),
+            "0190a5a4-0000-7000-8000-000000000000"
+        );
+        assert_eq!(event.fields.name, None);
+        assert_eq!(event.fields.description.as_deref(), Some("VIP"));
+        assert_eq!(
+            event.fields.metadata,
+            BTreeMap::from([("plan".into(), "pro".into())])
+        );
+        let not_a_customer = br#"{"id": "evt_8", "type": "customer.updated", "created": 1,
+            "data": {"object": {"id": "in_1", "object": "invoice"}}}"#;
+        assert!(IncomingEvent::from_stripe(&StripeEvent::parse(not_a_customer).unwrap()).is_err());
+    }
+
+    #[test]
+    fn conflict_policies_parse_by_name() {
+        assert_eq!("local-wins".parse(), Ok(ConflictPolicy::LocalWins));
+        assert!("oldest".parse::<ConflictPolicy>().is_err());
     }
 }

@@ -1,9 +1,15 @@
-//! Sync logic: the outbound handler, the PostgreSQL-transport worker, dead-letter replay, and
-//! the inbound decision core.
+//! Sync logic: the outbound handler and its PostgreSQL-transport worker, the inbound handler
+//! (with its pure decision core) and its inbox worker, catch-up, and dead-letter replay.
 
+pub mod catch_up;
 pub mod dead_letters;
 pub mod inbound;
+pub mod inbound_queue;
+pub mod inbound_sync;
+pub mod inbox_worker;
 pub mod outbound;
 pub mod outbox_worker;
 
+pub use inbound_queue::InboundQueue;
+pub use inbound_sync::{InboundSync, Received};
 pub use outbound::{CreateRetry, OutboundSync, Outcome};

@@ -14,8 +14,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use tracing::{info, instrument, warn};
 
-use crate::domain::{Customer, CustomerId};
+use crate::domain::{Customer, CustomerId, WriteWindow};
 use crate::metrics::{Metrics, OutcomeLabels, SourceLabels};
+use crate::store::customers::SyncedWrite;
 use crate::store::{self, customers, dead_letters};
 use crate::stripe::retry::Backoff;
 use crate::stripe::{self as stripe_api, CustomerWrite, StripeApi, StripeCustomer};
@@ -93,10 +94,19 @@ impl OutboundSync {
         if customer.stripe_synced_version >= customer.version {
             return Ok(self.finish(Outcome::UpToDate));
         }
+        let started = Utc::now();
         let outcome = match self.apply(&customer).await {
             Ok((outcome, stripe_id)) => {
-                customers::record_synced(&mut tx, id, customer.version, stripe_id.as_deref())
-                    .await?;
+                let write = SyncedWrite {
+                    version: customer.version,
+                    stripe_id: stripe_id.as_deref(),
+                    window: WriteWindow {
+                        started,
+                        finished: Utc::now(),
+                    },
+                    content: customer.fields.content_hash(),
+                };
+                customers::record_synced(&mut tx, id, write).await?;
                 let lag = (Utc::now() - customer.updated_at)
                     .to_std()
                     .unwrap_or_default();

@@ -34,7 +34,8 @@ pub async fn run(
     settings: WorkerSettings,
     shutdown: CancellationToken,
 ) {
-    let mut wakeup = outbox::Wakeup::new(&pool, settings.poll_interval).await;
+    let mut wakeup =
+        store::Wakeup::new(&pool, outbox::NOTIFY_CHANNEL, settings.poll_interval).await;
     while !shutdown.is_cancelled() {
         match drain_batch(&pool, &sync, settings).await {
             Ok(claimed) if claimed > 0 => continue,

@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::fault_proxy::{FaultProxy, Recorded};
-use crate::helpers::{TestApp, kafka_settings, outbound_settings, settings, wait_for};
+use crate::helpers::{TestApp, kafka_settings, syncing_settings, wait_for};
 use crate::mock_kafka::MockKafka;
 use crate::stripe_helpers::unique_email;
 use paysync::bus::relay::RelaySettings;
@@ -36,10 +36,10 @@ struct KafkaTarget {
 }
 
 async fn spawn(pool: PgPool, proxy: &FaultProxy, kafka: Option<&KafkaTarget>) -> TestApp {
-    let mut outbound = outbound_settings(&proxy.base_url);
-    outbound.rate = NonZeroU32::new(RATE_BUDGET).unwrap();
-    outbound.burst = NonZeroU32::new(RATE_BUDGET).unwrap();
-    let mut settings = settings(Some(outbound));
+    let mut settings = syncing_settings(&proxy.base_url);
+    let account = settings.stripe.as_mut().unwrap();
+    account.rate = NonZeroU32::new(RATE_BUDGET).unwrap();
+    account.burst = NonZeroU32::new(RATE_BUDGET).unwrap();
     if let Some(kafka) = kafka {
         let mut kafka_settings = kafka_settings(&kafka.brokers);
         kafka_settings.topic_prefix = kafka.topic_prefix.clone();

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::wait_for;
 use crate::mock_kafka::MockKafka;
-use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
+use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
 
 const TOKEN: &str = "binary-test-token-must-not-be-logged";
 const DB_PASSWORD: &str = "db-password-must-not-be-logged";
@@ -26,6 +26,7 @@ const DB_PASSWORD: &str = "db-password-must-not-be-logged";
 const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
 /// The tansu broker that `scripts/services up --kafka` starts.
 const TANSU: &str = "127.0.0.1:19092";
+const WEBHOOK_SECRET: &str = "whsec_binary_test";
 
 /// The binary with a clean paysync environment (nothing inherited from the developer's shell).
 fn paysync() -> Command {
@@ -50,13 +51,15 @@ fn database_url(pool: &PgPool) -> String {
     url.to_string()
 }
 
-/// Settings that sync to localstripe.
+/// Settings that sync to localstripe. Catch-up stays off: localstripe is shared by every
+/// test, and catching up would adopt the other tests' customers.
 fn stripe_env() -> Vec<(&'static str, String)> {
     vec![
         ("STRIPE_API_KEY", "sk_test_paysync".to_owned()),
         ("STRIPE_API_BASE", LOCALSTRIPE.to_owned()),
         ("STRIPE_BACKOFF_BASE", "20ms".to_owned()),
         ("STRIPE_BACKOFF_MAX", "500ms".to_owned()),
+        ("PAYSYNC_NO_CATCH_UP", "true".to_owned()),
     ]
 }
 
@@ -316,8 +319,10 @@ async fn sigkill_with_a_thousand_changes_in_flight(
 
     let count_synced = || async {
         sqlx::query_scalar::<_, i64>(
-            "select count(*) from customers where stripe_synced_version = version",
+            "select count(*) from customers where stripe_synced_version = version \
+             and email = any($1)",
         )
+        .bind(&emails)
         .fetch_one(&pool)
         .await
         .unwrap()
@@ -391,11 +396,14 @@ async fn a_sigkill_mid_sync_loses_and_duplicates_nothing_kafka_transport(pool: P
     sigkill_with_a_thousand_changes_in_flight(pool, env).await;
 }
 
-/// The real binary over a real Kafka-protocol broker (tansu, a separate program).
+/// The real binary over a real Kafka-protocol broker (tansu, a separate program), both ways:
+/// a REST change reaches Stripe, and a change made in Stripe comes back as a webhook through
+/// the inbound topic.
 #[sqlx::test]
-async fn changes_reach_stripe_through_tansu(pool: PgPool) {
+async fn changes_travel_both_ways_through_tansu(pool: PgPool) {
     let mut env = stripe_env();
     env.push(("DATABASE_URL", database_url(&pool)));
+    env.push(("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned()));
     env.push(("KAFKA_BROKERS", TANSU.to_owned()));
     // Fresh topics and consumer group per run, so runs never see each other's messages.
     env.push((
@@ -441,6 +449,35 @@ async fn changes_reach_stripe_through_tansu(pool: PgPool) {
     let found = Localstripe::new().customers_with_email(&email).await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["name"], "Through tansu");
+
+    let endpoint = WebhookEndpoint::register(
+        &format!("{}/webhooks/stripe", server.base_url),
+        WEBHOOK_SECRET,
+    )
+    .await;
+    let stripe_id = found[0]["id"].as_str().unwrap();
+    Localstripe::new()
+        .update_customer(stripe_id, &[("name", "Renamed in Stripe")])
+        .await;
+    wait_for(
+        "the Stripe change to come back through tansu",
+        Duration::from_secs(60),
+        || async {
+            let (name, version): (Option<String>, i64) =
+                sqlx::query_as("select name, version from customers where id = $1::uuid")
+                    .bind(&id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if name.as_deref() == Some("Renamed in Stripe") && version == 2 {
+                Ok(())
+            } else {
+                Err(format!("{name:?} at version {version}"))
+            }
+        },
+    )
+    .await;
+    endpoint.unregister().await;
     let ready: Value = client
         .get(format!("{}/readyz", server.base_url))
         .send()

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use std::num::NonZeroU32;
 
-use paysync::app::{Application, OutboundSettings, Settings};
+use paysync::app::{Application, InboundSettings, Settings, StripeAccount};
 use paysync::bus::KafkaSettings;
 use paysync::bus::relay::RelaySettings;
 use paysync::http::ApiAuth;
 use paysync::stripe::StripeSettings;
 use paysync::stripe::retry::Backoff;
+use paysync::sync::inbound::ConflictPolicy;
+use paysync::sync::inbox_worker::InboxSettings;
 use paysync::sync::outbox_worker::WorkerSettings;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
@@ -39,21 +41,17 @@ impl Drop for TestApp {
 impl TestApp {
     /// The API alone: changes stay queued in the outbox.
     pub async fn spawn(pool: PgPool) -> Self {
-        Self::spawn_with(pool, None).await
+        Self::spawn_settings(pool, settings()).await
     }
 
     /// The API and the outbound worker, syncing to the Stripe at `stripe_base`.
     pub async fn spawn_syncing(pool: PgPool, stripe_base: &str) -> Self {
-        Self::spawn_with(pool, Some(outbound_settings(stripe_base))).await
-    }
-
-    pub async fn spawn_with(pool: PgPool, outbound: Option<OutboundSettings>) -> Self {
-        Self::spawn_settings(pool, settings(outbound)).await
+        Self::spawn_settings(pool, syncing_settings(stripe_base)).await
     }
 
     /// The API, the relay and the outbound consumer over Kafka at `brokers`.
     pub async fn spawn_kafka(pool: PgPool, stripe_base: &str, brokers: &str) -> Self {
-        let mut settings = settings(Some(outbound_settings(stripe_base)));
+        let mut settings = syncing_settings(stripe_base);
         settings.kafka = Some(kafka_settings(brokers));
         settings.relay = Some(RelaySettings {
             batch_size: 100,
@@ -208,15 +206,40 @@ impl TestApp {
     }
 }
 
-pub fn settings(outbound: Option<OutboundSettings>) -> Settings {
+/// The API alone: no Stripe account, no workers, no webhooks.
+pub fn settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),
         shutdown_timeout: Duration::from_secs(5),
-        outbound,
+        stripe: None,
+        outbound: None,
+        inbound: None,
+        catch_up: None,
         kafka: None,
         relay: None,
         webhooks: None,
+    }
+}
+
+/// The API and the outbound worker syncing to the Stripe at `stripe_base`.
+pub fn syncing_settings(stripe_base: &str) -> Settings {
+    Settings {
+        stripe: Some(stripe_account(stripe_base)),
+        outbound: Some(worker_settings()),
+        ..settings()
+    }
+}
+
+/// The inbound worker with test-friendly batches and polls.
+pub fn inbound_settings() -> InboundSettings {
+    InboundSettings {
+        inbox: InboxSettings {
+            batch_size: 100,
+            concurrency: 2,
+            poll_interval: Duration::from_millis(500),
+        },
+        policy: ConflictPolicy::Newest,
     }
 }
 
@@ -237,11 +260,11 @@ pub fn kafka_settings(brokers: &str) -> KafkaSettings {
     }
 }
 
-/// Outbound settings for tests: a generous rate, short backoffs and a 2 s request timeout,
-/// so fault tests retry quickly.
-pub fn outbound_settings(stripe_base: &str) -> OutboundSettings {
-    OutboundSettings {
-        stripe: StripeSettings {
+/// A Stripe account for tests: a generous rate, short backoffs and a 2 s request timeout, so
+/// fault tests retry quickly.
+pub fn stripe_account(stripe_base: &str) -> StripeAccount {
+    StripeAccount {
+        api: StripeSettings {
             api_key: "sk_test_paysync".into(),
             api_base: stripe_base.to_owned(),
             timeout: Duration::from_secs(2),
@@ -253,11 +276,14 @@ pub fn outbound_settings(stripe_base: &str) -> OutboundSettings {
         },
         rate: NonZeroU32::new(200).unwrap(),
         burst: NonZeroU32::new(50).unwrap(),
-        worker: WorkerSettings {
-            batch_size: 100,
-            concurrency: 4,
-            poll_interval: Duration::from_millis(500),
-        },
+    }
+}
+
+pub fn worker_settings() -> WorkerSettings {
+    WorkerSettings {
+        batch_size: 100,
+        concurrency: 4,
+        poll_interval: Duration::from_millis(500),
     }
 }
 

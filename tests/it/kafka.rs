@@ -175,7 +175,7 @@ async fn a_burst_of_patches_through_kafka_ends_at_the_last_version(pool: PgPool)
 async fn two_relays_publish_each_outbox_row_exactly_once(pool: PgPool) {
     let kafka = MockKafka::start().await;
     let relay_only = || {
-        let mut settings = settings(None);
+        let mut settings = settings();
         settings.kafka = Some(kafka_settings(&kafka.bootstrap));
         settings.relay = Some(RelaySettings {
             batch_size: 7,

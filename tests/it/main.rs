@@ -10,6 +10,7 @@ mod binary;
 mod customers;
 mod fault_proxy;
 mod helpers;
+mod inbound;
 mod kafka;
 mod mock_kafka;
 mod ops;

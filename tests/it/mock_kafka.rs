@@ -49,6 +49,20 @@ impl MockKafka {
         self.command("all-up").await;
     }
 
+    /// Produces one raw message (no key) to `topic`.
+    pub async fn produce(&self, topic: &str, payload: &str) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .unwrap();
+        let record = FutureRecord::<str, str>::to(topic).payload(payload);
+        producer
+            .send(record, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
     /// Messages in `topic` (sum of high watermarks; the mock never deletes any).
     pub async fn messages_in(&self, topic: &str) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer as _};

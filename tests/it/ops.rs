@@ -37,13 +37,9 @@ async fn readiness_fails_while_the_database_is_unreachable() {
         .connect_lazy("postgres://postgres@127.0.0.1:1/none")
         .unwrap();
     let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
         auth: ApiAuth::Disabled,
         shutdown_timeout: Duration::from_secs(1),
-        outbound: None,
-        kafka: None,
-        relay: None,
-        webhooks: None,
+        ..crate::helpers::settings()
     };
     let app = Application::build(settings, pool).await.unwrap();
     let url = format!("http://{}/readyz", app.local_addr().unwrap());

@@ -38,6 +38,40 @@ impl Localstripe {
         }
     }
 
+    /// Creates a customer directly in localstripe (as the Dashboard would); returns it.
+    pub async fn create_customer(&self, form: &[(&str, &str)]) -> Value {
+        self.write("/v1/customers", form).await
+    }
+
+    /// Updates a customer directly in localstripe; returns it.
+    pub async fn update_customer(&self, id: &str, form: &[(&str, &str)]) -> Value {
+        self.write(&format!("/v1/customers/{id}"), form).await
+    }
+
+    pub async fn delete_customer(&self, id: &str) {
+        let response = self
+            .http
+            .delete(format!("{LOCALSTRIPE}/v1/customers/{id}"))
+            .bearer_auth("sk_test_paysync")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    async fn write(&self, path: &str, form: &[(&str, &str)]) -> Value {
+        let response = self
+            .http
+            .post(format!("{LOCALSTRIPE}{path}"))
+            .bearer_auth("sk_test_paysync")
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "POST {path}");
+        response.json().await.unwrap()
+    }
+
     /// Every live customer with this email.
     pub async fn customers_with_email(&self, email: &str) -> Vec<Value> {
         let page: Value = self
@@ -53,4 +87,44 @@ impl Localstripe {
             .unwrap();
         page["data"].as_array().cloned().unwrap_or_default()
     }
+}
+
+/// A webhook endpoint registered in localstripe (shared by every test: each test registers
+/// its own id, and every event reaches every endpoint, so tests only assert on their own
+/// customers).
+pub struct WebhookEndpoint {
+    id: String,
+}
+
+impl WebhookEndpoint {
+    pub async fn register(url: &str, secret: &str) -> Self {
+        let id = format!("paysync-it-{}", uuid::Uuid::now_v7().simple());
+        configure(&id, &[("url", url), ("secret", secret)]).await;
+        Self { id }
+    }
+
+    /// Stops the deliveries. localstripe cannot remove an endpoint, so it is subscribed to
+    /// an event type that never happens. (A test that fails before this leaves an endpoint
+    /// whose port is closed: deliveries to it fail fast and harm no one.)
+    pub async fn unregister(self) {
+        configure(
+            &self.id,
+            &[
+                ("url", "http://127.0.0.1:9/unused"),
+                ("secret", "unused"),
+                ("events[]", "paysync.never"),
+            ],
+        )
+        .await;
+    }
+}
+
+async fn configure(id: &str, form: &[(&str, &str)]) {
+    let response = reqwest::Client::new()
+        .post(format!("{LOCALSTRIPE}/_config/webhooks/{id}"))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "registering webhook {id}");
 }

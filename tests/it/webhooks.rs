@@ -14,10 +14,10 @@ use crate::mock_kafka::MockKafka;
 use crate::stripe_helpers::{LOCALSTRIPE, unique_email};
 use paysync::stripe::webhook::{DEFAULT_TOLERANCE, WebhookVerifier};
 
-const SECRET: &str = "whsec_paysync_test";
+pub const SECRET: &str = "whsec_paysync_test";
 const ROTATED_SECRET: &str = "whsec_paysync_previous";
 
-fn verifier() -> WebhookVerifier {
+pub fn verifier() -> WebhookVerifier {
     WebhookVerifier::new(
         vec![SECRET.into(), ROTATED_SECRET.into()],
         DEFAULT_TOLERANCE,
@@ -25,7 +25,7 @@ fn verifier() -> WebhookVerifier {
 }
 
 async fn spawn(pool: PgPool, kafka: Option<&MockKafka>) -> TestApp {
-    let mut settings = settings(None);
+    let mut settings = settings();
     settings.webhooks = Some(verifier());
     if let Some(kafka) = kafka {
         settings.kafka = Some(kafka_settings(&kafka.bootstrap));
@@ -33,12 +33,12 @@ async fn spawn(pool: PgPool, kafka: Option<&MockKafka>) -> TestApp {
     TestApp::spawn_settings(pool, settings).await
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 /// `Stripe-Signature` for `body` at `t`, as Stripe computes it.
-fn signature(secret: &str, t: i64, body: &str) -> String {
+pub fn signature(secret: &str, t: i64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.{body}").as_bytes());
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
@@ -52,7 +52,7 @@ fn customer_event(event_id: &str, kind: &str, stripe_id: &str) -> String {
     .to_string()
 }
 
-async fn deliver(app: &TestApp, body: &str, signature: Option<&str>) -> reqwest::Response {
+pub async fn deliver(app: &TestApp, body: &str, signature: Option<&str>) -> reqwest::Response {
     let mut request = app
         .client
         .post(app.url("/webhooks/stripe"))

@@ -1,0 +1,208 @@
+//! Stripe events paysync has seen: the dedup record of every applied event, and with the
+//! PostgreSQL transport (or a replay) the inbox of events waiting to be applied.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use super::{DbContext, Result};
+
+/// The channel the insert trigger notifies when events wait in the inbox.
+pub const NOTIFY_CHANNEL: &str = "paysync_inbox";
+
+/// An event to record: what the inbox and the dedup check need to know about it.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub event_id: &'a str,
+    pub kind: &'a str,
+    pub account: &'a str,
+    pub stripe_customer_id: Option<&'a str>,
+}
+
+/// Queues verified events in the inbox (one statement, one commit). Events already known
+/// are left as they are, so a redelivery is stored once.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    events: &[(EventRef<'_>, &serde_json::Value)],
+) -> Result<()> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut accounts = Vec::with_capacity(events.len());
+    let mut customers = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for (event, payload) in events {
+        ids.push(event.event_id);
+        kinds.push(event.kind);
+        accounts.push(event.account);
+        customers.push(event.stripe_customer_id);
+        payloads.push(*payload);
+    }
+    sqlx::query(
+        "insert into processed_events (event_id, type, account, stripe_customer_id, payload) \
+         select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+         on conflict (event_id) do nothing",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&accounts)
+    .bind(&customers)
+    .bind(&payloads)
+    .execute(conn)
+    .await
+    .context("queueing Stripe events in the inbox")?;
+    Ok(())
+}
+
+/// Whether an event still has to be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First time: its dedup record is now written (processed once this transaction commits).
+    New,
+    /// Waiting in the inbox (PostgreSQL transport, or replayed); now locked by this transaction.
+    Queued,
+    /// Already applied: a redelivery.
+    Processed,
+}
+
+/// Writes the dedup record of an event arriving through Kafka, or finds the one that exists.
+/// The record is inserted as processed: it commits together with the event's effects, or not
+/// at all. A concurrent insert of the same id waits for the other transaction to finish.
+pub async fn begin_processing(conn: &mut PgConnection, event: EventRef<'_>) -> Result<Seen> {
+    let inserted = sqlx::query(
+        "insert into processed_events (event_id, type, account, stripe_customer_id, processed_at) \
+         values ($1, $2, $3, $4, now()) on conflict (event_id) do nothing",
+    )
+    .bind(event.event_id)
+    .bind(event.kind)
+    .bind(event.account)
+    .bind(event.stripe_customer_id)
+    .execute(&mut *conn)
+    .await
+    .context("recording a Stripe event")?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Seen::New);
+    }
+    let processed: Option<bool> = sqlx::query_scalar(
+        "select processed_at is not null from processed_events where event_id = $1 for update",
+    )
+    .bind(event.event_id)
+    .fetch_optional(conn)
+    .await
+    .context("checking a Stripe event")?;
+    Ok(match processed {
+        Some(false) => Seen::Queued,
+        // Gone would mean the janitor removed it between the two statements: long processed.
+        Some(true) | None => Seen::Processed,
+    })
+}
+
+/// Marks an event applied with its outcome (`applied`, `duplicate`, `stale`, …); the inbox
+/// payload is no longer needed.
+pub async fn finish(conn: &mut PgConnection, event_id: &str, outcome: &str) -> Result<()> {
+    sqlx::query(
+        "update processed_events set processed_at = coalesce(processed_at, now()), \
+         outcome = $2, payload = null where event_id = $1",
+    )
+    .bind(event_id)
+    .bind(outcome)
+    .execute(conn)
+    .await
+    .context("marking a Stripe event processed")?;
+    Ok(())
+}
+
+/// An event waiting in the inbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedEvent {
+    pub event_id: String,
+    pub payload: Option<serde_json::Value>,
+}
+
+/// Claims up to `limit` waiting events, oldest first, for the rest of the transaction; rows
+/// another worker holds are skipped, so any number of workers and replicas can drain it.
+pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<QueuedEvent>> {
+    sqlx::query_as(
+        "select event_id, payload from processed_events where processed_at is null \
+         order by received_at limit $1 for update skip locked",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .context("claiming inbox events")
+}
+
+/// Claims one waiting event, if no other worker holds it.
+pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option<QueuedEvent>> {
+    sqlx::query_as(
+        "select event_id, payload from processed_events \
+         where event_id = $1 and processed_at is null for update skip locked",
+    )
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await
+    .context("claiming an inbox event")
+}
+
+/// Puts an event back into the inbox (a dead letter's replay).
+pub async fn requeue(
+    conn: &mut PgConnection,
+    event: EventRef<'_>,
+    payload: &serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "insert into processed_events (event_id, type, account, stripe_customer_id, payload) \
+         values ($1, $2, $3, $4, $5) on conflict (event_id) do update \
+         set payload = excluded.payload, processed_at = null, outcome = null",
+    )
+    .bind(event.event_id)
+    .bind(event.kind)
+    .bind(event.account)
+    .bind(event.stripe_customer_id)
+    .bind(payload)
+    .execute(&mut *conn)
+    .await
+    .context("requeueing a Stripe event")?;
+    // The insert trigger does not see an update.
+    sqlx::query("select pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(conn)
+        .await
+        .context("waking the inbox worker")?;
+    Ok(())
+}
+
+/// Which of these event ids are already known (applied or queued).
+pub async fn known(conn: &mut PgConnection, event_ids: &[String]) -> Result<HashSet<String>> {
+    let known: Vec<String> =
+        sqlx::query_scalar("select event_id from processed_events where event_id = any($1)")
+            .bind(event_ids)
+            .fetch_all(conn)
+            .await
+            .context("looking up known Stripe events")?;
+    Ok(known.into_iter().collect())
+}
+
+/// Events waiting in the inbox.
+pub async fn backlog(conn: &mut PgConnection) -> Result<i64> {
+    sqlx::query_scalar("select count(*) from processed_events where processed_at is null")
+        .fetch_one(conn)
+        .await
+        .context("counting the inbox backlog")
+}
+
+/// Forgets processed events received more than `retention` ago; returns how many.
+pub async fn delete_processed_before(pool: &PgPool, retention: Duration) -> Result<u64> {
+    let seconds = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    let deleted = sqlx::query(
+        "delete from processed_events where processed_at is not null \
+         and received_at < now() - make_interval(secs => $1)",
+    )
+    .bind(seconds as f64)
+    .execute(pool)
+    .await
+    .context("deleting old processed events")?
+    .rows_affected();
+    Ok(deleted)
+}

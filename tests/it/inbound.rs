@@ -1,0 +1,578 @@
+//! Stripe → PostgreSQL: events applied through the inbox (PostgreSQL transport) and through
+//! Kafka (librdkafka's mock cluster in another process), with dedup, ordering, echo
+//! suppression, conflicts, linking, dead letters and catch-up.
+
+use std::time::Duration;
+
+use paysync::app::Settings;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::fault_proxy::FaultProxy;
+use crate::helpers::{
+    TestApp, inbound_settings, kafka_settings, settings, stripe_account, syncing_settings, wait_for,
+};
+use crate::mock_kafka::MockKafka;
+use crate::outbound::wait_synced;
+use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
+use crate::webhooks::{SECRET, deliver, now, signature, verifier};
+
+/// localstripe delivers about a second after a change; generous for a loaded CI machine.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Webhook ingress and inbound worker; with `kafka`, over the mock cluster; with `stripe`,
+/// able to ask that Stripe for a customer's current state.
+fn inbound_app_settings(kafka: Option<&MockKafka>, stripe: Option<&str>) -> Settings {
+    Settings {
+        webhooks: Some(verifier()),
+        inbound: Some(inbound_settings()),
+        stripe: stripe.map(stripe_account),
+        kafka: kafka.map(|k| kafka_settings(&k.bootstrap)),
+        ..settings()
+    }
+}
+
+async fn spawn(pool: PgPool, kafka: Option<&MockKafka>, stripe: Option<&str>) -> TestApp {
+    TestApp::spawn_settings(pool, inbound_app_settings(kafka, stripe)).await
+}
+
+/// A local customer linked to `stripe_id` and in sync with it (as after a sync).
+async fn insert_linked(pool: &PgPool, email: &str, name: &str, stripe_id: &str) -> String {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "insert into customers (id, email, name, stripe_id, stripe_synced_version, sync_state) \
+         values ($1, $2, $3, $4, 1, 'synced')",
+    )
+    .bind(id)
+    .bind(email)
+    .bind(name)
+    .bind(stripe_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+/// A signed `customer.*` event as Stripe sends it.
+fn event(event_id: &str, kind: &str, created: i64, customer: Value) -> String {
+    json!({
+        "id": event_id, "object": "event", "type": kind, "created": created,
+        "data": {"object": customer}
+    })
+    .to_string()
+}
+
+fn customer_object(stripe_id: &str, email: &str, name: &str) -> Value {
+    json!({"id": stripe_id, "object": "customer", "email": email, "name": name, "metadata": {}})
+}
+
+async fn deliver_signed(app: &TestApp, body: &str) {
+    let response = deliver(app, body, Some(&signature(SECRET, now(), body))).await;
+    assert_eq!(response.status(), StatusCode::OK, "delivery refused");
+}
+
+/// The local row of a customer: (name, version, deleted).
+async fn local_row(pool: &PgPool, id: &str) -> (Option<String>, i64, bool) {
+    sqlx::query_as(
+        "select name, version, deleted_at is not null from customers where id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until the event is processed; returns its outcome.
+async fn processed(app: &TestApp, event_id: &str) -> String {
+    wait_for(&format!("event {event_id} processed"), DEADLINE, || async {
+        let outcome: Option<Option<String>> = sqlx::query_scalar(
+            "select outcome from processed_events where event_id = $1 \
+                 and processed_at is not null",
+        )
+        .bind(event_id)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        outcome
+            .flatten()
+            .ok_or_else(|| "not processed yet".to_owned())
+    })
+    .await
+}
+
+/// The customer with this email as the API lists it, once there.
+async fn wait_listed(app: &TestApp, email: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_for(
+        &format!("{email} in GET /v1/customers"),
+        DEADLINE,
+        || async {
+            let page = app
+                .get_json(&format!("/v1/customers?email={}", urlencode(email)))
+                .await;
+            match page["data"].as_array().and_then(|data| data.first()) {
+                Some(customer) if check(customer) => Ok(customer.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace('@', "%40")
+}
+
+/// Customers created, updated and deleted directly in localstripe appear, change and
+/// disappear in PostgreSQL and in the API.
+async fn stripe_changes_reach_postgres(app: &TestApp) {
+    let endpoint = WebhookEndpoint::register(&app.url("/webhooks/stripe"), SECRET).await;
+    let stripe = Localstripe::new();
+    let email = unique_email("made-in-stripe");
+    let created = stripe
+        .create_customer(&[("email", &email), ("name", "Made in Stripe")])
+        .await;
+    let stripe_id = created["id"].as_str().unwrap().to_owned();
+    let adopted = wait_listed(app, &email, |c| {
+        c["sync"]["stripe_id"] == stripe_id.as_str()
+    })
+    .await;
+    assert_eq!(adopted["name"], "Made in Stripe");
+    assert_eq!(adopted["sync"]["state"], "synced");
+    let id = adopted["id"].as_str().unwrap().to_owned();
+
+    stripe
+        .update_customer(
+            &stripe_id,
+            &[("name", "Renamed in Stripe"), ("metadata[tier]", "gold")],
+        )
+        .await;
+    let updated = wait_listed(app, &email, |c| c["name"] == "Renamed in Stripe").await;
+    assert_eq!(updated["metadata"], json!({"tier": "gold"}));
+    assert_eq!(updated["version"], 2);
+
+    stripe.delete_customer(&stripe_id).await;
+    wait_for("the customer to be deleted locally", DEADLINE, || async {
+        match app.get_customer(&id).await.status() {
+            StatusCode::NOT_FOUND => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    let (_, _, deleted) = local_row(&app.pool, &id).await;
+    assert!(deleted);
+    let outbox: i64 =
+        sqlx::query_scalar("select count(*) from outbox where customer_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(outbox, 0, "changes from Stripe are never pushed back");
+    endpoint.unregister().await;
+}
+
+#[sqlx::test]
+async fn stripe_changes_reach_postgres_postgres_transport(pool: PgPool) {
+    let app = spawn(pool, None, Some(LOCALSTRIPE)).await;
+    stripe_changes_reach_postgres(&app).await;
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn stripe_changes_reach_postgres_kafka_transport(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let app = spawn(pool, Some(&kafka), Some(LOCALSTRIPE)).await;
+    stripe_changes_reach_postgres(&app).await;
+    app.stop().await;
+}
+
+/// The same delivery five times is applied once; an older event after a newer one changes
+/// nothing.
+async fn duplicates_and_stale_events_change_nothing(app: &TestApp) {
+    let email = unique_email("dedup");
+    let id = insert_linked(&app.pool, &email, "Original", "cus_Dedup1").await;
+    let t = now();
+    let newer = event(
+        "evt_dedup_newer",
+        "customer.updated",
+        t,
+        customer_object("cus_Dedup1", &email, "Newer"),
+    );
+    for _ in 0..5 {
+        deliver_signed(app, &newer).await;
+    }
+    assert_eq!(processed(app, "evt_dedup_newer").await, "applied");
+    let older = event(
+        "evt_dedup_older",
+        "customer.updated",
+        t - 10,
+        customer_object("cus_Dedup1", &email, "Older"),
+    );
+    deliver_signed(app, &older).await;
+    assert_eq!(processed(app, "evt_dedup_older").await, "stale");
+    // A redelivery of the newer event after all that is still a no-op.
+    deliver_signed(app, &newer).await;
+    let marker = event(
+        "evt_dedup_marker",
+        "customer.updated",
+        t,
+        customer_object("cus_Dedup1", &email, "Newer"),
+    );
+    deliver_signed(app, &marker).await;
+    assert_eq!(processed(app, "evt_dedup_marker").await, "no_change");
+
+    assert_eq!(
+        local_row(&app.pool, &id).await,
+        (Some("Newer".to_owned()), 2, false),
+        "applied exactly once, never regressed"
+    );
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains(r#"paysync_inbound_events_total{outcome="stale"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[sqlx::test]
+async fn duplicates_and_stale_events_change_nothing_postgres_transport(pool: PgPool) {
+    let app = spawn(pool, None, None).await;
+    duplicates_and_stale_events_change_nothing(&app).await;
+    // The inbox stores a redelivery once: the worker never sees it.
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from processed_events where event_id = 'evt_dedup_newer'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 1);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn duplicates_and_stale_events_change_nothing_kafka_transport(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let app = spawn(pool, Some(&kafka), None).await;
+    duplicates_and_stale_events_change_nothing(&app).await;
+    // Every Kafka redelivery reached the worker and was recognised.
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains(r#"paysync_inbound_events_total{outcome="duplicate"} 5"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+/// Two events in the same second: their order is unknown, so Stripe's current state wins.
+#[sqlx::test]
+async fn a_same_second_tie_ends_in_stripes_current_state(pool: PgPool) {
+    let app = spawn(pool, None, Some(LOCALSTRIPE)).await;
+    let stripe = Localstripe::new();
+    let email = unique_email("tie");
+    let remote = stripe
+        .create_customer(&[("email", &email), ("name", "What Stripe holds")])
+        .await;
+    let stripe_id = remote["id"].as_str().unwrap();
+    let id = insert_linked(&app.pool, &email, "Local", stripe_id).await;
+    let t = now();
+    let first = event(
+        "evt_tie_1",
+        "customer.updated",
+        t,
+        customer_object(stripe_id, &email, "First of the second"),
+    );
+    deliver_signed(&app, &first).await;
+    assert_eq!(processed(&app, "evt_tie_1").await, "applied");
+    let second = event(
+        "evt_tie_2",
+        "customer.updated",
+        t,
+        customer_object(stripe_id, &email, "Second of the second"),
+    );
+    deliver_signed(&app, &second).await;
+    assert_eq!(processed(&app, "evt_tie_2").await, "applied");
+    let (name, version, _) = local_row(&app.pool, &id).await;
+    assert_eq!(name.as_deref(), Some("What Stripe holds"));
+    assert_eq!(version, 3);
+    app.stop().await;
+}
+
+/// A REST change travels to Stripe and its webhook comes back: nothing changes locally and
+/// Stripe is written exactly once per local write.
+#[sqlx::test]
+async fn paysync_own_changes_coming_back_are_not_applied_again(pool: PgPool) {
+    let proxy = FaultProxy::start().await;
+    let mut settings = syncing_settings(&proxy.base_url);
+    settings.webhooks = Some(verifier());
+    settings.inbound = Some(inbound_settings());
+    let app = TestApp::spawn_settings(pool, settings).await;
+    let endpoint = WebhookEndpoint::register(&app.url("/webhooks/stripe"), SECRET).await;
+
+    let email = unique_email("echo");
+    let created = app
+        .post_customer(&json!({"email": email, "name": "v1"}))
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stripe_id = wait_synced(&app, &id, 1).await["sync"]["stripe_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for version in 2..=4 {
+        let patch =
+            json!({"name": format!("v{version}"), "metadata": {"step": version.to_string()}});
+        assert_eq!(
+            app.patch_customer(&id, &patch, None).await.status(),
+            StatusCode::OK
+        );
+        wait_synced(&app, &id, version).await;
+    }
+    // Four writes to Stripe, four events back (created, three updates); wait for them all.
+    wait_for("the four echoes to be processed", DEADLINE, || async {
+        let outcomes: Vec<String> = sqlx::query_scalar(
+            "select outcome from processed_events where stripe_customer_id = $1 \
+             and processed_at is not null",
+        )
+        .bind(&stripe_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        if outcomes.len() >= 4 {
+            Ok(outcomes)
+        } else {
+            Err(format!("{outcomes:?}"))
+        }
+    })
+    .await;
+    let echoes = wait_for("the four echoes", DEADLINE, || async {
+        let outcomes: Vec<String> = sqlx::query_scalar(
+            "select outcome from processed_events where stripe_customer_id = $1",
+        )
+        .bind(&stripe_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        Ok::<_, String>(outcomes)
+    })
+    .await;
+    for outcome in &echoes {
+        assert!(
+            ["echo", "no_change", "stale", "superseded"].contains(&outcome.as_str()),
+            "an echo was taken for a change: {echoes:?}"
+        );
+    }
+    let customer: Value = app.get_customer(&id).await.json().await.unwrap();
+    assert_eq!(customer["version"], 4, "the echoes changed nothing locally");
+    assert_eq!(customer["name"], "v4");
+    assert_eq!(customer["sync"]["state"], "synced");
+    let local_writes = app.outbox_of(&id).await.len();
+    let stripe_writes = proxy
+        .recorded()
+        .await
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.starts_with("/v1/customers"))
+        .count();
+    assert_eq!(local_writes, 4);
+    assert_eq!(
+        stripe_writes, local_writes,
+        "one Stripe write per local write"
+    );
+    endpoint.unregister().await;
+    app.stop().await;
+}
+
+/// Both sides changed: the later change wins; a losing Stripe change is overwritten by the
+/// local change's pending sync.
+#[sqlx::test]
+async fn conflicts_go_to_the_newest_change(pool: PgPool) {
+    let app = spawn(pool, None, None).await;
+    let email = unique_email("conflict");
+    let id = insert_linked(&app.pool, &email, "Synced", "cus_Conflict1").await;
+    let patched = app
+        .patch_customer(&id, &json!({"name": "Local change"}), None)
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
+
+    let older_stripe_change = event(
+        "evt_conflict_older",
+        "customer.updated",
+        now() - 30,
+        customer_object("cus_Conflict1", &email, "Older Stripe change"),
+    );
+    deliver_signed(&app, &older_stripe_change).await;
+    assert_eq!(processed(&app, "evt_conflict_older").await, "kept_local");
+    assert_eq!(
+        local_row(&app.pool, &id).await,
+        (Some("Local change".to_owned()), 2, false)
+    );
+    assert_eq!(
+        app.outbox_of(&id).await,
+        [("update".to_owned(), 2)],
+        "the pending sync corrects Stripe; nothing more is queued"
+    );
+
+    let newer_stripe_change = event(
+        "evt_conflict_newer",
+        "customer.updated",
+        now() + 30,
+        customer_object("cus_Conflict1", &email, "Newer Stripe change"),
+    );
+    deliver_signed(&app, &newer_stripe_change).await;
+    assert_eq!(processed(&app, "evt_conflict_newer").await, "applied");
+    let customer: Value = app.get_customer(&id).await.json().await.unwrap();
+    assert_eq!(customer["name"], "Newer Stripe change");
+    assert_eq!(customer["version"], 3);
+    assert_eq!(customer["sync"]["state"], "synced");
+    app.stop().await;
+}
+
+/// A customer created in Stripe with the email of an unlinked local customer is linked to
+/// it, not adopted twice; one whose email belongs to a customer linked elsewhere is
+/// dead-lettered (never a 500), and replays once the cause is fixed.
+#[sqlx::test]
+async fn emails_link_and_conflicting_emails_are_dead_lettered(pool: PgPool) {
+    let app = spawn(pool, None, None).await;
+    let email = unique_email("link");
+    let local = app.create_customer(&email).await;
+    let id = local["id"].as_str().unwrap().to_owned();
+    let created = event(
+        "evt_link_1",
+        "customer.created",
+        now(),
+        customer_object("cus_LinkMe", &email.to_uppercase(), "From the Dashboard"),
+    );
+    deliver_signed(&app, &created).await;
+    processed(&app, "evt_link_1").await;
+    let customers: i64 = sqlx::query_scalar("select count(*) from customers")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(customers, 1, "linked, not adopted");
+    let customer: Value = app.get_customer(&id).await.json().await.unwrap();
+    assert_eq!(customer["sync"]["stripe_id"], "cus_LinkMe");
+
+    let duplicate = event(
+        "evt_link_2",
+        "customer.created",
+        now(),
+        customer_object("cus_Duplicate", &email, "Same email again"),
+    );
+    deliver_signed(&app, &duplicate).await;
+    assert_eq!(processed(&app, "evt_link_2").await, "dead_lettered");
+    let letters = app.get_json("/v1/dead-letters").await;
+    let letter = &letters["data"][0];
+    assert_eq!(letter["source"], "inbound");
+    assert_eq!(letter["key"], "evt_link_2");
+    assert!(
+        letter["error"].as_str().unwrap().contains("cus_LinkMe"),
+        "{letter}"
+    );
+
+    // The cause is fixed (the local customer is deleted); the replay adopts the new one.
+    assert_eq!(
+        app.delete_customer(&id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let replay = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/dead-letters/{}/replay", letter["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(processed(&app, "evt_link_2").await, "adopted");
+    let adopted = wait_listed(&app, &email, |c| c["sync"]["stripe_id"] == "cus_Duplicate").await;
+    assert_eq!(adopted["name"], "Same email again");
+    app.stop().await;
+}
+
+/// Kafka down: the ingress answers 503; Stripe's retry is accepted once Kafka is back and
+/// applied once. A message paysync cannot read is dead-lettered and the partition moves on.
+#[sqlx::test]
+async fn with_kafka_down_stripe_retries_and_the_event_is_applied_once(pool: PgPool) {
+    let mut kafka = MockKafka::start().await;
+    kafka.produce("paysync.inbound", "not an envelope").await;
+    let app = spawn(pool, Some(&kafka), None).await;
+    let email = unique_email("outage");
+    let id = insert_linked(&app.pool, &email, "Before", "cus_Outage1").await;
+
+    kafka.all_down().await;
+    let body = event(
+        "evt_outage_1",
+        "customer.updated",
+        now(),
+        customer_object("cus_Outage1", &email, "After"),
+    );
+    let refused = deliver(&app, &body, Some(&signature(SECRET, now(), &body))).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    kafka.all_up().await;
+    deliver_signed(&app, &body).await;
+    assert_eq!(processed(&app, "evt_outage_1").await, "applied");
+    assert_eq!(
+        local_row(&app.pool, &id).await,
+        (Some("After".to_owned()), 2, false)
+    );
+    let letters = wait_for("the unreadable message dead-lettered", DEADLINE, || async {
+        let letters = app.get_json("/v1/dead-letters").await;
+        match letters["data"].as_array() {
+            Some(data) if !data.is_empty() => Ok(data.clone()),
+            _ => Err(letters.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(letters[0]["source"], "inbound");
+    assert!(
+        letters[0]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("paysync.inbound/")
+    );
+    app.stop().await;
+}
+
+/// Events never delivered as webhooks (no endpoint registered) are found through the Events
+/// API and applied.
+#[sqlx::test]
+async fn catch_up_applies_events_that_never_arrived_as_webhooks(pool: PgPool) {
+    let mut settings = inbound_app_settings(None, Some(LOCALSTRIPE));
+    settings.catch_up = Some(Duration::from_secs(1));
+    let app = TestApp::spawn_settings(pool, settings).await;
+    // The first run sets the cursor at "now"; what happens after it is caught up.
+    wait_for("the catch-up cursor", DEADLINE, || async {
+        let cursors: i64 = sqlx::query_scalar("select count(*) from sync_cursors")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if cursors == 1 {
+            Ok(())
+        } else {
+            Err("no cursor yet".to_owned())
+        }
+    })
+    .await;
+    let stripe = Localstripe::new();
+    let email = unique_email("caught-up");
+    let created = stripe
+        .create_customer(&[("email", &email), ("name", "Missed webhook")])
+        .await;
+    let stripe_id = created["id"].as_str().unwrap().to_owned();
+    stripe
+        .update_customer(&stripe_id, &[("name", "Missed twice")])
+        .await;
+    let adopted = wait_listed(&app, &email, |c| c["name"] == "Missed twice").await;
+    assert_eq!(adopted["sync"]["stripe_id"], stripe_id.as_str());
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains(r#"paysync_catch_up_runs_total{outcome="done"}"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("paysync_catch_up_events_total 0\n"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
