@@ -14,24 +14,10 @@ alter table customers add column stripe_written_at timestamptz;
 -- request's Idempotency-Key), so it never counts as a Stripe-side change.
 alter table customers add column stripe_synced_hash bytea;
 
+-- The inbox keeps an event as the JSON text Stripe sent: nothing queries inside it, and json
+-- (checked, kept as text) costs the ingress far less than decomposing every event into jsonb.
+alter table processed_events alter column payload type json using payload::json;
+
 -- The janitor forgets processed events by age (they only guard against redeliveries, which
 -- stop within Stripe's 30-day event retention).
 create index processed_events_received_idx on processed_events (received_at);
-
--- Wake the inbox worker when events wait in the inbox (the PostgreSQL transport's ingress and
--- catch-up insert them; a replayed dead letter notifies by itself). Once per statement, and
--- only when the statement queued something: the Kafka transport's dedup records are inserted
--- already processed and wake nobody.
-create function processed_events_notify() returns trigger language plpgsql as $$
-begin
-    if exists (select 1 from queued where processed_at is null) then
-        perform pg_notify('paysync_inbox', '');
-    end if;
-    return null;
-end;
-$$;
-
-create trigger processed_events_notify
-    after insert on processed_events
-    referencing new table as queued
-    for each statement execute function processed_events_notify();

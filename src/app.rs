@@ -28,6 +28,7 @@ use crate::stripe::retry::Backoff;
 use crate::stripe::webhook::WebhookVerifier;
 use crate::stripe::{HttpStripe, RateLimit, StripeApi, StripeSettings};
 use crate::sync::inbound::ConflictPolicy;
+use crate::sync::inbound_queue::InboxWriter;
 use crate::sync::inbox_worker::{self, InboxSettings};
 use crate::sync::outbox_worker::{self, WorkerSettings};
 use crate::sync::{CreateRetry, InboundQueue, InboundSync, OutboundSync, catch_up};
@@ -153,7 +154,7 @@ impl Application {
                 producer: k.producer.clone(),
                 topic: k.settings.inbound_topic(),
             },
-            None => InboundQueue::Postgres(pool.clone()),
+            None => InboundQueue::Postgres(InboxWriter::start(pool.clone(), metrics.clone())),
         };
         let webhooks = settings.webhooks.map(|verifier| {
             Arc::new(WebhookIngress {

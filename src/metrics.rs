@@ -80,6 +80,8 @@ pub struct Metrics {
     pub inbox_backlog: Gauge,
     pub catch_up_events: Counter,
     pub catch_up_runs: Family<OutcomeLabels, Counter>,
+    pub inbox_write_events: Histogram,
+    pub inbox_write_duration: Histogram,
 }
 
 impl Metrics {
@@ -179,6 +181,18 @@ impl Metrics {
             "Catch-up runs, by outcome (done, skipped: another replica ran it, failed)",
             catch_up_runs.clone(),
         );
+        let inbox_write_events = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "inbox_write_events",
+            "Events per inbox write: concurrent webhook deliveries share one insert and commit",
+            inbox_write_events.clone(),
+        );
+        let inbox_write_duration = latency_histogram();
+        registry.register(
+            "inbox_write_duration_seconds",
+            "Time one inbox write took, insert and commit",
+            inbox_write_duration.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -196,6 +210,8 @@ impl Metrics {
             inbox_backlog,
             catch_up_events,
             catch_up_runs,
+            inbox_write_events,
+            inbox_write_duration,
         }
     }
 

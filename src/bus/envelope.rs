@@ -9,14 +9,42 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The `kind` of inbound messages: a verified Stripe event.
 pub const INBOUND_KIND: &str = "stripe.event";
 
-/// The inbound form of [`Envelope`], serialized without copying the event.
-#[derive(Debug, Serialize)]
-pub struct InboundEnvelope<'a> {
+/// An inbound message as the consumer reads it: the event stays raw JSON until the worker
+/// needs it.
+#[derive(Debug, Deserialize)]
+pub struct InboundMessage<'a> {
     pub schema: u32,
-    pub id: Uuid,
-    pub kind: &'static str,
-    pub event: &'a serde_json::Value,
-    pub occurred_at: DateTime<Utc>,
+    pub kind: &'a str,
+    #[serde(borrow, default)]
+    event: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> InboundMessage<'a> {
+    pub fn parse(payload: &'a [u8]) -> Result<Self, String> {
+        let message: Self = serde_json::from_slice(payload)
+            .map_err(|e| format!("not a paysync inbound envelope: {e}"))?;
+        if message.schema != SCHEMA_VERSION {
+            return Err(format!(
+                "envelope schema {} is not supported (expected {SCHEMA_VERSION})",
+                message.schema
+            ));
+        }
+        if message.kind != INBOUND_KIND {
+            return Err(format!(
+                "an inbound message must be a {INBOUND_KIND}, not {}",
+                message.kind
+            ));
+        }
+        if message.event.is_none() {
+            return Err("the envelope carries no event".to_owned());
+        }
+        Ok(message)
+    }
+
+    /// The event's JSON, as it was received.
+    pub fn event(&self) -> &'a str {
+        self.event.map_or("null", |raw| raw.get())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,16 +83,19 @@ impl Envelope {
         }
     }
 
-    /// A verified Stripe event for the inbound topic (borrowing it: serialized, it reads back
-    /// as an [`Envelope`]).
-    pub fn inbound(event: &serde_json::Value, occurred_at: DateTime<Utc>) -> InboundEnvelope<'_> {
-        InboundEnvelope {
-            schema: SCHEMA_VERSION,
-            id: Uuid::now_v7(),
-            kind: INBOUND_KIND,
-            event,
-            occurred_at,
-        }
+    /// The message of a verified Stripe event for the inbound topic. `raw_event` must be
+    /// valid JSON (a verified delivery is); it is embedded byte for byte, not re-encoded.
+    pub fn inbound(raw_event: &[u8], occurred_at: DateTime<Utc>) -> Vec<u8> {
+        let head = format!(
+            r#"{{"schema":{SCHEMA_VERSION},"id":"{}","kind":"{INBOUND_KIND}","occurred_at":"{}","event":"#,
+            Uuid::now_v7(),
+            occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let mut message = Vec::with_capacity(head.len() + raw_event.len() + 1);
+        message.extend_from_slice(head.as_bytes());
+        message.extend_from_slice(raw_event);
+        message.push(b'}');
+        message
     }
 
     /// Parses a message payload; a newer schema or a malformed body is an error the consumer
@@ -99,13 +130,17 @@ mod tests {
     }
 
     #[test]
-    fn inbound_envelopes_read_back_with_their_event() {
-        let event = serde_json::json!({"id": "evt_1", "type": "customer.updated"});
-        let bytes = serde_json::to_vec(&Envelope::inbound(&event, Utc::now())).unwrap();
+    fn inbound_envelopes_carry_the_event_byte_for_byte() {
+        let raw = br#"{"id": "evt_1", "type": "customer.updated", "name": "\u00e9 \"q\""}"#;
+        let bytes = Envelope::inbound(raw, Utc::now());
+        let message = InboundMessage::parse(&bytes).unwrap();
+        assert_eq!(message.event().as_bytes(), raw);
         let read = Envelope::parse(&bytes).unwrap();
         assert_eq!(read.kind, INBOUND_KIND);
-        assert_eq!(read.event, Some(event));
-        assert_eq!(read.customer_id, None);
+        assert_eq!(read.event.unwrap()["id"], "evt_1");
+        let outbound = Envelope::outbound(Uuid::now_v7(), "update", Uuid::now_v7(), 1, Utc::now());
+        let outbound = serde_json::to_vec(&outbound).unwrap();
+        assert!(InboundMessage::parse(&outbound).is_err());
     }
 
     #[test]

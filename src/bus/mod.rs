@@ -15,7 +15,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 
-pub use envelope::{Envelope, INBOUND_KIND, InboundEnvelope};
+pub use envelope::{Envelope, INBOUND_KIND, InboundMessage};
 pub use topics::ensure_topics;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,7 +89,7 @@ impl KafkaSettings {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", "1")
             .set(
                 "message.timeout.ms",
                 MESSAGE_TIMEOUT.as_millis().to_string(),

@@ -17,8 +17,9 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::metrics::Metrics;
+use crate::stripe::event::VerifiedEvent;
 use crate::stripe::webhook::{VerifyError, WebhookVerifier};
-use crate::sync::{InboundQueue, Received};
+use crate::sync::InboundQueue;
 use crate::telemetry::error_chain;
 
 /// Stripe's event payloads are far smaller; this bounds memory per delivery.
@@ -108,14 +109,10 @@ async fn receive_stripe_webhook(
         count(metrics, outcome);
         return Err(ApiError::bad_request("invalid_signature", e.to_string()));
     }
-    let received = serde_json::from_slice(&body)
-        .map_err(|e| format!("not a Stripe event: {e}"))
-        .and_then(Received::from_payload)
-        .map_err(|e| {
-            count(metrics, "malformed");
-            ApiError::bad_request("invalid_event", e)
-        })?;
-    let event = &received.event;
+    let event = VerifiedEvent::parse(body).map_err(|e| {
+        count(metrics, "malformed");
+        ApiError::bad_request("invalid_event", e)
+    })?;
     if !event.is_handled() {
         count(metrics, "ignored_type");
         return Ok(Json(WebhookReceipt {
@@ -123,9 +120,10 @@ async fn receive_stripe_webhook(
             ignored: true,
         }));
     }
-    if let Err(e) = ingress.queue.enqueue(std::slice::from_ref(&received)).await {
+    let (event_id, event_type) = (event.id.clone(), event.kind.clone());
+    if let Err(e) = ingress.queue.enqueue(vec![event]).await {
         count(metrics, "unavailable");
-        warn!(event_id = %event.id, error = %error_chain(&e), "could not queue a Stripe event; answering 503 so Stripe retries");
+        warn!(event_id, error = %error_chain(&e), "could not queue a Stripe event; answering 503 so Stripe retries");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -133,7 +131,7 @@ async fn receive_stripe_webhook(
         ));
     }
     count(metrics, "accepted");
-    debug!(event_id = %event.id, event_type = %event.kind, stripe_id = event.customer_id(), "Stripe event queued");
+    debug!(event_id, event_type, "Stripe event queued");
     Ok(Json(WebhookReceipt {
         received: true,
         ignored: false,

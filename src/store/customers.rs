@@ -422,15 +422,125 @@ pub async fn adopt(
     Customer::try_from(row)
 }
 
+/// The key of a customer's sync lock.
+fn sync_lock_key(id: CustomerId) -> i64 {
+    let (high, _) = id.as_uuid().as_u64_pair();
+    high as i64
+}
+
 /// Serializes syncs of one customer across workers and replicas until the transaction ends,
 /// so two deliveries of the same change can never both create it in Stripe.
 pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
-    let (high, _) = id.as_uuid().as_u64_pair();
     sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(high as i64)
+        .bind(sync_lock_key(id))
         .execute(conn)
         .await
         .context("taking the customer's sync lock")?;
+    Ok(())
+}
+
+/// The customers linked to these Stripe customers, locked as [`lock_for_sync`] and
+/// [`lock_any`] lock one (in one order, so two batches cannot deadlock); their current rows.
+pub async fn lock_linked(conn: &mut PgConnection, stripe_ids: &[&str]) -> Result<Vec<Customer>> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("select id from customers where stripe_id = any($1)")
+        .bind(stripe_ids)
+        .fetch_all(&mut *conn)
+        .await
+        .context("finding customers by Stripe id")?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<i64> = ids
+        .iter()
+        .map(|id| sync_lock_key(CustomerId::from_uuid(*id)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query("select count(pg_advisory_xact_lock(key)) from unnest($1::int8[]) as key")
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await
+        .context("taking the customers' sync locks")?;
+    sqlx::query_as::<_, CustomerRow>(concat!(
+        "select ",
+        customer_columns!(),
+        " from customers where id = any($1) order by id for update"
+    ))
+    .bind(&ids)
+    .fetch_all(conn)
+    .await
+    .context("locking customers")?
+    .into_iter()
+    .map(Customer::try_from)
+    .collect()
+}
+
+/// Writes the state a batch of Stripe events left customers in (see
+/// `sync::inbound::after`), in one statement. `updated_at` is set to now where `changed`.
+pub async fn write_back(conn: &mut PgConnection, customers: &[(&Customer, bool)]) -> Result<()> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    let mut emails = Vec::new();
+    let mut names = Vec::new();
+    let mut phones = Vec::new();
+    let mut descriptions = Vec::new();
+    let mut metadata = Vec::new();
+    let mut versions = Vec::new();
+    let mut synced = Vec::new();
+    let mut states = Vec::new();
+    let mut event_ats = Vec::new();
+    let mut hashes = Vec::new();
+    let mut changed = Vec::new();
+    let mut deleted = Vec::new();
+    for (customer, fields_changed) in customers {
+        let fields = &customer.fields;
+        ids.push(customer.id.as_uuid());
+        emails.push(fields.email.as_str());
+        names.push(fields.name.as_deref());
+        phones.push(fields.phone.as_deref());
+        descriptions.push(fields.description.as_deref());
+        metadata.push(serde_json::to_string(fields.metadata.as_map()).unwrap_or_default());
+        versions.push(customer.version);
+        synced.push(customer.stripe_synced_version);
+        states.push(customer.sync_state.as_str());
+        event_ats.push(customer.stripe_event_at);
+        hashes.push(customer.stripe_synced_hash.map(|hash| hash.to_vec()));
+        changed.push(*fields_changed);
+        deleted.push(customer.deleted_at.is_some());
+    }
+    sqlx::query(
+        "update customers c set email = u.email, name = u.name, phone = u.phone, \
+         description = u.description, metadata = u.metadata::jsonb, version = u.version, \
+         stripe_synced_version = u.synced, sync_state = u.state, \
+         sync_error = case when u.changed then null else c.sync_error end, \
+         stripe_event_at = u.event_at, stripe_synced_hash = u.hash, \
+         updated_at = case when u.changed then now() else c.updated_at end, \
+         deleted_at = case when u.deleted then coalesce(c.deleted_at, now()) else null end \
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::int8[], $8::int8[], $9::text[], $10::timestamptz[], $11::bytea[], \
+                     $12::bool[], $13::bool[]) \
+              as u(id, email, name, phone, description, metadata, version, synced, state, \
+                   event_at, hash, changed, deleted) \
+         where c.id = u.id",
+    )
+    .bind(&ids)
+    .bind(&emails)
+    .bind(&names)
+    .bind(&phones)
+    .bind(&descriptions)
+    .bind(&metadata)
+    .bind(&versions)
+    .bind(&synced)
+    .bind(&states)
+    .bind(&event_ats)
+    .bind(&hashes)
+    .bind(&changed)
+    .bind(&deleted)
+    .execute(conn)
+    .await
+    .map_err(email_conflict("writing Stripe changes"))?;
     Ok(())
 }
 
@@ -441,12 +551,23 @@ const STRIPE_CUSTOMER_LOCK_NAMESPACE: i32 = 0x7079_7363; // "pysc"
 /// Serializes the handling of events about one Stripe customer until the transaction ends,
 /// so two workers cannot both adopt or link it.
 pub async fn lock_stripe_customer(conn: &mut PgConnection, stripe_id: &str) -> Result<()> {
-    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(STRIPE_CUSTOMER_LOCK_NAMESPACE)
-        .bind(stripe_id)
-        .execute(conn)
-        .await
-        .context("taking the Stripe customer's lock")?;
+    lock_stripe_customers(conn, &[stripe_id]).await
+}
+
+/// [`lock_stripe_customer`] for many, in one order (so two batches cannot deadlock).
+pub async fn lock_stripe_customers(conn: &mut PgConnection, stripe_ids: &[&str]) -> Result<()> {
+    let mut sorted = stripe_ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sqlx::query(
+        "select count(pg_advisory_xact_lock($1, hashtext(stripe_id))) \
+         from unnest($2::text[]) as stripe_id",
+    )
+    .bind(STRIPE_CUSTOMER_LOCK_NAMESPACE)
+    .bind(&sorted)
+    .execute(conn)
+    .await
+    .context("taking the Stripe customers' locks")?;
     Ok(())
 }
 

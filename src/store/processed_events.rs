@@ -1,14 +1,14 @@
 //! Stripe events paysync has seen: the dedup record of every applied event, and with the
 //! PostgreSQL transport (or a replay) the inbox of events waiting to be applied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
 use super::{DbContext, Result};
 
-/// The channel the insert trigger notifies when events wait in the inbox.
+/// The channel that wakes the inbox workers when events wait in the inbox.
 pub const NOTIFY_CHANNEL: &str = "paysync_inbox";
 
 /// An event to record: what the inbox and the dedup check need to know about it.
@@ -20,12 +20,9 @@ pub struct EventRef<'a> {
     pub stripe_customer_id: Option<&'a str>,
 }
 
-/// Queues verified events in the inbox (one statement, one commit). Events already known
-/// are left as they are, so a redelivery is stored once.
-pub async fn enqueue(
-    conn: &mut PgConnection,
-    events: &[(EventRef<'_>, &serde_json::Value)],
-) -> Result<()> {
+/// Queues verified events (their raw JSON) in the inbox, in one statement. Events already
+/// known are left as they are, so a redelivery is stored once.
+pub async fn enqueue(conn: &mut PgConnection, events: &[(EventRef<'_>, &str)]) -> Result<()> {
     let mut ids = Vec::with_capacity(events.len());
     let mut kinds = Vec::with_capacity(events.len());
     let mut accounts = Vec::with_capacity(events.len());
@@ -40,7 +37,9 @@ pub async fn enqueue(
     }
     sqlx::query(
         "insert into processed_events (event_id, type, account, stripe_customer_id, payload) \
-         select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+         select id, kind, account, customer, payload::json \
+         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+              as queued (id, kind, account, customer, payload) \
          on conflict (event_id) do nothing",
     )
     .bind(&ids)
@@ -98,6 +97,73 @@ pub async fn begin_processing(conn: &mut PgConnection, event: EventRef<'_>) -> R
     })
 }
 
+/// [`begin_processing`] for a batch: which of these events are new, queued or processed.
+pub async fn begin_processing_many(
+    conn: &mut PgConnection,
+    events: &[EventRef<'_>],
+) -> Result<HashMap<String, Seen>> {
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let accounts: Vec<&str> = events.iter().map(|e| e.account).collect();
+    let customers: Vec<Option<&str>> = events.iter().map(|e| e.stripe_customer_id).collect();
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "insert into processed_events (event_id, type, account, stripe_customer_id, processed_at) \
+         select id, kind, account, customer, now() \
+         from unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+              as batch (id, kind, account, customer) \
+         on conflict (event_id) do nothing returning event_id",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&accounts)
+    .bind(&customers)
+    .fetch_all(&mut *conn)
+    .await
+    .context("recording Stripe events")?;
+    let mut seen: HashMap<String, Seen> = inserted.into_iter().map(|id| (id, Seen::New)).collect();
+    let known: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    if !known.is_empty() {
+        let states: Vec<(String, bool)> = sqlx::query_as(
+            "select event_id, processed_at is not null from processed_events \
+             where event_id = any($1) order by event_id for update",
+        )
+        .bind(&known)
+        .fetch_all(conn)
+        .await
+        .context("checking Stripe events")?;
+        for (id, processed) in states {
+            let state = if processed {
+                Seen::Processed
+            } else {
+                Seen::Queued
+            };
+            seen.insert(id, state);
+        }
+    }
+    Ok(seen)
+}
+
+/// [`finish`] for a batch: `(event id, outcome)` pairs.
+pub async fn finish_many(conn: &mut PgConnection, outcomes: &[(&str, &str)]) -> Result<()> {
+    let ids: Vec<&str> = outcomes.iter().map(|(id, _)| *id).collect();
+    let labels: Vec<&str> = outcomes.iter().map(|(_, outcome)| *outcome).collect();
+    sqlx::query(
+        "update processed_events p set processed_at = coalesce(p.processed_at, now()), \
+         outcome = u.outcome, payload = null \
+         from unnest($1::text[], $2::text[]) as u(id, outcome) where p.event_id = u.id",
+    )
+    .bind(&ids)
+    .bind(&labels)
+    .execute(conn)
+    .await
+    .context("marking Stripe events processed")?;
+    Ok(())
+}
+
 /// Marks an event applied with its outcome (`applied`, `duplicate`, `stale`, …); the inbox
 /// payload is no longer needed.
 pub async fn finish(conn: &mut PgConnection, event_id: &str, outcome: &str) -> Result<()> {
@@ -113,18 +179,19 @@ pub async fn finish(conn: &mut PgConnection, event_id: &str, outcome: &str) -> R
     Ok(())
 }
 
-/// An event waiting in the inbox.
+/// An event waiting in the inbox, with its JSON.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct QueuedEvent {
+pub struct InboxRow {
     pub event_id: String,
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<String>,
 }
 
 /// Claims up to `limit` waiting events, oldest first, for the rest of the transaction; rows
 /// another worker holds are skipped, so any number of workers and replicas can drain it.
-pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<QueuedEvent>> {
+pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<InboxRow>> {
     sqlx::query_as(
-        "select event_id, payload from processed_events where processed_at is null \
+        "select event_id, payload::text as payload from processed_events \
+         where processed_at is null \
          order by received_at limit $1 for update skip locked",
     )
     .bind(limit)
@@ -134,9 +201,9 @@ pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<Que
 }
 
 /// Claims one waiting event, if no other worker holds it.
-pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option<QueuedEvent>> {
+pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option<InboxRow>> {
     sqlx::query_as(
-        "select event_id, payload from processed_events \
+        "select event_id, payload::text as payload from processed_events \
          where event_id = $1 and processed_at is null for update skip locked",
     )
     .bind(event_id)
@@ -146,14 +213,10 @@ pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option
 }
 
 /// Puts an event back into the inbox (a dead letter's replay).
-pub async fn requeue(
-    conn: &mut PgConnection,
-    event: EventRef<'_>,
-    payload: &serde_json::Value,
-) -> Result<()> {
+pub async fn requeue(conn: &mut PgConnection, event: EventRef<'_>, payload: &str) -> Result<()> {
     sqlx::query(
         "insert into processed_events (event_id, type, account, stripe_customer_id, payload) \
-         values ($1, $2, $3, $4, $5) on conflict (event_id) do update \
+         values ($1, $2, $3, $4, $5::json) on conflict (event_id) do update \
          set payload = excluded.payload, processed_at = null, outcome = null",
     )
     .bind(event.event_id)
@@ -164,7 +227,6 @@ pub async fn requeue(
     .execute(&mut *conn)
     .await
     .context("requeueing a Stripe event")?;
-    // The insert trigger does not see an update.
     sqlx::query("select pg_notify($1, '')")
         .bind(NOTIFY_CHANNEL)
         .execute(conn)

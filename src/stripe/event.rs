@@ -1,6 +1,9 @@
 //! paysync's own, tolerant view of a Stripe event: what real Stripe sends and what
 //! localstripe sends (no `pending_webhooks`, no `request`, an old `api_version`), both parse.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use serde::Deserialize;
 
 /// The customer events paysync applies; other types are acknowledged and ignored.
@@ -28,19 +31,77 @@ pub struct EventData {
     pub object: serde_json::Value,
 }
 
+/// A verified delivery as the queue keeps it: the body exactly as Stripe sent it, and the few
+/// fields routing needs. Reading only those (no JSON tree of the whole event) keeps the
+/// ingress cheap; the inbound worker reads the rest later.
+#[derive(Debug, Clone)]
+pub struct VerifiedEvent {
+    pub id: String,
+    pub kind: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// The Stripe customer the event is about (the Kafka key), for customer events.
+    pub customer_id: Option<String>,
+    /// The event's JSON, byte for byte.
+    pub raw: Bytes,
+}
+
+#[derive(Deserialize)]
+struct EventHead<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    created: i64,
+    #[serde(borrow)]
+    data: DataHead<'a>,
+}
+
+#[derive(Deserialize)]
+struct DataHead<'a> {
+    #[serde(borrow)]
+    object: ObjectHead<'a>,
+}
+
+#[derive(Deserialize)]
+struct ObjectHead<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    object: Option<Cow<'a, str>>,
+}
+
+impl VerifiedEvent {
+    /// Reads a delivery's body; an error says why it is not a Stripe event.
+    pub fn parse(raw: Bytes) -> Result<Self, String> {
+        let head: EventHead<'_> =
+            serde_json::from_slice(&raw).map_err(|e| format!("not a Stripe event: {e}"))?;
+        if !head.id.starts_with("evt_") {
+            return Err(format!("{:?} is not a Stripe event id", head.id));
+        }
+        let object = head.data.object;
+        let customer_id = match object.object.as_deref() {
+            Some("customer") => object.id.map(Cow::into_owned),
+            _ => None,
+        };
+        Ok(Self {
+            id: head.id.into_owned(),
+            kind: head.kind.into_owned(),
+            created: head.created,
+            customer_id,
+            raw,
+        })
+    }
+
+    pub fn is_handled(&self) -> bool {
+        HANDLED_TYPES.contains(&self.kind.as_str())
+    }
+}
+
 impl StripeEvent {
     pub fn parse(body: &[u8]) -> Result<Self, String> {
         let event: Self =
             serde_json::from_slice(body).map_err(|e| format!("not a Stripe event: {e}"))?;
-        if !event.id.starts_with("evt_") {
-            return Err(format!("{:?} is not a Stripe event id", event.id));
-        }
-        Ok(event)
-    }
-
-    /// Reads an event queued as JSON (inbox row, Kafka envelope, dead letter).
-    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
-        let event = Self::deserialize(value).map_err(|e| format!("not a Stripe event: {e}"))?;
         if !event.id.starts_with("evt_") {
             return Err(format!("{:?} is not a Stripe event id", event.id));
         }
@@ -101,6 +162,35 @@ mod tests {
         assert!(!old_style.is_handled());
         assert_eq!(old_style.customer_id(), Some("cus_3"));
         assert_eq!(old_style.idempotency_key(), None);
+    }
+
+    #[test]
+    fn verified_events_read_what_routing_needs() {
+        let raw = Bytes::from_static(
+            br#"{"id": "evt_1", "type": "customer.updated", "created": 1700000000,
+                 "data": {"object": {"id": "cus_\u0031", "object": "customer",
+                                     "address": {"city": "London"}, "preferred_locales": ["en"]}}}"#,
+        );
+        let event = VerifiedEvent::parse(raw.clone()).unwrap();
+        assert_eq!(event.id, "evt_1");
+        assert!(event.is_handled());
+        assert_eq!(event.created, 1_700_000_000);
+        assert_eq!(event.customer_id.as_deref(), Some("cus_1"));
+        assert_eq!(event.raw, raw);
+        let invoice = VerifiedEvent::parse(Bytes::from_static(
+            br#"{"id": "evt_2", "type": "invoice.paid", "created": 1,
+                 "data": {"object": {"id": "in_1", "object": "invoice", "customer": "cus_3"}}}"#,
+        ))
+        .unwrap();
+        assert!(!invoice.is_handled());
+        assert_eq!(invoice.customer_id, None);
+        for bad in [
+            &b"{}"[..],
+            b"not json",
+            br#"{"id": "cus_1", "type": "x", "created": 1, "data": {"object": {}}}"#,
+        ] {
+            assert!(VerifiedEvent::parse(Bytes::copy_from_slice(bad)).is_err());
+        }
     }
 
     #[test]

@@ -11,11 +11,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use bytes::Bytes;
+
 use super::inbound_queue::{InboundQueue, QueueError};
-use super::inbound_sync::Received;
 use crate::metrics::Metrics;
 use crate::store::{self, DEFAULT_ACCOUNT, processed_events, sync_cursors};
-use crate::stripe::event::HANDLED_TYPES;
+use crate::stripe::event::{HANDLED_TYPES, VerifiedEvent};
 use crate::stripe::{self as stripe_api, StripeApi};
 use crate::telemetry::error_chain;
 
@@ -113,38 +114,37 @@ pub async fn catch_up_once(
             let page = stripe
                 .list_events(kind, since, starting_after.as_deref())
                 .await?;
-            let events: Vec<Received> = page
+            let events: Vec<VerifiedEvent> = page
                 .data
                 .into_iter()
-                .filter_map(|raw| match Received::from_payload(raw) {
-                    Ok(received) => Some(received),
-                    Err(reason) => {
-                        warn!(
-                            reason,
-                            "the Events API returned something that is not an event; skipped"
-                        );
-                        None
-                    }
+                .filter_map(|event| {
+                    VerifiedEvent::parse(Bytes::from(event.to_string()))
+                        .map_err(|reason| {
+                            warn!(
+                                reason,
+                                "the Events API returned something that is not an event; skipped"
+                            );
+                        })
+                        .ok()
                 })
                 .collect();
-            if events.iter().any(|e| previous_page.contains(&e.event.id)) {
+            if events.iter().any(|e| previous_page.contains(&e.id)) {
                 warn!(
                     kind,
                     "the Events API repeated a page; stopping this type for this run"
                 );
                 break;
             }
-            for received in &events {
-                let created = DateTime::from_timestamp(received.event.created, 0);
-                if let Some(created) = created
+            for event in &events {
+                if let Some(created) = DateTime::from_timestamp(event.created, 0)
                     && newest.as_ref().is_none_or(|(at, _)| created > *at)
                 {
-                    newest = Some((created, received.event.id.clone()));
+                    newest = Some((created, event.id.clone()));
                 }
             }
-            queued += queue_unknown(&mut tx, queue, &events).await?;
-            let last = events.last().map(|e| e.event.id.clone());
-            previous_page = events.into_iter().map(|e| e.event.id).collect();
+            let last = events.last().map(|e| e.id.clone());
+            previous_page = events.iter().map(|e| e.id.clone()).collect();
+            queued += queue_unknown(&mut tx, queue, events).await?;
             match (page.has_more, last) {
                 (true, Some(last)) => starting_after = Some(last),
                 _ => break,
@@ -164,18 +164,18 @@ pub async fn catch_up_once(
 async fn queue_unknown(
     conn: &mut sqlx::PgConnection,
     queue: &InboundQueue,
-    events: &[Received],
+    events: Vec<VerifiedEvent>,
 ) -> Result<usize, CatchUpError> {
     if events.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let known = processed_events::known(conn, &ids).await?;
-    let unknown: Vec<Received> = events
-        .iter()
-        .filter(|e| !known.contains(&e.event.id))
-        .cloned()
+    let unknown: Vec<VerifiedEvent> = events
+        .into_iter()
+        .filter(|e| !known.contains(&e.id))
         .collect();
-    queue.enqueue(&unknown).await?;
-    Ok(unknown.len())
+    let count = unknown.len();
+    queue.enqueue(unknown).await?;
+    Ok(count)
 }

@@ -65,7 +65,7 @@ async fn queue_customer(tx: &mut PgConnection, letter: &DeadLetter) -> Result<()
 
 /// An inbound letter's payload is the Stripe event as received.
 async fn requeue_event(tx: &mut PgConnection, letter: &DeadLetter) -> Result<(), ReplayError> {
-    let received = Received::from_payload(letter.payload.clone()).map_err(|reason| {
+    let received = Received::from_raw(letter.payload.to_string()).map_err(|reason| {
         ReplayError::NotReplayable {
             id: letter.id,
             reason,
@@ -78,6 +78,6 @@ async fn requeue_event(tx: &mut PgConnection, letter: &DeadLetter) -> Result<(),
         account: DEFAULT_ACCOUNT,
         stripe_customer_id: event.customer_id(),
     };
-    processed_events::requeue(tx, reference, &received.payload).await?;
+    processed_events::requeue(tx, reference, &received.raw).await?;
     Ok(())
 }

@@ -336,6 +336,43 @@ pub fn decide(local: Option<&Customer>, event: &IncomingEvent, policy: ConflictP
     }
 }
 
+/// The local row after `decision`, as the database will hold it once written, so a batch can
+/// decide several events of one customer in turn. `now` stands for the commit time.
+pub fn after(
+    mut customer: Customer,
+    decision: &Decision,
+    event_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Customer {
+    let seen = |at: Option<DateTime<Utc>>| Some(at.map_or(event_at, |at| at.max(event_at)));
+    match decision {
+        Decision::Apply(fields) => {
+            customer.version += 1;
+            customer.stripe_synced_version = customer.version;
+            customer.sync_state = SyncState::Synced;
+            customer.sync_error = None;
+            customer.stripe_synced_hash = Some(fields.content_hash());
+            customer.fields = fields.clone();
+            customer.updated_at = now;
+            customer.stripe_event_at = seen(customer.stripe_event_at);
+        }
+        Decision::Delete => {
+            customer.version += 1;
+            customer.stripe_synced_version = customer.version;
+            customer.sync_state = SyncState::Synced;
+            customer.sync_error = None;
+            customer.deleted_at = Some(now);
+            customer.updated_at = now;
+            customer.stripe_event_at = seen(customer.stripe_event_at);
+        }
+        Decision::Skip(Skip::Echo | Skip::NoChange) | Decision::KeepLocal { .. } => {
+            customer.stripe_event_at = seen(customer.stripe_event_at);
+        }
+        Decision::Skip(_) | Decision::Refetch | Decision::Adopt(_) => {}
+    }
+    customer
+}
+
 /// Whether an event that differs from the local row may be older than what is known.
 fn ordering_doubt(local: &Customer, created: DateTime<Utc>) -> Option<Decision> {
     match local.stripe_event_at {
@@ -601,6 +638,34 @@ mod tests {
         };
         assert_eq!(applied.email, "ada@example.com");
         assert_eq!(applied.name.as_deref(), Some("Renamed"));
+    }
+
+    #[test]
+    fn a_batch_decides_each_event_on_the_row_the_previous_ones_left() {
+        let customer = seen_event_at(local(2, 2, 5), 5);
+        let now = at(100);
+        let first = event(EventKind::Updated, 10, "First");
+        let decision = newest(&customer, &first);
+        let customer = after(customer, &decision, first.created, now);
+        assert_eq!(customer.version, 3);
+        assert_eq!(customer.stripe_synced_version, 3);
+        assert_eq!(customer.fields.name.as_deref(), Some("First"));
+        assert_eq!(customer.stripe_event_at, Some(at(10)));
+        assert_eq!(
+            customer.stripe_synced_hash,
+            Some(fields("First").content_hash())
+        );
+        // The same content again is no change; an older event is stale against the first.
+        assert_eq!(newest(&customer, &first), Decision::Skip(Skip::NoChange));
+        let older = event(EventKind::Updated, 9, "Older");
+        assert_eq!(newest(&customer, &older), Decision::Skip(Skip::Stale));
+        let deleted = after(customer, &Decision::Delete, at(11), now);
+        assert_eq!(deleted.deleted_at, Some(now));
+        assert_eq!(deleted.version, 4);
+        assert_eq!(
+            newest(&deleted, &event(EventKind::Updated, 12, "Late")),
+            Decision::Skip(Skip::AlreadyDeleted)
+        );
     }
 
     #[test]

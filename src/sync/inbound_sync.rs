@@ -7,6 +7,8 @@
 //! a time, each in its own transaction, with bounded retries; what still fails goes to the
 //! dead-letter table, so a bad event never stops the worker (invariant 7).
 
+mod batch;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,15 +41,20 @@ const RETRY_BACKOFF: Backoff = Backoff {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub event: StripeEvent,
-    pub payload: Value,
+    pub raw: String,
 }
 
 impl Received {
-    pub fn from_payload(payload: Value) -> Result<Self, String> {
+    pub fn from_raw(raw: String) -> Result<Self, String> {
         Ok(Self {
-            event: StripeEvent::from_value(&payload)?,
-            payload,
+            event: StripeEvent::parse(raw.as_bytes())?,
+            raw,
         })
+    }
+
+    /// The event as JSON, for the dead-letter table.
+    fn payload(&self) -> Value {
+        serde_json::from_str(&self.raw).unwrap_or_else(|_| Value::String(self.raw.clone()))
     }
 
     fn event_ref(&self) -> EventRef<'_> {
@@ -178,20 +185,6 @@ impl InboundSync {
         Ok(())
     }
 
-    /// Applies `events` in `tx` in order; the first failure stops it (the caller rolls back).
-    pub async fn apply_batch(
-        &self,
-        conn: &mut PgConnection,
-        events: &[Received],
-        delivery: Delivery,
-    ) -> Result<Vec<Outcome>, Failure> {
-        let mut outcomes = Vec::with_capacity(events.len());
-        for received in events {
-            outcomes.push(self.apply_in(conn, received, delivery).await?);
-        }
-        Ok(outcomes)
-    }
-
     /// Counts committed outcomes.
     pub fn record<'a>(&self, handled: impl Iterator<Item = (&'a Received, Outcome)>) {
         let now = Utc::now().timestamp();
@@ -269,7 +262,7 @@ impl InboundSync {
             &mut tx,
             "inbound",
             &received.event.id,
-            &received.payload,
+            &received.payload(),
             error,
             i32::try_from(attempts).unwrap_or(i32::MAX),
         )
@@ -429,10 +422,7 @@ impl InboundSync {
                 Ok(Outcome::Skipped(skip))
             }
             (Decision::Apply(fields), Some(local)) => {
-                if local.stripe_synced_version < local.version {
-                    warn!(customer_id = %local.id, stripe_id = %event.stripe_id, local_version = local.version,
-                        "conflict: a newer Stripe change replaces a local change not yet synced");
-                }
+                log_conflict(local, event, &Decision::Apply(fields.clone()));
                 let applied =
                     customers::apply_from_stripe(conn, local.id, &fields, created).await?;
                 debug!(customer_id = %local.id, version = applied.version, "Stripe change applied");
@@ -443,8 +433,7 @@ impl InboundSync {
                 Ok(Outcome::Deleted)
             }
             (Decision::KeepLocal { requeue }, Some(local)) => {
-                warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
-                    "conflict: a local change wins over a Stripe change; Stripe will be corrected");
+                log_conflict(local, event, &Decision::KeepLocal { requeue });
                 customers::note_stripe_event(conn, local.id, created).await?;
                 if requeue {
                     outbox::insert(conn, local.id, Op::Update, local.version).await?;
@@ -462,6 +451,22 @@ impl InboundSync {
                 "internal: decision {decision:?} does not fit the local customer"
             ))),
         }
+    }
+}
+
+/// Logs the loser of a conflict (both sides changed since the last sync).
+fn log_conflict(local: &Customer, event: &IncomingEvent, decision: &Decision) {
+    match decision {
+        Decision::Apply(_) if local.stripe_synced_version < local.version => {
+            warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
+                local_version = local.version,
+                "conflict: a newer Stripe change replaces a local change not yet synced");
+        }
+        Decision::KeepLocal { .. } => {
+            warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
+                "conflict: a local change wins over a Stripe change; Stripe will be corrected");
+        }
+        _ => {}
     }
 }
 

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::inbound_sync::{Delivery, InboundSync, Outcome, Received};
 use crate::metrics::{Metrics, SourceLabels};
-use crate::store::processed_events::{self, QueuedEvent};
+use crate::store::processed_events::{self, InboxRow};
 use crate::store::{self, dead_letters};
 
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +92,7 @@ async fn drain_batch(sync: &InboundSync, metrics: &Metrics, limit: i64) -> store
     let mut events = Vec::with_capacity(claimed);
     let mut unreadable = Vec::new();
     for row in rows {
-        match row.payload.clone().map(Received::from_payload) {
+        match row.payload.clone().map(Received::from_raw) {
             Some(Ok(received)) => events.push(received),
             Some(Err(reason)) => unreadable.push((row, reason)),
             None => unreadable.push((row, "the inbox row has no payload".to_owned())),
@@ -128,7 +128,7 @@ async fn drain_batch(sync: &InboundSync, metrics: &Metrics, limit: i64) -> store
 async fn dead_letter_unreadable(
     sync: &InboundSync,
     metrics: &Metrics,
-    row: &QueuedEvent,
+    row: &InboxRow,
     reason: &str,
 ) -> store::Result<()> {
     warn!(event_id = %row.event_id, reason, "unreadable inbox event; dead-lettered");
@@ -139,7 +139,12 @@ async fn dead_letter_unreadable(
     {
         return Ok(());
     }
-    let payload = row.payload.clone().unwrap_or_default();
+    let payload = row
+        .payload
+        .as_deref()
+        .map_or(serde_json::Value::Null, |raw| {
+            serde_json::from_str(raw).unwrap_or_else(|_| raw.into())
+        });
     dead_letters::record(&mut tx, "inbound", &row.event_id, &payload, reason, 1).await?;
     processed_events::finish(&mut tx, &row.event_id, Outcome::DeadLettered.label()).await?;
     store::commit(tx).await?;

@@ -6,6 +6,7 @@
 
 mod auth;
 mod bench;
+mod bench_inbound;
 mod binary;
 mod customers;
 mod fault_proxy;
@@ -15,5 +16,6 @@ mod kafka;
 mod mock_kafka;
 mod ops;
 mod outbound;
+mod serve_process;
 mod stripe_helpers;
 mod webhooks;

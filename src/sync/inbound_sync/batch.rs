@@ -1,0 +1,142 @@
+//! Applying a batch of events in a handful of statements, whatever its size: the events of
+//! customers already linked are decided in memory, one after another on the row the previous
+//! ones left (the same pure rules as one event at a time), and written back together. Events
+//! that link or adopt a customer take the one-at-a-time path inside the same transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use tracing::debug;
+
+use super::{Delivery, Failure, InboundSync, Outcome, Received, log_conflict};
+use crate::domain::{Customer, CustomerId, Op};
+use crate::store::processed_events::{self, Seen};
+use crate::store::{customers, outbox};
+use crate::sync::inbound::{self, Decision, IncomingEvent, Skip};
+
+/// A linked customer while its batch is decided.
+struct Linked {
+    customer: Customer,
+    /// Some column changed: write the row back.
+    touched: bool,
+    /// Its fields, version or deletion changed (not only the last event's time).
+    changed: bool,
+}
+
+impl InboundSync {
+    /// Applies `events` in `conn` in order, each with its dedup record; the first failure
+    /// stops it (the caller rolls back and applies the events one by one).
+    pub async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Received],
+        delivery: Delivery,
+    ) -> Result<Vec<Outcome>, Failure> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        let mut pending: Vec<(usize, IncomingEvent)> = Vec::with_capacity(events.len());
+        let seen = match delivery {
+            Delivery::Kafka => {
+                let references: Vec<_> = events.iter().map(Received::event_ref).collect();
+                processed_events::begin_processing_many(conn, &references).await?
+            }
+            // The caller claimed every one of them from the inbox.
+            Delivery::Inbox => HashMap::new(),
+        };
+        let mut first_time = HashSet::new();
+        for (index, received) in events.iter().enumerate() {
+            let id = received.event.id.as_str();
+            if seen.get(id) == Some(&Seen::Processed) || !first_time.insert(id) {
+                outcomes[index] = Some(Outcome::Duplicate);
+                continue;
+            }
+            let event = IncomingEvent::from_stripe(&received.event).map_err(Failure::Permanent)?;
+            pending.push((index, event));
+        }
+        let stripe_ids: Vec<&str> = pending.iter().map(|(_, e)| e.stripe_id.as_str()).collect();
+        customers::lock_stripe_customers(conn, &stripe_ids).await?;
+        let mut linked: HashMap<String, Linked> = customers::lock_linked(conn, &stripe_ids)
+            .await?
+            .into_iter()
+            .filter_map(|customer| {
+                let stripe_id = customer.stripe_id.clone()?;
+                let state = Linked {
+                    customer,
+                    touched: false,
+                    changed: false,
+                };
+                Some((stripe_id, state))
+            })
+            .collect();
+        let now = Utc::now();
+        let mut requeued: Vec<(CustomerId, i64)> = Vec::new();
+        for (index, event) in pending {
+            let outcome = match linked.get_mut(&event.stripe_id) {
+                Some(state) => self.decide_linked(state, event, now, &mut requeued).await?,
+                None => self.decide_and_write(conn, event).await?,
+            };
+            outcomes[index] = Some(outcome);
+        }
+        let touched: Vec<(&Customer, bool)> = linked
+            .values()
+            .filter(|state| state.touched)
+            .map(|state| (&state.customer, state.changed))
+            .collect();
+        customers::write_back(conn, &touched).await?;
+        for (id, version) in requeued {
+            outbox::insert(conn, id, Op::Update, version).await?;
+        }
+        let finished: Vec<(&str, &str)> = events
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(received, outcome)| match outcome {
+                Some(Outcome::Duplicate) | None => None,
+                Some(outcome) => Some((received.event.id.as_str(), outcome.label())),
+            })
+            .collect();
+        processed_events::finish_many(conn, &finished).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Outcome::Duplicate))
+            .collect())
+    }
+
+    /// Decides one event of a linked customer and applies it to the row in memory.
+    async fn decide_linked(
+        &self,
+        state: &mut Linked,
+        mut event: IncomingEvent,
+        now: DateTime<Utc>,
+        requeued: &mut Vec<(CustomerId, i64)>,
+    ) -> Result<Outcome, Failure> {
+        let decision = loop {
+            match inbound::decide(Some(&state.customer), &event, self.policy) {
+                Decision::Refetch if !event.current => event = self.refetch(event).await?,
+                // Stripe's current state is never in doubt; this cannot happen.
+                Decision::Refetch => break Decision::Skip(Skip::NoChange),
+                decision => break decision,
+            }
+        };
+        let outcome = match &decision {
+            Decision::Apply(_) => Outcome::Applied,
+            Decision::Delete => Outcome::Deleted,
+            Decision::KeepLocal { .. } => Outcome::KeptLocal,
+            Decision::Skip(skip) => Outcome::Skipped(*skip),
+            Decision::Refetch | Decision::Adopt(_) => {
+                return Err(Failure::Permanent(format!(
+                    "internal: decision {decision:?} for a linked customer"
+                )));
+            }
+        };
+        log_conflict(&state.customer, &event, &decision);
+        if let Decision::KeepLocal { requeue: true } = decision {
+            requeued.push((state.customer.id, state.customer.version));
+        }
+        debug!(event_id = %event.id, customer_id = %state.customer.id, outcome = outcome.label(), "Stripe event decided");
+        let before = state.customer.clone();
+        state.customer = inbound::after(before.clone(), &decision, event.created, now);
+        state.touched |= state.customer != before;
+        state.changed |= matches!(decision, Decision::Apply(_) | Decision::Delete);
+        Ok(outcome)
+    }
+}
