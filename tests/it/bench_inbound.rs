@@ -15,19 +15,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use paysync::bus::Envelope;
 use paysync::store::processed_events::{self, EventRef};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use sha2::Sha256;
 use sqlx::PgPool;
 
 use crate::helpers::{TestApp, inbound_settings, kafka_settings, settings, wait_for};
 use crate::mock_kafka::MockKafka;
 use crate::serve_process::{ServeProcess, database_url};
+use crate::webhooks::{now, signature};
 
 const SECRET: &str = "whsec_bench";
 /// Distinct Stripe customers the events are about.
@@ -69,6 +68,23 @@ fn postgres_cpu_time() -> Duration {
         })
         .map(cpu_time)
         .sum()
+}
+
+/// Busy and total CPU time of the whole machine so far (from /proc/stat, in ticks).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    // idle and iowait
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 fn cores() -> f64 {
@@ -119,14 +135,6 @@ fn customer_updated(event_id: &str, customer: usize, created: i64, name: &str) -
     .to_string()
 }
 
-fn sign(body: &str) -> String {
-    let t = chrono::Utc::now().timestamp();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body.as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 struct Load {
     requests: usize,
     failures: usize,
@@ -163,7 +171,7 @@ async fn blast(target: SocketAddr, run: &str, connections: usize, duration: Dura
                     let request = hyper::Request::post("/webhooks/stripe")
                         .header("host", target.to_string())
                         .header("content-type", "application/json")
-                        .header("stripe-signature", sign(&body))
+                        .header("stripe-signature", signature(SECRET, now(), &body))
                         .body(Full::new(Bytes::from(body)))
                         .unwrap();
                     let sent = Instant::now();
@@ -227,6 +235,7 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
         let client_before = cpu_time(std::process::id());
         let server_before = cpu_time(server.pid());
         let postgres_before = postgres_cpu_time();
+        let machine_before = machine_ticks();
         let load = blast(
             target,
             &format!("{run}x{connections}"),
@@ -237,13 +246,16 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
         let client_cpu = cpu_time(std::process::id()) - client_before;
         let server_cpu = cpu_time(server.pid()) - server_before;
         let postgres_cpu = postgres_cpu_time().saturating_sub(postgres_before);
+        let machine_after = machine_ticks();
+        let busy = (machine_after.0 - machine_before.0) as f64
+            / (machine_after.1 - machine_before.1).max(1) as f64;
         assert_eq!(
             load.failures, 0,
             "a valid run answers every delivery with 200"
         );
         let machine = cores() * load.elapsed.as_secs_f64();
         println!(
-            "| ingest | {transport} | {connections} | {:.0} events/s | {} | {} | {} | {:.0}% | {:.0}% | {:.0}% |",
+            "| ingest | {transport} | {connections} | {:.0} events/s | {} | {} | {} | {:.0}% | {:.0}% | {:.0}% | {:.0}% |",
             load.requests as f64 / load.elapsed.as_secs_f64(),
             ms(percentile(&load.latencies, 0.5)),
             ms(percentile(&load.latencies, 0.99)),
@@ -251,6 +263,7 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
             100.0 * client_cpu.as_secs_f64() / machine,
             100.0 * server_cpu.as_secs_f64() / machine,
             100.0 * postgres_cpu.as_secs_f64() / machine,
+            100.0 * busy,
         );
     }
     let metrics = reqwest::get(format!("{}/metrics", server.base_url))
@@ -268,6 +281,7 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
         };
         value("sum")
             .zip(value("count"))
+            .filter(|(_, count)| *count > 0.0)
             .map(|(sum, count)| sum / count)
     };
     if let (Some(events), Some(seconds)) = (
@@ -275,7 +289,7 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
         mean("paysync_inbox_write_duration_seconds"),
     ) {
         println!(
-            "  inbox writes: {events:.1} events each, {:.2} ms each",
+            "  inbox writes ({transport}, all phases): {events:.1} events each, {:.2} ms each",
             seconds * 1000.0
         );
     }

@@ -15,6 +15,7 @@ use crate::serve_process::{
     DB_PASSWORD, PROCESS_DEADLINE, ServeProcess, TOKEN, database_url, paysync,
 };
 use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
+use crate::webhooks::{now, signature};
 
 /// The tansu broker that `scripts/services up --kafka` starts.
 const TANSU: &str = "127.0.0.1:19092";
@@ -436,4 +437,130 @@ async fn the_dead_letters_cli_lists_and_replays(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(again.status.code(), Some(1), "replaying twice is refused");
+}
+
+/// 10,000 verified deliveries (1,000 customers × 10 changes) wait in the inbox; the binary
+/// applying them is killed with SIGKILL part-way and restarted. Every event ends applied once
+/// (or skipped as older than one applied after it), none is lost, none applied twice, and
+/// every customer ends at its newest change.
+#[sqlx::test]
+async fn a_sigkill_mid_apply_loses_and_repeats_nothing(pool: PgPool) {
+    const CUSTOMERS: usize = 1_000;
+    const CHANGES: usize = 10;
+    sqlx::query(
+        "insert into customers (id, email, name, stripe_id, stripe_synced_version, sync_state) \
+         select gen_random_uuid(), 'kill-apply-' || n || '@example.com', 'v0', \
+                'cus_killapply' || n, 1, 'synced' \
+         from generate_series(1, $1) n",
+    )
+    .bind(CUSTOMERS as i64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut env = vec![
+        ("DATABASE_URL", database_url(&pool)),
+        ("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned()),
+    ];
+    // Queue everything through the real ingress first, with nothing applying it.
+    let mut ingress_env = env.clone();
+    ingress_env.push(("PAYSYNC_NO_INBOUND", "true".to_owned()));
+    let ingress = ServeProcess::start(&ingress_env).await;
+    let client = reqwest::Client::new();
+    let base = chrono::Utc::now().timestamp() - 600;
+    let deliveries = (1..=CHANGES).flat_map(|change| {
+        (1..=CUSTOMERS).map(move |n| {
+            json!({
+                "id": format!("evt_killapply_{n}_{change}"), "object": "event",
+                "type": "customer.updated", "created": base + change as i64,
+                "data": {"object": {"id": format!("cus_killapply{n}"), "object": "customer",
+                    "email": format!("kill-apply-{n}@example.com"), "name": format!("v{change}")}}
+            })
+            .to_string()
+        })
+    });
+    futures::stream::iter(deliveries)
+        .map(|body| {
+            let request = client
+                .post(format!("{}/webhooks/stripe", ingress.base_url))
+                .header("content-type", "application/json")
+                .header("stripe-signature", signature(WEBHOOK_SECRET, now(), &body))
+                .body(body);
+            async move { assert_eq!(request.send().await.unwrap().status(), StatusCode::OK) }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    ingress.sigterm_and_wait().await;
+
+    let count_processed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from processed_events where processed_at is not null",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    // Small batches, one worker: slow enough for the kill to land part-way.
+    env.push(("PAYSYNC_INBOUND_BATCH", "5".to_owned()));
+    env.push(("PAYSYNC_INBOUND_CONCURRENCY", "1".to_owned()));
+    let applying = ServeProcess::start(&env).await;
+    wait_for("some events applied", PROCESS_DEADLINE, || async {
+        let done = count_processed().await;
+        if done >= 500 {
+            Ok(())
+        } else {
+            Err(done.to_string())
+        }
+    })
+    .await;
+    applying.sigkill().await;
+    let before_restart = count_processed().await;
+    assert!(
+        before_restart < (CUSTOMERS * CHANGES) as i64,
+        "the kill must land part-way ({before_restart} applied)"
+    );
+
+    env.truncate(2);
+    let restarted = ServeProcess::start(&env).await;
+    wait_for("every event handled", Duration::from_secs(120), || async {
+        let done = count_processed().await;
+        if done == (CUSTOMERS * CHANGES) as i64 {
+            Ok(())
+        } else {
+            Err(format!("{done} of {}", CUSTOMERS * CHANGES))
+        }
+    })
+    .await;
+    let outcomes: Vec<(String, i64)> = sqlx::query_as(
+        "select outcome, count(*) from processed_events group by outcome order by outcome",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|(outcome, _)| outcome == "applied" || outcome == "stale"),
+        "{outcomes:?}"
+    );
+    // Each customer: at its newest change, one version per applied event.
+    let wrong: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
+        "select c.stripe_id, c.name, c.version, \
+                (select count(*) from processed_events p \
+                 where p.stripe_customer_id = c.stripe_id and p.outcome = 'applied') \
+         from customers c \
+         where c.name is distinct from 'v10' or c.version <> 1 + \
+               (select count(*) from processed_events p \
+                where p.stripe_customer_id = c.stripe_id and p.outcome = 'applied')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{} customers wrong, e.g. {:?}",
+        wrong.len(),
+        wrong.first()
+    );
+    restarted.sigterm_and_wait().await;
 }

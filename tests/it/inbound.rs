@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::fault_proxy::FaultProxy;
+use crate::fault_proxy::{Fault, FaultProxy};
 use crate::helpers::{
     TestApp, inbound_settings, kafka_settings, settings, stripe_account, syncing_settings, wait_for,
 };
@@ -573,6 +573,70 @@ async fn catch_up_applies_events_that_never_arrived_as_webhooks(pool: PgPool) {
     assert!(
         !metrics.contains("paysync_catch_up_events_total 0\n"),
         "{metrics}"
+    );
+    app.stop().await;
+}
+
+/// Stripe down while an event's order is in doubt: the event is retried a bounded number of
+/// times, then dead-lettered with its error (the worker moves on); replayed once Stripe is
+/// back, it ends in Stripe's current state.
+#[sqlx::test]
+async fn stripe_down_during_a_refetch_dead_letters_then_replays(pool: PgPool) {
+    let proxy = FaultProxy::start().await;
+    let mut settings = inbound_app_settings(None, Some(&proxy.base_url));
+    settings.stripe.as_mut().unwrap().api.max_attempts = 2;
+    let app = TestApp::spawn_settings(pool, settings).await;
+    let stripe = Localstripe::new();
+    let email = unique_email("refetch-down");
+    let remote = stripe
+        .create_customer(&[("email", &email), ("name", "Current in Stripe")])
+        .await;
+    let stripe_id = remote["id"].as_str().unwrap();
+    let id = insert_linked(&app.pool, &email, "Local", stripe_id).await;
+    let t = now();
+    sqlx::query("update customers set stripe_event_at = to_timestamp($2) where id = $1::uuid")
+        .bind(&id)
+        .bind(t as f64)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    proxy.set_plan(vec![Some(Fault::Status(500))]).await;
+    let tied = event(
+        "evt_refetch_down",
+        "customer.updated",
+        t,
+        customer_object(stripe_id, &email, "Same second"),
+    );
+    deliver_signed(&app, &tied).await;
+    assert_eq!(processed(&app, "evt_refetch_down").await, "dead_lettered");
+    let letters = app.get_json("/v1/dead-letters").await;
+    let letter = &letters["data"][0];
+    assert_eq!(letter["key"], "evt_refetch_down");
+    assert_eq!(letter["attempts"], 5);
+    assert!(
+        letter["error"]
+            .as_str()
+            .unwrap()
+            .contains("retrieve_customer"),
+        "{letter}"
+    );
+    assert_eq!(local_row(&app.pool, &id).await.0.as_deref(), Some("Local"));
+
+    proxy.set_plan(Vec::new()).await;
+    let replay = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/dead-letters/{}/replay", letter["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(processed(&app, "evt_refetch_down").await, "applied");
+    assert_eq!(
+        local_row(&app.pool, &id).await,
+        (Some("Current in Stripe".to_owned()), 2, false)
     );
     app.stop().await;
 }
