@@ -87,6 +87,20 @@ impl TryFrom<CustomerRow> for Customer {
     }
 }
 
+/// Runs a query that returns at most one customer.
+async fn optional_customer(
+    query: sqlx::query::QueryAs<'_, sqlx::Postgres, CustomerRow, sqlx::postgres::PgArguments>,
+    conn: &mut PgConnection,
+    context: &'static str,
+) -> Result<Option<Customer>> {
+    query
+        .fetch_optional(conn)
+        .await
+        .context(context)?
+        .map(Customer::try_from)
+        .transpose()
+}
+
 /// Maps the live-email unique violation to [`Error::EmailTaken`].
 fn email_conflict(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| match &source {
@@ -133,18 +147,14 @@ async fn find(
     id: CustomerId,
     live_only: bool,
 ) -> Result<Option<Customer>> {
-    sqlx::query_as::<_, CustomerRow>(concat!(
+    let query = sqlx::query_as(concat!(
         "select ",
         customer_columns!(),
         " from customers where id = $1 and (not $2 or deleted_at is null)"
     ))
     .bind(id.as_uuid())
-    .bind(live_only)
-    .fetch_optional(conn)
-    .await
-    .context("loading customer")?
-    .map(Customer::try_from)
-    .transpose()
+    .bind(live_only);
+    optional_customer(query, conn, "loading customer").await
 }
 
 /// Locks a live customer for the rest of the transaction and checks the caller's expected
@@ -261,17 +271,13 @@ pub async fn find_by_stripe_id(
     conn: &mut PgConnection,
     stripe_id: &str,
 ) -> Result<Option<Customer>> {
-    sqlx::query_as::<_, CustomerRow>(concat!(
+    let query = sqlx::query_as(concat!(
         "select ",
         customer_columns!(),
         " from customers where stripe_id = $1"
     ))
-    .bind(stripe_id)
-    .fetch_optional(conn)
-    .await
-    .context("finding customer by Stripe id")?
-    .map(Customer::try_from)
-    .transpose()
+    .bind(stripe_id);
+    optional_customer(query, conn, "finding customer by Stripe id").await
 }
 
 /// The live customer of `account` with this email, ignoring case.
@@ -280,34 +286,26 @@ pub async fn find_live_by_email(
     account: &str,
     email: &str,
 ) -> Result<Option<Customer>> {
-    sqlx::query_as::<_, CustomerRow>(concat!(
+    let query = sqlx::query_as(concat!(
         "select ",
         customer_columns!(),
         " from customers where account = $1 and lower(email) = lower($2) and deleted_at is null"
     ))
     .bind(account)
-    .bind(email)
-    .fetch_optional(conn)
-    .await
-    .context("finding customer by email")?
-    .map(Customer::try_from)
-    .transpose()
+    .bind(email);
+    optional_customer(query, conn, "finding customer by email").await
 }
 
 /// Locks a customer, deleted or not, for the rest of the transaction and returns its
 /// current row.
 pub async fn lock_any(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
-    sqlx::query_as::<_, CustomerRow>(concat!(
+    let query = sqlx::query_as(concat!(
         "select ",
         customer_columns!(),
         " from customers where id = $1 for update"
     ))
-    .bind(id.as_uuid())
-    .fetch_optional(conn)
-    .await
-    .context("locking customer")?
-    .map(Customer::try_from)
-    .transpose()
+    .bind(id.as_uuid());
+    optional_customer(query, conn, "locking customer").await
 }
 
 /// Records which Stripe customer a local one is (found by `paysync_id` or email).
@@ -626,16 +624,12 @@ pub async fn record_sync_failure(
 
 /// Marks a customer's sync as pending again (dead-letter replay).
 pub async fn reset_sync_state(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
-    sqlx::query_as::<_, CustomerRow>(concat!(
+    let query = sqlx::query_as(concat!(
         "update customers set sync_error = null, sync_state = case \
          when stripe_synced_version >= version then 'synced' else 'pending' end \
          where id = $1 returning ",
         customer_columns!()
     ))
-    .bind(id.as_uuid())
-    .fetch_optional(conn)
-    .await
-    .context("resetting sync state")?
-    .map(Customer::try_from)
-    .transpose()
+    .bind(id.as_uuid());
+    optional_customer(query, conn, "resetting sync state").await
 }

@@ -119,6 +119,16 @@ async fn wait_listed(app: &TestApp, email: &str, check: impl Fn(&Value) -> bool)
     .await
 }
 
+/// `POST /v1/dead-letters/{id}/replay` of a listed dead letter.
+async fn replay(app: &TestApp, letter: &Value) -> StatusCode {
+    let path = format!("/v1/dead-letters/{}/replay", letter["id"].as_str().unwrap());
+    app.request(reqwest::Method::POST, &path)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace('@', "%40")
 }
@@ -475,15 +485,7 @@ async fn emails_link_and_conflicting_emails_are_dead_lettered(pool: PgPool) {
         app.delete_customer(&id).await.status(),
         StatusCode::NO_CONTENT
     );
-    let replay = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/v1/dead-letters/{}/replay", letter["id"].as_str().unwrap()),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay(&app, letter).await, StatusCode::ACCEPTED);
     assert_eq!(processed(&app, "evt_link_2").await, "adopted");
     let adopted = wait_listed(&app, &email, |c| c["sync"]["stripe_id"] == "cus_Duplicate").await;
     assert_eq!(adopted["name"], "Same email again");
@@ -624,15 +626,7 @@ async fn stripe_down_during_a_refetch_dead_letters_then_replays(pool: PgPool) {
     assert_eq!(local_row(&app.pool, &id).await.0.as_deref(), Some("Local"));
 
     proxy.set_plan(Vec::new()).await;
-    let replay = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/v1/dead-letters/{}/replay", letter["id"].as_str().unwrap()),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay(&app, letter).await, StatusCode::ACCEPTED);
     assert_eq!(processed(&app, "evt_refetch_down").await, "applied");
     assert_eq!(
         local_row(&app.pool, &id).await,

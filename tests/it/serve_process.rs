@@ -94,16 +94,27 @@ impl ServeProcess {
         }
     }
 
+    /// A JSON request to the API, with the token.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        client
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(TOKEN)
+            .json(body)
+    }
+
     pub fn post(
         &self,
         client: &reqwest::Client,
         path: &str,
         body: &Value,
     ) -> reqwest::RequestBuilder {
-        client
-            .post(format!("{}{path}", self.base_url))
-            .bearer_auth(TOKEN)
-            .json(body)
+        self.request(client, reqwest::Method::POST, path, body)
     }
 
     pub fn patch(
@@ -112,10 +123,7 @@ impl ServeProcess {
         path: &str,
         body: &Value,
     ) -> reqwest::RequestBuilder {
-        client
-            .patch(format!("{}{path}", self.base_url))
-            .bearer_auth(TOKEN)
-            .json(body)
+        self.request(client, reqwest::Method::PATCH, path, body)
     }
 
     /// SIGTERM, then the exit status must be success; returns the logs.
