@@ -23,5 +23,5 @@ services:       ## start PostgreSQL, localstripe and the tansu Kafka broker
 services-down:
 	scripts/services down
 
-bench:          ## outbound latency and throughput against localstripe (docs/BENCHMARKS.md)
+bench:          ## outbound and inbound benchmarks, every transport (docs/BENCHMARKS.md)
 	scripts/bench
