@@ -278,3 +278,37 @@ async fn with_kafka_the_event_is_on_the_inbound_topic_before_the_2xx(pool: PgPoo
     assert!(kafka.messages_in("paysync.inbound").await >= 2);
     app.stop().await;
 }
+
+/// PostgreSQL transport with PostgreSQL unreachable: the event cannot be stored, so Stripe is
+/// told to retry (503), never a 2xx for an event that is not durable.
+#[tokio::test]
+async fn with_postgres_down_the_ingress_answers_503() {
+    // Nothing listens on port 1; the pool connects lazily, so the server starts anyway.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+        .unwrap();
+    let mut settings = settings();
+    settings.webhooks = Some(verifier());
+    let app = paysync::app::Application::build(settings, pool)
+        .await
+        .unwrap();
+    let url = format!("http://{}/webhooks/stripe", app.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(app.run(shutdown.clone()));
+
+    let body = customer_event("evt_db_down", "customer.updated", "cus_DbDown");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature(SECRET, now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(response, StatusCode::SERVICE_UNAVAILABLE).await,
+        "unavailable"
+    );
+    shutdown.cancel();
+}
