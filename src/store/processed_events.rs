@@ -254,17 +254,29 @@ pub async fn backlog(conn: &mut PgConnection) -> Result<i64> {
         .context("counting the inbox backlog")
 }
 
-/// Forgets processed events received more than `retention` ago; returns how many.
+/// Rows the janitor deletes per statement: short transactions, however large the backlog.
+const JANITOR_CHUNK: i64 = 10_000;
+
+/// Forgets processed events received more than `retention` ago, a chunk per transaction;
+/// returns how many.
 pub async fn delete_processed_before(pool: &PgPool, retention: Duration) -> Result<u64> {
     let seconds = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    let deleted = sqlx::query(
-        "delete from processed_events where processed_at is not null \
-         and received_at < now() - make_interval(secs => $1)",
-    )
-    .bind(seconds as f64)
-    .execute(pool)
-    .await
-    .context("deleting old processed events")?
-    .rows_affected();
-    Ok(deleted)
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "delete from processed_events where event_id in ( \
+                 select event_id from processed_events where processed_at is not null \
+                 and received_at < now() - make_interval(secs => $1) limit $2)",
+        )
+        .bind(seconds as f64)
+        .bind(JANITOR_CHUNK)
+        .execute(pool)
+        .await
+        .context("deleting old processed events")?
+        .rows_affected();
+        total += deleted;
+        if deleted < JANITOR_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
 }

@@ -634,3 +634,34 @@ async fn stripe_down_during_a_refetch_dead_letters_then_replays(pool: PgPool) {
     );
     app.stop().await;
 }
+
+/// The janitor forgets processed events past the retention, and nothing still waiting.
+#[sqlx::test]
+async fn old_processed_events_are_forgotten_but_waiting_ones_kept(pool: PgPool) {
+    sqlx::query(
+        "insert into processed_events (event_id, type, received_at, processed_at, payload) \
+         select 'evt_old_' || n, 'customer.updated', now() - interval '40 days', \
+                case when n % 2 = 0 then now() - interval '40 days' end, \
+                case when n % 2 = 1 then '{}'::json end \
+         from generate_series(1, 25000) n \
+         union all select 'evt_recent', 'customer.updated', now(), now(), null",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let retention = Duration::from_secs(31 * 24 * 60 * 60);
+    let deleted = paysync::store::processed_events::delete_processed_before(&pool, retention)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted, 12_500,
+        "the old processed ones, over several chunks"
+    );
+    let left: Vec<(bool, i64)> = sqlx::query_as(
+        "select processed_at is null, count(*) from processed_events group by 1 order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, [(false, 1), (true, 12_500)]);
+}
