@@ -224,6 +224,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a message moved to the dead-letter table (`outbound` or `inbound`).
+    pub fn dead_lettered(&self, source: &str) {
+        self.dead_letters
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .inc();
+    }
+
     /// The registry in OpenMetrics text format.
     pub fn encode(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::{Envelope, Error, KafkaSettings, Result};
 use crate::domain::CustomerId;
-use crate::metrics::{Metrics, SourceLabels};
+use crate::metrics::Metrics;
 use crate::store::{self, dead_letters};
 use crate::sync::OutboundSync;
 
@@ -167,12 +167,7 @@ pub(super) async fn dead_letter_unreadable(
         };
         match recorded.await {
             Ok(_) => {
-                metrics
-                    .dead_letters
-                    .get_or_create(&SourceLabels {
-                        source: source.to_owned(),
-                    })
-                    .inc();
+                metrics.dead_lettered(source);
                 return true;
             }
             Err(e) => {

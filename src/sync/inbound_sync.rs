@@ -20,7 +20,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::inbound::{self, ConflictPolicy, Decision, IncomingEvent, Link, Skip};
 use crate::domain::{Customer, Op};
-use crate::metrics::{Metrics, SourceLabels};
+use crate::metrics::Metrics;
 use crate::store::processed_events::{self, EventRef, Seen};
 use crate::store::{self, DEFAULT_ACCOUNT, customers, dead_letters, outbox};
 use crate::stripe::event::StripeEvent;
@@ -88,8 +88,6 @@ pub enum Outcome {
     /// Already applied before (a redelivery).
     Duplicate,
     DeadLettered,
-    /// Another worker holds or finished it (inbox only).
-    NotMine,
 }
 
 impl Outcome {
@@ -102,7 +100,6 @@ impl Outcome {
             Self::Skipped(skip) => skip.label(),
             Self::Duplicate => "duplicate",
             Self::DeadLettered => "dead_lettered",
-            Self::NotMine => "not_mine",
         }
     }
 }
@@ -189,9 +186,6 @@ impl InboundSync {
     pub fn record<'a>(&self, handled: impl Iterator<Item = (&'a Received, Outcome)>) {
         let now = Utc::now().timestamp();
         for (received, outcome) in handled {
-            if outcome == Outcome::NotMine {
-                continue;
-            }
             Metrics::count(&self.metrics.inbound_events, outcome.label());
             if outcome != Outcome::Duplicate {
                 let lag = (now - received.event.created).max(0);
@@ -270,12 +264,7 @@ impl InboundSync {
         processed_events::finish(&mut tx, &received.event.id, Outcome::DeadLettered.label())
             .await?;
         store::commit(tx).await?;
-        self.metrics
-            .dead_letters
-            .get_or_create(&SourceLabels {
-                source: "inbound".to_owned(),
-            })
-            .inc();
+        self.metrics.dead_lettered("inbound");
         self.record(std::iter::once((received, Outcome::DeadLettered)));
         Ok(())
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::inbound_sync::{Delivery, InboundSync, Outcome, Received};
-use crate::metrics::{Metrics, SourceLabels};
+use crate::metrics::Metrics;
 use crate::store::processed_events::{self, InboxRow};
 use crate::store::{self, dead_letters};
 
@@ -98,9 +98,6 @@ async fn drain_batch(sync: &InboundSync, metrics: &Metrics, limit: i64) -> store
             None => unreadable.push((row, "the inbox row has no payload".to_owned())),
         }
     }
-    // One lock order for every worker (per Stripe customer, events keep their order), so two
-    // batches touching the same customers cannot deadlock.
-    events.sort_by(|a, b| a.event.customer_id().cmp(&b.event.customer_id()));
     if unreadable.is_empty() {
         match sync.apply_batch(&mut tx, &events, Delivery::Inbox).await {
             Ok(outcomes) => {
@@ -148,12 +145,7 @@ async fn dead_letter_unreadable(
     dead_letters::record(&mut tx, "inbound", &row.event_id, &payload, reason, 1).await?;
     processed_events::finish(&mut tx, &row.event_id, Outcome::DeadLettered.label()).await?;
     store::commit(tx).await?;
-    metrics
-        .dead_letters
-        .get_or_create(&SourceLabels {
-            source: "inbound".to_owned(),
-        })
-        .inc();
+    metrics.dead_lettered("inbound");
     Metrics::count(&metrics.inbound_events, Outcome::DeadLettered.label());
     Ok(())
 }

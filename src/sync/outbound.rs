@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tracing::{info, instrument, warn};
 
 use crate::domain::{Customer, CustomerId, WriteWindow};
-use crate::metrics::{Metrics, OutcomeLabels, SourceLabels};
+use crate::metrics::Metrics;
 use crate::store::customers::SyncedWrite;
 use crate::store::{self, customers, dead_letters};
 use crate::stripe::retry::Backoff;
@@ -139,12 +139,7 @@ impl OutboundSync {
                 )
                 .await?;
                 customers::record_sync_failure(&mut tx, id, &message).await?;
-                self.metrics
-                    .dead_letters
-                    .get_or_create(&SourceLabels {
-                        source: "outbound".to_owned(),
-                    })
-                    .inc();
+                self.metrics.dead_lettered("outbound");
                 Outcome::DeadLettered
             }
         };
@@ -153,12 +148,7 @@ impl OutboundSync {
     }
 
     fn finish(&self, outcome: Outcome) -> Outcome {
-        self.metrics
-            .outbound_synced
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.label().to_owned(),
-            })
-            .inc();
+        Metrics::count(&self.metrics.outbound_synced, outcome.label());
         outcome
     }
 
