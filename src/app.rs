@@ -250,9 +250,7 @@ impl Application {
                     info!(group = %kafka.settings.group("outbound"), "syncing local changes to Stripe (Kafka transport)");
                     workers.push(tokio::spawn(bus::consumer::run_outbound(
                         consumer,
-                        self.pool.clone(),
                         sync.clone(),
-                        self.metrics.clone(),
                         shutdown.clone(),
                     )));
                 }
@@ -291,7 +289,6 @@ impl Application {
                 workers.push(tokio::spawn(bus::inbound::run_inbound(
                     consumer,
                     sync.clone(),
-                    self.metrics.clone(),
                     usize::try_from(inbox.batch_size).unwrap_or(1).max(1),
                     shutdown.clone(),
                 )));

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub outbound_lag: Histogram,
     pub outbound_synced: Family<OutcomeLabels, Counter>,
     pub dead_letters: Family<SourceLabels, Counter>,
+    pub set_aside: Family<SourceLabels, Counter>,
     pub outbox_backlog: Gauge,
     pub webhooks: Family<OutcomeLabels, Counter>,
     pub inbound_events: Family<OutcomeLabels, Counter>,
@@ -135,6 +136,13 @@ impl Metrics {
             "dead_letters",
             "Messages moved to the dead-letter table, by source",
             dead_letters.clone(),
+        );
+        let set_aside = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "set_aside",
+            "Messages set aside without a dead letter because the database refused even that, \
+             by source (an error is logged for each; should stay 0)",
+            set_aside.clone(),
         );
         let outbox_backlog = Gauge::default();
         registry.register(
@@ -203,6 +211,7 @@ impl Metrics {
             outbound_lag,
             outbound_synced,
             dead_letters,
+            set_aside,
             outbox_backlog,
             webhooks,
             inbound_events,
@@ -227,6 +236,15 @@ impl Metrics {
     /// Counts a message moved to the dead-letter table (`outbound` or `inbound`).
     pub fn dead_lettered(&self, source: &str) {
         self.dead_letters
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a message set aside without a dead letter.
+    pub fn set_aside(&self, source: &str) {
+        self.set_aside
             .get_or_create(&SourceLabels {
                 source: source.to_owned(),
             })

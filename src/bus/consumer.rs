@@ -7,16 +7,14 @@ use std::time::Duration;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use serde_json::json;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Envelope, Error, KafkaSettings, Result};
 use crate::domain::CustomerId;
-use crate::metrics::Metrics;
-use crate::store::{self, dead_letters};
+use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::sync::OutboundSync;
+use crate::sync::dead_letters::DeadLetters;
 
 /// Longest pause between retries of a message whose handling failed on the database.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
@@ -60,9 +58,7 @@ pub(super) async fn close(consumer: StreamConsumer) {
 /// Runs until `shutdown`, then closes the consumer (committing the stored offsets).
 pub async fn run_outbound(
     consumer: StreamConsumer,
-    pool: PgPool,
     sync: Arc<OutboundSync>,
-    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -72,7 +68,7 @@ pub async fn run_outbound(
         };
         match message {
             Ok(message) => {
-                if handle(&message, &pool, &sync, &metrics, &shutdown).await {
+                if handle(&message, &sync, &shutdown).await {
                     if let Err(e) = consumer.store_offset_from_message(&message) {
                         warn!(error = %e, "storing the consumer offset failed");
                     }
@@ -94,9 +90,7 @@ pub async fn run_outbound(
 /// Handles one message to the end. Returns false only when shutdown interrupted a retry.
 async fn handle(
     message: &BorrowedMessage<'_>,
-    pool: &PgPool,
     sync: &OutboundSync,
-    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> bool {
     let envelope = Envelope::parse(message.payload().unwrap_or_default()).and_then(|e| {
@@ -110,7 +104,12 @@ async fn handle(
             let at = MessageAt::of(message);
             let payload = message.payload().unwrap_or_default();
             return dead_letter_unreadable(
-                "outbound", &at, payload, pool, metrics, &reason, shutdown,
+                Source::Outbound,
+                &at,
+                payload,
+                sync.dead_letters(),
+                &reason,
+                shutdown,
             )
             .await;
         }
@@ -146,30 +145,26 @@ impl MessageAt {
 }
 
 /// A message paysync cannot read goes to the dead-letter table so the partition moves on.
-/// Returns false only when shutdown interrupted the retries.
+/// Returns false only when shutdown interrupted the retries (the database unreachable).
 pub(super) async fn dead_letter_unreadable(
-    source: &str,
+    source: Source,
     at: &MessageAt,
     payload: &[u8],
-    pool: &PgPool,
-    metrics: &Metrics,
+    dead_letters: &DeadLetters,
     reason: &str,
     shutdown: &CancellationToken,
 ) -> bool {
-    let key = &at.0;
-    let payload = json!({"raw": String::from_utf8_lossy(payload)});
-    warn!(message = %key, source, reason, "unreadable message; dead-lettered");
+    let letter = NewDeadLetter {
+        source,
+        key: &at.0,
+        payload,
+        error: reason,
+        attempts: 1,
+    };
     let mut delay = Duration::from_millis(200);
     loop {
-        let recorded = async {
-            let mut conn = store::acquire(pool).await?;
-            dead_letters::record(&mut conn, source, key, &payload, reason, 1).await
-        };
-        match recorded.await {
-            Ok(_) => {
-                metrics.dead_lettered(source);
-                return true;
-            }
+        match dead_letters.set_aside_unreadable(letter).await {
+            Ok(()) => return true,
             Err(e) => {
                 warn!(error = %e, "recording a dead letter failed; retrying");
                 tokio::select! {

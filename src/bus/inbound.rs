@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::consumer::{MessageAt, close, dead_letter_unreadable, subscribed_consumer};
 use super::{InboundMessage, KafkaSettings, Result};
-use crate::metrics::Metrics;
+use crate::store::dead_letters::Source;
 use crate::sync::{InboundSync, Received};
 
 /// Longest pause between retries of a batch that failed on the database.
@@ -28,7 +28,6 @@ pub fn inbound_consumer(settings: &KafkaSettings) -> Result<StreamConsumer> {
 pub async fn run_inbound(
     consumer: StreamConsumer,
     sync: Arc<InboundSync>,
-    metrics: Arc<Metrics>,
     batch_size: usize,
     shutdown: CancellationToken,
 ) {
@@ -52,7 +51,7 @@ pub async fn run_inbound(
                 Some(Err(_)) | None => break,
             }
         }
-        if !handle(&messages, &sync, &metrics, &shutdown).await {
+        if !handle(&messages, &sync, &shutdown).await {
             // Shutting down mid-retry: the offsets stay, the messages are read again.
             break;
         }
@@ -72,7 +71,6 @@ pub async fn run_inbound(
 async fn handle(
     messages: &[OwnedMessage],
     sync: &InboundSync,
-    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut events = Vec::with_capacity(messages.len());
@@ -83,11 +81,10 @@ async fn handle(
             Err(reason) => {
                 let at = MessageAt::of(message);
                 if !dead_letter_unreadable(
-                    "inbound",
+                    Source::Inbound,
                     &at,
                     payload,
-                    sync.pool(),
-                    metrics,
+                    sync.dead_letters(),
                     &reason,
                     shutdown,
                 )

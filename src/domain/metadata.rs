@@ -110,6 +110,17 @@ fn check_value(key: &str, value: &str) -> Result<(), ValidationError> {
             format!("values must be at most {MAX_VALUE_CHARS} characters"),
         ));
     }
+    // As in a description: line breaks and tabs are text, other control characters (NUL
+    // above all, which PostgreSQL cannot store) are not.
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ValidationError::new(
+            format!("metadata.{key}"),
+            "values must not contain control characters other than line breaks and tabs",
+        ));
+    }
     Ok(())
 }
 
@@ -165,9 +176,16 @@ mod tests {
             map(&[("a[b]", "x")]),
             map(&[("", "x")]),
             map(&[("k", "")]),
+            map(&[("k", "a\0b")]),
+            map(&[("k", "bell\u{7}")]),
         ] {
             assert!(Metadata::parse(bad.clone()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn values_may_hold_line_breaks_and_tabs() {
+        assert!(Metadata::parse(map(&[("note", "line one\nline\ttwo\r\n")])).is_ok());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct DeadLetterBody {
     pub source: String,
     /// The local customer id (outbound) or Stripe event id (inbound).
     pub key: String,
+    /// The message as it arrived: its JSON, or (for a message that is not JSON) its text, with
+    /// anything that is not UTF-8 replaced by U+FFFD.
     pub payload: serde_json::Value,
     /// The last error.
     pub error: String,
@@ -44,9 +46,11 @@ impl From<DeadLetter> for DeadLetterBody {
     fn from(letter: DeadLetter) -> Self {
         Self {
             id: letter.id,
-            source: letter.source,
+            source: letter.source.as_str().to_owned(),
             key: letter.key,
-            payload: letter.payload,
+            payload: serde_json::from_slice(&letter.payload).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&letter.payload).into_owned())
+            }),
             error: letter.error,
             attempts: letter.attempts,
             first_failed_at: letter.first_failed_at,

@@ -59,6 +59,31 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// PostgreSQL refused the statement for the data it carries (SQLSTATE class 22, data
+    /// exception: a NUL in text, a value out of range; class 23, integrity violation): doing
+    /// it again with the same data fails again.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Self::EmailTaken | Self::Invalid(_) | Self::Corrupt(_) => true,
+            Self::Database {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            _ => false,
+        }
+    }
+
+    /// The table the statement needed does not exist (SQLSTATE 42P01): the schema was never
+    /// migrated, or this is not paysync's database.
+    pub fn is_missing_table(&self) -> bool {
+        matches!(self, Self::Database { source: sqlx::Error::Database(db), .. }
+            if db.code().as_deref() == Some("42P01"))
+    }
+}
+
 /// Attaches what paysync was doing to a database error.
 pub(crate) trait DbContext<T> {
     fn context(self, context: &'static str) -> Result<T>;

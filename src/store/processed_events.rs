@@ -184,13 +184,15 @@ pub async fn finish(conn: &mut PgConnection, event_id: &str, outcome: &str) -> R
 pub struct InboxRow {
     pub event_id: String,
     pub payload: Option<String>,
+    /// A replayed dead letter: decide on Stripe's current state of the customer.
+    pub refetch: bool,
 }
 
 /// Claims up to `limit` waiting events, oldest first, for the rest of the transaction; rows
 /// another worker holds are skipped, so any number of workers and replicas can drain it.
 pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<InboxRow>> {
     sqlx::query_as(
-        "select event_id, payload::text as payload from processed_events \
+        "select event_id, payload::text as payload, refetch from processed_events \
          where processed_at is null \
          order by received_at limit $1 for update skip locked",
     )
@@ -203,7 +205,7 @@ pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<Inb
 /// Claims one waiting event, if no other worker holds it.
 pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option<InboxRow>> {
     sqlx::query_as(
-        "select event_id, payload::text as payload from processed_events \
+        "select event_id, payload::text as payload, refetch from processed_events \
          where event_id = $1 and processed_at is null for update skip locked",
     )
     .bind(event_id)
@@ -212,12 +214,14 @@ pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option
     .context("claiming an inbox event")
 }
 
-/// Puts an event back into the inbox (a dead letter's replay).
+/// Puts an event back into the inbox (a dead letter's replay), to be decided on Stripe's
+/// current state of its customer.
 pub async fn requeue(conn: &mut PgConnection, event: EventRef<'_>, payload: &str) -> Result<()> {
     sqlx::query(
-        "insert into processed_events (event_id, type, account, stripe_customer_id, payload) \
-         values ($1, $2, $3, $4, $5::json) on conflict (event_id) do update \
-         set payload = excluded.payload, processed_at = null, outcome = null",
+        "insert into processed_events \
+             (event_id, type, account, stripe_customer_id, payload, refetch) \
+         values ($1, $2, $3, $4, $5::json, true) on conflict (event_id) do update \
+         set payload = excluded.payload, processed_at = null, outcome = null, refetch = true",
     )
     .bind(event.event_id)
     .bind(event.kind)
@@ -235,6 +239,30 @@ pub async fn requeue(conn: &mut PgConnection, event: EventRef<'_>, payload: &str
     Ok(())
 }
 
+/// The outcome of an event that could be neither applied nor recorded as a dead letter: it is
+/// marked processed anyway (its payload kept, for an operator), so no worker claims it again
+/// and catch-up does not queue it again.
+pub async fn set_aside(conn: &mut PgConnection, event: EventRef<'_>) -> Result<()> {
+    sqlx::query(
+        "insert into processed_events \
+             (event_id, type, account, stripe_customer_id, processed_at, outcome) \
+         values ($1, $2, $3, $4, now(), $5) on conflict (event_id) do update \
+         set processed_at = now(), outcome = excluded.outcome",
+    )
+    .bind(event.event_id)
+    .bind(event.kind)
+    .bind(event.account)
+    .bind(event.stripe_customer_id)
+    .bind(SET_ASIDE)
+    .execute(conn)
+    .await
+    .context("setting a Stripe event aside")?;
+    Ok(())
+}
+
+/// The outcome of an event [`set_aside`].
+pub const SET_ASIDE: &str = "set_aside";
+
 /// Which of these event ids are already known (applied or queued).
 pub async fn known(conn: &mut PgConnection, event_ids: &[String]) -> Result<HashSet<String>> {
     let known: Vec<String> =
@@ -246,12 +274,15 @@ pub async fn known(conn: &mut PgConnection, event_ids: &[String]) -> Result<Hash
     Ok(known.into_iter().collect())
 }
 
-/// Events waiting in the inbox.
-pub async fn backlog(conn: &mut PgConnection) -> Result<i64> {
-    sqlx::query_scalar("select count(*) from processed_events where processed_at is null")
-        .fetch_one(conn)
-        .await
-        .context("counting the inbox backlog")
+/// Events waiting in the inbox, and how long the oldest has waited (seconds).
+pub async fn backlog(conn: &mut PgConnection) -> Result<(i64, f64)> {
+    sqlx::query_as(
+        "select count(*), coalesce(extract(epoch from now() - min(received_at)), 0)::float8 \
+         from processed_events where processed_at is null",
+    )
+    .fetch_one(conn)
+    .await
+    .context("measuring the inbox backlog")
 }
 
 /// Rows the janitor deletes per statement: short transactions, however large the backlog.

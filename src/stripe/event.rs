@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::domain::StripeCustomerId;
+
 /// The customer events paysync applies; other types are acknowledged and ignored.
 pub const HANDLED_TYPES: [&str; 3] = ["customer.created", "customer.updated", "customer.deleted"];
 
@@ -71,17 +73,39 @@ struct ObjectHead<'a> {
     object: Option<Cow<'a, str>>,
 }
 
+/// Stripe event ids are short; anything longer is not one.
+const MAX_EVENT_ID_CHARS: usize = 255;
+
+/// An event id is the dedup key paysync stores: `evt_` and letters, digits, `_` or `-` (so
+/// it can always be stored and logged as it is).
+fn check_event_id(id: &str) -> Result<(), String> {
+    let suffix = id.strip_prefix("evt_").unwrap_or_default();
+    let well_formed = !suffix.is_empty()
+        && id.len() <= MAX_EVENT_ID_CHARS
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!("{id:?} is not a Stripe event id (evt_…)"))
+    }
+}
+
 impl VerifiedEvent {
     /// Reads a delivery's body; an error says why it is not a Stripe event.
     pub fn parse(raw: Bytes) -> Result<Self, String> {
         let head: EventHead<'_> =
             serde_json::from_slice(&raw).map_err(|e| format!("not a Stripe event: {e}"))?;
-        if !head.id.starts_with("evt_") {
-            return Err(format!("{:?} is not a Stripe event id", head.id));
-        }
+        check_event_id(&head.id)?;
         let object = head.data.object;
+        // An id that is not a customer id routes by the event id; the inbound worker then
+        // dead-letters the event with the reason.
         let customer_id = match object.object.as_deref() {
-            Some("customer") => object.id.map(Cow::into_owned),
+            Some("customer") => object
+                .id
+                .filter(|id| StripeCustomerId::parse(id).is_ok())
+                .map(Cow::into_owned),
             _ => None,
         };
         Ok(Self {
@@ -102,9 +126,7 @@ impl StripeEvent {
     pub fn parse(body: &[u8]) -> Result<Self, String> {
         let event: Self =
             serde_json::from_slice(body).map_err(|e| format!("not a Stripe event: {e}"))?;
-        if !event.id.starts_with("evt_") {
-            return Err(format!("{:?} is not a Stripe event id", event.id));
-        }
+        check_event_id(&event.id)?;
         Ok(event)
     }
 
@@ -184,10 +206,18 @@ mod tests {
         .unwrap();
         assert!(!invoice.is_handled());
         assert_eq!(invoice.customer_id, None);
+        let odd_customer = VerifiedEvent::parse(Bytes::from_static(
+            br#"{"id": "evt_3", "type": "customer.updated", "created": 1,
+                 "data": {"object": {"id": "cus_\u0000", "object": "customer"}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(odd_customer.customer_id, None);
         for bad in [
             &b"{}"[..],
             b"not json",
             br#"{"id": "cus_1", "type": "x", "created": 1, "data": {"object": {}}}"#,
+            br#"{"id": "evt_\u0000", "type": "x", "created": 1, "data": {"object": {}}}"#,
+            br#"{"id": "evt_a b", "type": "x", "created": 1, "data": {"object": {}}}"#,
         ] {
             assert!(VerifiedEvent::parse(Bytes::copy_from_slice(bad)).is_err());
         }

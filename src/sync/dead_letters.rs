@@ -1,15 +1,127 @@
-//! Replaying dead letters once their cause is fixed (API and `paysync dead-letters replay`):
-//! an outbound letter queues its customer for another sync; an inbound letter puts its Stripe
-//! event back into the inbox, where the inbox worker applies it again (with either transport).
+//! Dead letters: the one way a message that cannot be handled is set aside, and its replay
+//! once the cause is fixed (API and `paysync dead-letters replay`).
+//!
+//! Invariant 7: a bad message never stops a queue. Recording cannot fail on the message's
+//! content (the store keeps it as bytes); should the database still refuse it, the message is
+//! set aside anyway (marked processed, counted, logged at error) so the queue moves on. Only a
+//! database that cannot be reached at all makes the caller wait and retry.
+
+use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
+use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::Received;
+use super::inbound_sync::Delivery;
 use crate::domain::{CustomerId, Op};
-use crate::store::dead_letters::DeadLetter;
-use crate::store::processed_events::{self, EventRef};
-use crate::store::{self, DEFAULT_ACCOUNT, customers, dead_letters, outbox};
+use crate::metrics::Metrics;
+use crate::store::dead_letters::{DeadLetter, NewDeadLetter, Source};
+use crate::store::processed_events::{self, EventRef, Seen};
+use crate::store::{self, customers, dead_letters, outbox};
+use crate::telemetry::error_chain;
+
+/// Records dead letters and counts them (`paysync_dead_letters_total{source}`).
+#[derive(Clone)]
+pub struct DeadLetters {
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+}
+
+impl DeadLetters {
+    pub fn new(pool: PgPool, metrics: Arc<Metrics>) -> Self {
+        Self { pool, metrics }
+    }
+
+    /// Records a dead letter in the caller's transaction (the outbound handler commits it with
+    /// the customer's `failed` state).
+    pub async fn record_in(
+        &self,
+        conn: &mut PgConnection,
+        letter: NewDeadLetter<'_>,
+    ) -> store::Result<()> {
+        dead_letters::record(conn, letter).await?;
+        warn!(source = %letter.source, key = letter.key, error = letter.error, "dead-lettered");
+        self.metrics.dead_lettered(letter.source.as_str());
+        Ok(())
+    }
+
+    /// Sets aside a Stripe event that cannot be applied: its dead letter and its
+    /// `processed_events` record (outcome `dead_lettered`) commit together, so neither a
+    /// worker nor catch-up queues it again. Returns `false` when the event was not this
+    /// worker's to set aside (another one handled it meanwhile).
+    pub async fn set_aside_event(
+        &self,
+        event: EventRef<'_>,
+        delivery: Delivery,
+        letter: NewDeadLetter<'_>,
+    ) -> store::Result<bool> {
+        match self.record_event(event, delivery, letter).await {
+            Ok(mine) => Ok(mine),
+            Err(e) if e.is_data_error() => {
+                self.refused(letter, &e);
+                let mut tx = store::begin(&self.pool).await?;
+                processed_events::set_aside(&mut tx, event).await?;
+                store::commit(tx).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn record_event(
+        &self,
+        event: EventRef<'_>,
+        delivery: Delivery,
+        letter: NewDeadLetter<'_>,
+    ) -> store::Result<bool> {
+        let mut tx = store::begin(&self.pool).await?;
+        let mine = match delivery {
+            Delivery::Kafka => {
+                processed_events::begin_processing(&mut tx, event).await? != Seen::Processed
+            }
+            Delivery::Inbox => processed_events::claim_one(&mut tx, event.event_id)
+                .await?
+                .is_some(),
+        };
+        if !mine {
+            return Ok(false);
+        }
+        dead_letters::record(&mut tx, letter).await?;
+        processed_events::finish(&mut tx, event.event_id, DEAD_LETTERED).await?;
+        store::commit(tx).await?;
+        warn!(source = %letter.source, key = letter.key, error = letter.error, "dead-lettered");
+        self.metrics.dead_lettered(letter.source.as_str());
+        Ok(true)
+    }
+
+    /// Sets aside a message no handler can read (not an event, not an envelope). The message
+    /// stays where it is (Kafka keeps it for its retention); only its dead letter is written.
+    pub async fn set_aside_unreadable(&self, letter: NewDeadLetter<'_>) -> store::Result<()> {
+        let recorded = async {
+            let mut conn = store::acquire(&self.pool).await?;
+            self.record_in(&mut conn, letter).await
+        };
+        match recorded.await {
+            Err(e) if e.is_data_error() => {
+                self.refused(letter, &e);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The database refused even the dead letter: the message is set aside without one.
+    fn refused(&self, letter: NewDeadLetter<'_>, e: &store::Error) {
+        error!(source = %letter.source, key = %dead_letters::storable(letter.key),
+            error = %error_chain(e), message_error = letter.error,
+            "the dead letter could not be stored; the message is set aside without one");
+        self.metrics.set_aside(letter.source.as_str());
+    }
+}
+
+/// The `processed_events.outcome` of a dead-lettered event.
+pub const DEAD_LETTERED: &str = "dead_lettered";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -26,8 +138,8 @@ pub enum ReplayError {
 }
 
 /// Replays a dead letter and marks it replayed, in one transaction. An outbound sync is
-/// level-based, so it applies the customer's current state; an inbound event is checked again
-/// against the customer as it is now (an event older than what is known stays skipped).
+/// level-based, so it applies the customer's current state; an inbound event is decided on
+/// Stripe's current state of its customer (the letter may be old and its cause fixed since).
 pub async fn replay(pool: &PgPool, id: Uuid) -> Result<(), ReplayError> {
     let mut tx = store::begin(pool).await?;
     let letter = dead_letters::lock(&mut tx, id)
@@ -36,10 +148,9 @@ pub async fn replay(pool: &PgPool, id: Uuid) -> Result<(), ReplayError> {
     if letter.replayed_at.is_some() {
         return Err(ReplayError::AlreadyReplayed(id));
     }
-    if letter.source == "inbound" {
-        requeue_event(&mut tx, &letter).await?;
-    } else {
-        queue_customer(&mut tx, &letter).await?;
+    match letter.source {
+        Source::Inbound => requeue_event(&mut tx, &letter).await?,
+        Source::Outbound => queue_customer(&mut tx, &letter).await?,
     }
     dead_letters::mark_replayed(&mut tx, id).await?;
     store::commit(tx).await?;
@@ -65,19 +176,13 @@ async fn queue_customer(tx: &mut PgConnection, letter: &DeadLetter) -> Result<()
 
 /// An inbound letter's payload is the Stripe event as received.
 async fn requeue_event(tx: &mut PgConnection, letter: &DeadLetter) -> Result<(), ReplayError> {
-    let received = Received::from_raw(letter.payload.to_string()).map_err(|reason| {
-        ReplayError::NotReplayable {
-            id: letter.id,
-            reason,
-        }
-    })?;
-    let event = &received.event;
-    let reference = EventRef {
-        event_id: &event.id,
-        kind: &event.kind,
-        account: DEFAULT_ACCOUNT,
-        stripe_customer_id: event.customer_id(),
+    let not_replayable = |reason: String| ReplayError::NotReplayable {
+        id: letter.id,
+        reason,
     };
-    processed_events::requeue(tx, reference, &received.raw).await?;
+    let raw = String::from_utf8(letter.payload.clone())
+        .map_err(|_| not_replayable("the message is not UTF-8 text".to_owned()))?;
+    let received = Received::from_raw(raw).map_err(not_replayable)?;
+    processed_events::requeue(tx, received.event_ref(), &received.raw).await?;
     Ok(())
 }

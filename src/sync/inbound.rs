@@ -11,7 +11,10 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
-use crate::domain::{Customer, CustomerFields, CustomerId, Metadata, RESERVED_PREFIX, SyncState};
+use crate::domain::{
+    Customer, CustomerFields, CustomerId, Description, Email, Metadata, Name, Phone,
+    RESERVED_PREFIX, StripeCustomerId, SyncState, ValidationError,
+};
 use crate::stripe::StripeCustomer;
 use crate::stripe::event::StripeEvent;
 
@@ -69,8 +72,8 @@ impl FromStr for ConflictPolicy {
 }
 
 /// The synced fields as Stripe holds them (paysync's own metadata keys removed; Stripe's
-/// empty strings are unset values, as they are locally).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// empty strings are unset values, as they are locally), valid by the customer domain's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteFields {
     pub email: Option<String>,
     pub name: Option<String>,
@@ -80,15 +83,12 @@ pub struct RemoteFields {
 }
 
 impl RemoteFields {
-    /// From a Stripe customer object as an event carries it.
-    pub fn from_object(object: &Value) -> Self {
-        let text = |field: &str| {
-            object
-                .get(field)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        };
+    /// From a Stripe customer object as an event carries it, checked against the same domain
+    /// rules as a REST write (so inbound can never store what the API would refuse). An error
+    /// names every field that breaks a rule; the event is then dead-lettered, nothing of it
+    /// applied.
+    pub fn from_object(object: &Value) -> Result<Self, String> {
+        let text = |field: &str| object.get(field).and_then(Value::as_str).map(str::to_owned);
         let metadata = object
             .get("metadata")
             .and_then(Value::as_object)
@@ -99,25 +99,69 @@ impl RemoteFields {
                     .collect()
             })
             .unwrap_or_default();
-        Self {
+        Self::parse(UncheckedFields {
             email: text("email"),
             name: text("name"),
             phone: text("phone"),
             description: text("description"),
-            metadata: user_metadata(metadata),
-        }
+            metadata,
+        })
     }
 
-    /// From a customer retrieved from Stripe.
-    pub fn from_customer(customer: &StripeCustomer) -> Self {
-        let text = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
-        Self {
-            email: text(&customer.email),
-            name: text(&customer.name),
-            phone: text(&customer.phone),
-            description: text(&customer.description),
-            metadata: user_metadata(customer.metadata.clone()),
+    /// From a customer retrieved from Stripe, checked as [`Self::from_object`] does.
+    pub fn from_customer(customer: &StripeCustomer) -> Result<Self, String> {
+        Self::parse(UncheckedFields {
+            email: customer.email.clone(),
+            name: customer.name.clone(),
+            phone: customer.phone.clone(),
+            description: customer.description.clone(),
+            metadata: customer.metadata.clone(),
+        })
+    }
+
+    /// Stripe's empty strings are unset values, as they are locally; values are trimmed as
+    /// the REST API trims them, so both sides compare equal after a round trip.
+    fn parse(unchecked: UncheckedFields) -> Result<Self, String> {
+        let mut errors: Vec<ValidationError> = Vec::new();
+        let mut check = |result: Result<Option<String>, ValidationError>| {
+            result.unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            })
+        };
+        let email = check(match unchecked.email.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(raw) => Email::parse(raw).map(|e| Some(e.into_inner())),
+        });
+        let optional = |raw: &Option<String>| raw.clone().unwrap_or_default();
+        let name = check(Name::parse(&optional(&unchecked.name)).map(|n| n.map(Name::into_inner)));
+        let phone =
+            check(Phone::parse(&optional(&unchecked.phone)).map(|p| p.map(Phone::into_inner)));
+        let description = check(
+            Description::parse(&optional(&unchecked.description))
+                .map(|d| d.map(Description::into_inner)),
+        );
+        let metadata = match Metadata::parse(user_metadata(unchecked.metadata)) {
+            Ok(metadata) => metadata.into_inner(),
+            Err(e) => {
+                errors.push(e);
+                BTreeMap::new()
+            }
+        };
+        if !errors.is_empty() {
+            let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "the Stripe customer breaks paysync's customer rules: {}",
+                reasons.join("; ")
+            ));
         }
+        Ok(Self {
+            email,
+            name,
+            phone,
+            description,
+            metadata,
+        })
     }
 
     /// The local fields these become. Stripe allows customers without an email, paysync does
@@ -128,10 +172,18 @@ impl RemoteFields {
             name: self.name.clone(),
             phone: self.phone.clone(),
             description: self.description.clone(),
-            // Stripe enforces the same key and value limits; what it holds is taken as is.
             metadata: Metadata::from_stored(self.metadata.clone()),
         }
     }
+}
+
+/// The synced fields of a Stripe customer before the domain rules are applied.
+struct UncheckedFields {
+    email: Option<String>,
+    name: Option<String>,
+    phone: Option<String>,
+    description: Option<String>,
+    metadata: BTreeMap<String, String>,
 }
 
 /// Metadata without paysync's own keys, and without blank values (Stripe's way of removing
@@ -161,16 +213,27 @@ pub struct IncomingEvent {
 }
 
 impl IncomingEvent {
-    /// Reads a customer event; an error names what is missing (the event is dead-lettered).
+    /// Reads a customer event; an error names what is missing or breaks a domain rule (the
+    /// event is dead-lettered).
     pub fn from_stripe(event: &StripeEvent) -> Result<Self, String> {
+        let mut incoming = Self::head(event)?;
+        incoming.fields = RemoteFields::from_object(&event.data.object)?;
+        Ok(incoming)
+    }
+
+    /// What identifies the event and its customer, without its content (a replay decides on
+    /// what Stripe holds now instead).
+    pub fn head(event: &StripeEvent) -> Result<Self, String> {
         let kind = EventKind::parse(&event.kind)
             .ok_or_else(|| format!("{} is not a customer event paysync applies", event.kind))?;
         let object = &event.data.object;
-        let stripe_id = object
+        let raw_id = object
             .get("id")
             .and_then(Value::as_str)
-            .filter(|id| id.starts_with("cus_"))
-            .ok_or("data.object has no customer id")?
+            .ok_or("data.object has no customer id")?;
+        let stripe_id = StripeCustomerId::parse(raw_id)
+            .map_err(|e| format!("data.object.id: {}", e.message))?
+            .as_str()
             .to_owned();
         let created = DateTime::from_timestamp(event.created, 0)
             .ok_or_else(|| format!("created {} is not a valid time", event.created))?;
@@ -184,25 +247,26 @@ impl IncomingEvent {
             created,
             stripe_id,
             idempotency_key: event.idempotency_key().map(str::to_owned),
-            fields: RemoteFields::from_object(object),
+            fields: RemoteFields::default(),
             paysync_id,
             current: false,
         })
     }
 
-    /// Stripe's current state of the event's customer (`None`: deleted), in its place.
-    pub fn refetched(&self, current: Option<&StripeCustomer>) -> Self {
+    /// Stripe's current state of the event's customer (`None`: deleted), in its place; an
+    /// error when that state breaks a domain rule.
+    pub fn refetched(&self, current: Option<&StripeCustomer>) -> Result<Self, String> {
         let mut refetched = self.clone();
         refetched.current = true;
         refetched.idempotency_key = None;
         match current {
             Some(customer) => {
                 refetched.kind = EventKind::Updated;
-                refetched.fields = RemoteFields::from_customer(customer);
+                refetched.fields = RemoteFields::from_customer(customer)?;
             }
             None => refetched.kind = EventKind::Deleted,
         }
-        refetched
+        Ok(refetched)
     }
 }
 
@@ -394,6 +458,7 @@ fn ordering_doubt(local: &Customer, created: DateTime<Utc>) -> Option<Decision> 
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
+    use serde_json::json;
 
     use super::*;
     use crate::domain::WriteWindow;
@@ -491,24 +556,29 @@ mod tests {
         let customer = seen_event_at(local(2, 2, 5), 10);
         assert_eq!(newest(&customer, &tied), Decision::Refetch);
         // What Stripe holds now is applied without another doubt.
-        let current = tied.refetched(Some(&StripeCustomer {
-            id: "cus_1".into(),
-            email: Some("ada@example.com".into()),
-            name: Some("Current".into()),
-            phone: Some(String::new()),
-            description: None,
-            metadata: BTreeMap::from([
-                ("plan".into(), "pro".into()),
-                ("paysync_id".into(), "x".into()),
-                ("gone".into(), String::new()),
-            ]),
-            deleted: false,
-        }));
+        let current = tied
+            .refetched(Some(&StripeCustomer {
+                id: "cus_1".into(),
+                email: Some("ada@example.com".into()),
+                name: Some("Current".into()),
+                phone: Some(String::new()),
+                description: None,
+                metadata: BTreeMap::from([
+                    ("plan".into(), "pro".into()),
+                    ("paysync_id".into(), "x".into()),
+                    ("gone".into(), String::new()),
+                ]),
+                deleted: false,
+            }))
+            .unwrap();
         assert_eq!(
             newest(&customer, &current),
             Decision::Apply(fields("Current"))
         );
-        assert_eq!(newest(&customer, &tied.refetched(None)), Decision::Delete);
+        assert_eq!(
+            newest(&customer, &tied.refetched(None).unwrap()),
+            Decision::Delete
+        );
     }
 
     #[test]
@@ -707,6 +777,58 @@ mod tests {
         let not_a_customer = br#"{"id": "evt_8", "type": "customer.updated", "created": 1,
             "data": {"object": {"id": "in_1", "object": "invoice"}}}"#;
         assert!(IncomingEvent::from_stripe(&StripeEvent::parse(not_a_customer).unwrap()).is_err());
+    }
+
+    #[test]
+    fn stripe_content_follows_the_same_domain_rules_as_the_rest_api() {
+        let object = |fields: Value| {
+            let mut customer = json!({"id": "cus_1", "object": "customer"});
+            customer
+                .as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            RemoteFields::from_object(&customer)
+        };
+        for (bad, field) in [
+            (json!({"email": "not-an-email"}), "email"),
+            (
+                json!({"email": "a@example.com", "name": "n".repeat(5000)}),
+                "name",
+            ),
+            (
+                json!({"email": "a@example.com", "name": "Ada\u{0}"}),
+                "name",
+            ),
+            (
+                json!({"email": "a@example.com", "metadata": {"k": "a\u{0}b"}}),
+                "metadata.k",
+            ),
+            (
+                json!({"email": "a@example.com", "phone": "1".repeat(21)}),
+                "phone",
+            ),
+        ] {
+            let err = object(bad.clone()).unwrap_err();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+        // Every broken field is named, not only the first.
+        let err = object(json!({"email": "x", "name": "\u{0}"})).unwrap_err();
+        assert!(err.contains("email") && err.contains("name"), "{err}");
+        // Values are trimmed as the REST API trims them; blanks are unset.
+        let fields =
+            object(json!({"email": " a@example.com ", "name": " Ada ", "phone": ""})).unwrap();
+        assert_eq!(fields.email.as_deref(), Some("a@example.com"));
+        assert_eq!(fields.name.as_deref(), Some("Ada"));
+        assert_eq!(fields.phone, None);
+        assert_eq!(object(json!({})).unwrap().email, None);
+    }
+
+    #[test]
+    fn an_event_about_something_that_is_not_a_customer_id_is_refused() {
+        let raw = br#"{"id": "evt_1", "type": "customer.updated", "created": 1,
+            "data": {"object": {"id": "cus_\u0000", "object": "customer"}}}"#;
+        let err = IncomingEvent::from_stripe(&StripeEvent::parse(raw).unwrap()).unwrap_err();
+        assert!(err.contains("data.object.id"), "{err}");
     }
 
     #[test]

@@ -14,15 +14,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng as _;
-use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tracing::{debug, info, instrument, warn};
 
+use super::dead_letters::DeadLetters;
 use super::inbound::{self, ConflictPolicy, Decision, IncomingEvent, Link, Skip};
 use crate::domain::{Customer, Op};
 use crate::metrics::Metrics;
+use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::store::processed_events::{self, EventRef, Seen};
-use crate::store::{self, DEFAULT_ACCOUNT, customers, dead_letters, outbox};
+use crate::store::{self, DEFAULT_ACCOUNT, customers, outbox};
 use crate::stripe::event::StripeEvent;
 use crate::stripe::retry::Backoff;
 use crate::stripe::{self as stripe_api, StripeApi};
@@ -42,6 +43,9 @@ const RETRY_BACKOFF: Backoff = Backoff {
 pub struct Received {
     pub event: StripeEvent,
     pub raw: String,
+    /// A replayed dead letter: decided on Stripe's current state of the customer, not on the
+    /// event's (possibly long outdated) content.
+    pub refetch: bool,
 }
 
 impl Received {
@@ -49,15 +53,11 @@ impl Received {
         Ok(Self {
             event: StripeEvent::parse(raw.as_bytes())?,
             raw,
+            refetch: false,
         })
     }
 
-    /// The event as JSON, for the dead-letter table.
-    fn payload(&self) -> Value {
-        serde_json::from_str(&self.raw).unwrap_or_else(|_| Value::String(self.raw.clone()))
-    }
-
-    fn event_ref(&self) -> EventRef<'_> {
+    pub(crate) fn event_ref(&self) -> EventRef<'_> {
         EventRef {
             event_id: &self.event.id,
             kind: &self.event.kind,
@@ -119,6 +119,8 @@ impl From<store::Error> for Failure {
             store::Error::EmailTaken => Self::Permanent(
                 "the Stripe customer's email is used by another live local customer".to_owned(),
             ),
+            // The database refuses the data itself: another attempt fails the same way.
+            other if other.is_data_error() => Self::Permanent(error_chain(&other)),
             other => Self::Transient(error_chain(&other)),
         }
     }
@@ -134,6 +136,7 @@ impl std::fmt::Display for Failure {
 
 pub struct InboundSync {
     pool: PgPool,
+    dead_letters: DeadLetters,
     /// Asked for a customer's current state when an event's order is in doubt; without it
     /// the event itself is applied.
     stripe: Option<Arc<dyn StripeApi>>,
@@ -149,6 +152,7 @@ impl InboundSync {
         policy: ConflictPolicy,
     ) -> Self {
         Self {
+            dead_letters: DeadLetters::new(pool.clone(), metrics.clone()),
             pool,
             stripe,
             metrics,
@@ -158,6 +162,10 @@ impl InboundSync {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
     }
 
     /// Applies events that arrived through Kafka: in one transaction, or one by one if the
@@ -238,34 +246,21 @@ impl InboundSync {
         error: &str,
         attempts: u32,
     ) -> store::Result<()> {
-        warn!(event_id = %received.event.id, event_type = %received.event.kind, error, "Stripe event dead-lettered");
-        let mut tx = store::begin(&self.pool).await?;
-        let mine = match delivery {
-            Delivery::Kafka => {
-                processed_events::begin_processing(&mut tx, received.event_ref()).await?
-                    != Seen::Processed
-            }
-            Delivery::Inbox => processed_events::claim_one(&mut tx, &received.event.id)
-                .await?
-                .is_some(),
-        };
-        if !mine {
-            return Ok(());
-        }
-        dead_letters::record(
-            &mut tx,
-            "inbound",
-            &received.event.id,
-            &received.payload(),
+        let letter = NewDeadLetter {
+            source: Source::Inbound,
+            key: &received.event.id,
+            payload: received.raw.as_bytes(),
             error,
-            i32::try_from(attempts).unwrap_or(i32::MAX),
-        )
-        .await?;
-        processed_events::finish(&mut tx, &received.event.id, Outcome::DeadLettered.label())
-            .await?;
-        store::commit(tx).await?;
-        self.metrics.dead_lettered("inbound");
-        self.record(std::iter::once((received, Outcome::DeadLettered)));
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+        };
+        let event = received.event_ref();
+        if self
+            .dead_letters
+            .set_aside_event(event, delivery, letter)
+            .await?
+        {
+            self.record(std::iter::once((received, Outcome::DeadLettered)));
+        }
         Ok(())
     }
 
@@ -282,10 +277,20 @@ impl InboundSync {
         {
             return Ok(Outcome::Duplicate);
         }
-        let incoming = IncomingEvent::from_stripe(&received.event).map_err(Failure::Permanent)?;
+        let incoming = self.incoming(received).await?;
         let outcome = self.decide_and_write(conn, incoming).await?;
         processed_events::finish(conn, &received.event.id, outcome.label()).await?;
         Ok(outcome)
+    }
+
+    /// What the event says, checked against the customer domain; for a replay, what Stripe
+    /// holds now in its place.
+    async fn incoming(&self, received: &Received) -> Result<IncomingEvent, Failure> {
+        if received.refetch && self.stripe.is_some() {
+            let head = IncomingEvent::head(&received.event).map_err(Failure::Permanent)?;
+            return self.refetch(head).await;
+        }
+        IncomingEvent::from_stripe(&received.event).map_err(Failure::Permanent)
     }
 
     async fn decide_and_write(
@@ -316,7 +321,9 @@ impl InboundSync {
             return Ok(trusted);
         };
         match stripe.retrieve_customer(&event.stripe_id).await {
-            Ok(current) => Ok(event.refetched(current.as_ref())),
+            Ok(current) => event
+                .refetched(current.as_ref())
+                .map_err(Failure::Permanent),
             Err(e) if e.is_transient() => Err(Failure::Transient(e.to_string())),
             Err(e @ stripe_api::Error::Rejected { .. })
             | Err(e @ stripe_api::Error::Unreadable { .. }) => {
@@ -406,6 +413,12 @@ impl InboundSync {
                 customers::note_stripe_event(conn, local.id, created).await?;
                 Ok(Outcome::Skipped(skip))
             }
+            (Decision::Skip(Skip::NoEmail), None) => Err(Failure::Permanent(format!(
+                "Stripe customer {} has no email, and paysync needs one to create a local \
+                 customer: add an email in Stripe (the change then syncs), or replay this \
+                 dead letter once it has one",
+                event.stripe_id
+            ))),
             (Decision::Skip(skip), _) => {
                 debug!(event_id = %event.id, outcome = skip.label(), "Stripe event skipped");
                 Ok(Outcome::Skipped(skip))

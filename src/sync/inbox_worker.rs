@@ -11,8 +11,9 @@ use tracing::{debug, warn};
 
 use super::inbound_sync::{Delivery, InboundSync, Outcome, Received};
 use crate::metrics::Metrics;
-use crate::store::processed_events::{self, InboxRow};
-use crate::store::{self, dead_letters};
+use crate::store::dead_letters::{NewDeadLetter, Source};
+use crate::store::processed_events::{self, EventRef, InboxRow};
+use crate::store::{self, DEFAULT_ACCOUNT};
 
 #[derive(Debug, Clone, Copy)]
 pub struct InboxSettings {
@@ -69,7 +70,7 @@ async fn work(
             Err(e) => warn!(error = %e, "inbox batch failed; its events will be claimed again"),
         }
         if let Ok(mut conn) = store::acquire(&pool).await
-            && let Ok(backlog) = processed_events::backlog(&mut conn).await
+            && let Ok((backlog, _)) = processed_events::backlog(&mut conn).await
         {
             metrics.inbox_backlog.set(backlog);
         }
@@ -93,7 +94,10 @@ async fn drain_batch(sync: &InboundSync, metrics: &Metrics, limit: i64) -> store
     let mut unreadable = Vec::new();
     for row in rows {
         match row.payload.clone().map(Received::from_raw) {
-            Some(Ok(received)) => events.push(received),
+            Some(Ok(mut received)) => {
+                received.refetch = row.refetch;
+                events.push(received);
+            }
             Some(Err(reason)) => unreadable.push((row, reason)),
             None => unreadable.push((row, "the inbox row has no payload".to_owned())),
         }
@@ -128,24 +132,25 @@ async fn dead_letter_unreadable(
     row: &InboxRow,
     reason: &str,
 ) -> store::Result<()> {
-    warn!(event_id = %row.event_id, reason, "unreadable inbox event; dead-lettered");
-    let mut tx = store::begin(sync.pool()).await?;
-    if processed_events::claim_one(&mut tx, &row.event_id)
+    let event = EventRef {
+        event_id: &row.event_id,
+        kind: "",
+        account: DEFAULT_ACCOUNT,
+        stripe_customer_id: None,
+    };
+    let letter = NewDeadLetter {
+        source: Source::Inbound,
+        key: &row.event_id,
+        payload: row.payload.as_deref().unwrap_or_default().as_bytes(),
+        error: reason,
+        attempts: 1,
+    };
+    if sync
+        .dead_letters()
+        .set_aside_event(event, Delivery::Inbox, letter)
         .await?
-        .is_none()
     {
-        return Ok(());
+        Metrics::count(&metrics.inbound_events, Outcome::DeadLettered.label());
     }
-    let payload = row
-        .payload
-        .as_deref()
-        .map_or(serde_json::Value::Null, |raw| {
-            serde_json::from_str(raw).unwrap_or_else(|_| raw.into())
-        });
-    dead_letters::record(&mut tx, "inbound", &row.event_id, &payload, reason, 1).await?;
-    processed_events::finish(&mut tx, &row.event_id, Outcome::DeadLettered.label()).await?;
-    store::commit(tx).await?;
-    metrics.dead_lettered("inbound");
-    Metrics::count(&metrics.inbound_events, Outcome::DeadLettered.label());
     Ok(())
 }

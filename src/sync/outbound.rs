@@ -17,9 +17,11 @@ use tracing::{info, instrument, warn};
 use crate::domain::{Customer, CustomerId, WriteWindow};
 use crate::metrics::Metrics;
 use crate::store::customers::SyncedWrite;
-use crate::store::{self, customers, dead_letters};
+use crate::store::dead_letters::{NewDeadLetter, Source, storable};
+use crate::store::{self, customers};
 use crate::stripe::retry::Backoff;
 use crate::stripe::{self as stripe_api, CustomerWrite, StripeApi, StripeCustomer};
+use crate::sync::dead_letters::DeadLetters;
 
 /// What one sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,7 @@ pub struct CreateRetry {
 
 pub struct OutboundSync {
     pool: PgPool,
+    dead_letters: DeadLetters,
     stripe: Arc<dyn StripeApi>,
     metrics: Arc<Metrics>,
     create_retry: CreateRetry,
@@ -74,11 +77,16 @@ impl OutboundSync {
         create_retry: CreateRetry,
     ) -> Self {
         Self {
+            dead_letters: DeadLetters::new(pool.clone(), metrics.clone()),
             pool,
             stripe,
             metrics,
             create_retry,
         }
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
     }
 
     /// Brings Stripe to the customer's current version. A change Stripe refuses, or one that
@@ -120,7 +128,6 @@ impl OutboundSync {
                 outcome
             }
             Err(error) => {
-                warn!(version = customer.version, error = %error, "sync failed; dead-lettered");
                 let payload = json!({"customer_id": id, "version": customer.version});
                 let attempts = match &error {
                     stripe_api::Error::Exhausted { attempts, .. } => {
@@ -129,17 +136,17 @@ impl OutboundSync {
                     _ => 1,
                 };
                 let message = error.to_string();
-                dead_letters::record(
-                    &mut tx,
-                    "outbound",
-                    &id.to_string(),
-                    &payload,
-                    &message,
+                let key = id.to_string();
+                let payload = payload.to_string();
+                let letter = NewDeadLetter {
+                    source: Source::Outbound,
+                    key: &key,
+                    payload: payload.as_bytes(),
+                    error: &message,
                     attempts,
-                )
-                .await?;
-                customers::record_sync_failure(&mut tx, id, &message).await?;
-                self.metrics.dead_lettered("outbound");
+                };
+                self.dead_letters.record_in(&mut tx, letter).await?;
+                customers::record_sync_failure(&mut tx, id, &storable(&message)).await?;
                 Outcome::DeadLettered
             }
         };

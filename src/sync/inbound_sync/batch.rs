@@ -50,8 +50,7 @@ impl InboundSync {
                 outcomes[index] = Some(Outcome::Duplicate);
                 continue;
             }
-            let event = IncomingEvent::from_stripe(&received.event).map_err(Failure::Permanent)?;
-            pending.push((index, event));
+            pending.push((index, self.incoming(received).await?));
         }
         let stripe_ids: Vec<&str> = pending.iter().map(|(_, e)| e.stripe_id.as_str()).collect();
         customers::lock_stripe_customers(conn, &stripe_ids).await?;
