@@ -31,6 +31,7 @@ use crate::sync::inbound::ConflictPolicy;
 use crate::sync::inbound_queue::InboxWriter;
 use crate::sync::inbox_worker::{self, InboxSettings};
 use crate::sync::outbox_worker::{self, WorkerSettings};
+use crate::sync::queue_health::{self, QueueHealth};
 use crate::sync::{CreateRetry, InboundQueue, InboundSync, OutboundSync, catch_up};
 
 /// How long a POST's `Idempotency-Key` is remembered (as Stripe does).
@@ -89,6 +90,7 @@ pub struct Application {
     inbound: Option<(Arc<InboundSync>, InboxSettings)>,
     catch_up: Option<(Arc<dyn StripeApi>, Duration)>,
     queue: InboundQueue,
+    queue_health: Arc<QueueHealth>,
     kafka: Option<KafkaRuntime>,
     shutdown_timeout: Duration,
 }
@@ -162,9 +164,11 @@ impl Application {
                 queue: queue.clone(),
             })
         });
+        let queue_health = Arc::new(QueueHealth::default());
         let state = AppState {
             pool: pool.clone(),
             metrics: metrics.clone(),
+            queue_health: queue_health.clone(),
             kafka: kafka.as_ref().map(|k| KafkaProbe::new(k.producer.clone())),
             webhooks,
         };
@@ -177,6 +181,7 @@ impl Application {
             inbound,
             catch_up: stripe.zip(settings.catch_up),
             queue,
+            queue_health,
             kafka,
             shutdown_timeout: settings.shutdown_timeout,
         })
@@ -193,6 +198,12 @@ impl Application {
         info!(%addr, "listening");
         let janitor = spawn_janitor(self.pool.clone(), shutdown.clone());
         let mut workers = self.spawn_outbound(&shutdown)?;
+        workers.push(tokio::spawn(queue_health::run(
+            self.pool.clone(),
+            self.queue_health.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        )));
         workers.extend(self.spawn_inbound(&shutdown)?);
         if let Some((stripe, interval)) = self.catch_up.clone() {
             info!(interval = ?interval, "catching up on missed Stripe events (Events API)");
@@ -289,6 +300,7 @@ impl Application {
                 workers.push(tokio::spawn(bus::inbound::run_inbound(
                     consumer,
                     sync.clone(),
+                    self.queue_health.clone(),
                     usize::try_from(inbox.batch_size).unwrap_or(1).max(1),
                     shutdown.clone(),
                 )));

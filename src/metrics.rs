@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry, the metric families, and their text encoding.
 
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -79,6 +80,9 @@ pub struct Metrics {
     pub inbound_events: Family<OutcomeLabels, Counter>,
     pub inbound_lag: Histogram,
     pub inbox_backlog: Gauge,
+    pub outbound_oldest_pending: Gauge<f64, AtomicU64>,
+    pub inbound_oldest_pending: Gauge<f64, AtomicU64>,
+    pub dead_letters_open: Gauge,
     pub catch_up_events: Counter,
     pub catch_up_runs: Family<OutcomeLabels, Counter>,
     pub inbox_write_events: Histogram,
@@ -177,6 +181,26 @@ impl Metrics {
             "Stripe events waiting in the PostgreSQL inbox",
             inbox_backlog.clone(),
         );
+        let outbound_oldest_pending = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "outbound_oldest_pending_seconds",
+            "Age of the oldest local change not yet in Stripe (0: none waits); grows while \
+             outbound sync is stuck",
+            outbound_oldest_pending.clone(),
+        );
+        let inbound_oldest_pending = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "inbound_oldest_pending_seconds",
+            "Age of the oldest queued Stripe event not yet applied (0: none waits); grows \
+             while inbound sync is stuck",
+            inbound_oldest_pending.clone(),
+        );
+        let dead_letters_open = Gauge::default();
+        registry.register(
+            "dead_letters_open",
+            "Dead letters not yet replayed",
+            dead_letters_open.clone(),
+        );
         let catch_up_events = Counter::default();
         registry.register(
             "catch_up_events",
@@ -217,6 +241,9 @@ impl Metrics {
             inbound_events,
             inbound_lag,
             inbox_backlog,
+            outbound_oldest_pending,
+            inbound_oldest_pending,
+            dead_letters_open,
             catch_up_events,
             catch_up_runs,
             inbox_write_events,

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::consumer::{MessageAt, close, dead_letter_unreadable, subscribed_consumer};
 use super::{InboundMessage, KafkaSettings, Result};
 use crate::store::dead_letters::Source;
+use crate::sync::queue_health::QueueHealth;
 use crate::sync::{InboundSync, Received};
 
 /// Longest pause between retries of a batch that failed on the database.
@@ -28,6 +29,7 @@ pub fn inbound_consumer(settings: &KafkaSettings) -> Result<StreamConsumer> {
 pub async fn run_inbound(
     consumer: StreamConsumer,
     sync: Arc<InboundSync>,
+    health: Arc<QueueHealth>,
     batch_size: usize,
     shutdown: CancellationToken,
 ) {
@@ -51,7 +53,15 @@ pub async fn run_inbound(
                 Some(Err(_)) | None => break,
             }
         }
-        if !handle(&messages, &sync, &shutdown).await {
+        let oldest = messages
+            .iter()
+            .filter_map(|m| m.timestamp().to_millis())
+            .min();
+        health
+            .kafka_inbound_holding(oldest.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()));
+        let handled = handle(&messages, &sync, &shutdown).await;
+        health.kafka_inbound_idle();
+        if !handled {
             // Shutting down mid-retry: the offsets stay, the messages are read again.
             break;
         }

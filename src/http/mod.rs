@@ -29,6 +29,7 @@ pub use webhooks::{MAX_WEBHOOK_BYTES, WebhookIngress};
 
 use crate::bus::KafkaProbe;
 use crate::metrics::{HttpLabels, Metrics};
+use crate::sync::queue_health::QueueHealth;
 
 /// Largest request body accepted (customers are small; this bounds memory per request).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -41,6 +42,8 @@ pub const DOCS_PATH: &str = "/docs";
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
+    /// How far behind sync is, shown by `/readyz`.
+    pub queue_health: Arc<QueueHealth>,
     /// Checked by `/readyz` when the Kafka transport is configured.
     pub kafka: Option<KafkaProbe>,
     /// The Stripe webhook ingress, when webhook secrets are configured.

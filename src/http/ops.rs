@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 use crate::metrics;
+use crate::sync::queue_health::QueueSnapshot;
 
 /// How long readiness waits for PostgreSQL before reporting it unreachable; kept under the
 /// usual probe timeout so the probe sees a 503, not a timeout.
@@ -37,6 +38,11 @@ pub struct Readiness {
     /// `ready` or `unavailable`.
     pub status: &'static str,
     pub checks: ReadinessChecks,
+    /// How far behind sync is (absent until first measured, a second or two after start).
+    /// Informational: a stuck queue does not make paysync unready (a restart would not help,
+    /// and webhooks must keep being accepted); alert on these instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<QueueSnapshot>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -81,6 +87,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     (
         code,
         Json(Readiness {
+            queues: state.queue_health.snapshot().await,
             status,
             checks: ReadinessChecks {
                 database,

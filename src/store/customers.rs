@@ -633,3 +633,15 @@ pub async fn reset_sync_state(conn: &mut PgConnection, id: CustomerId) -> Result
     .bind(id.as_uuid());
     optional_customer(query, conn, "resetting sync state").await
 }
+
+/// How long the oldest local change still waiting for Stripe has waited, in seconds (0 when
+/// none waits). Failed customers are not waiting: they are in the dead-letter table.
+pub async fn oldest_pending_age(conn: &mut PgConnection) -> Result<f64> {
+    sqlx::query_scalar(
+        "select coalesce(extract(epoch from now() - min(updated_at)), 0)::float8 \
+         from customers where stripe_synced_version < version and sync_state = 'pending'",
+    )
+    .fetch_one(conn)
+    .await
+    .context("measuring the oldest unsynced change")
+}

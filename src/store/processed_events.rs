@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
+use super::dead_letters::storable;
 use super::{DbContext, Result};
 
 /// The channel that wakes the inbox workers when events wait in the inbox.
@@ -241,7 +242,8 @@ pub async fn requeue(conn: &mut PgConnection, event: EventRef<'_>, payload: &str
 
 /// The outcome of an event that could be neither applied nor recorded as a dead letter: it is
 /// marked processed anyway (its payload kept, for an operator), so no worker claims it again
-/// and catch-up does not queue it again.
+/// and catch-up does not queue it again. Every value is made storable first: this must not
+/// fail on content.
 pub async fn set_aside(conn: &mut PgConnection, event: EventRef<'_>) -> Result<()> {
     sqlx::query(
         "insert into processed_events \
@@ -249,10 +251,10 @@ pub async fn set_aside(conn: &mut PgConnection, event: EventRef<'_>) -> Result<(
          values ($1, $2, $3, $4, now(), $5) on conflict (event_id) do update \
          set processed_at = now(), outcome = excluded.outcome",
     )
-    .bind(event.event_id)
-    .bind(event.kind)
-    .bind(event.account)
-    .bind(event.stripe_customer_id)
+    .bind(storable(event.event_id).as_ref())
+    .bind(storable(event.kind).as_ref())
+    .bind(storable(event.account).as_ref())
+    .bind(event.stripe_customer_id.map(storable).as_deref())
     .bind(SET_ASIDE)
     .execute(conn)
     .await

@@ -135,12 +135,14 @@ impl StripeEvent {
     }
 
     /// The Stripe customer the event is about (the Kafka key), for customer events.
+    /// Only a well-formed id is returned: it is stored and used as a Kafka key.
     pub fn customer_id(&self) -> Option<&str> {
         let object = &self.data.object;
-        match object.get("object").and_then(|o| o.as_str()) {
+        let id = match object.get("object").and_then(|o| o.as_str()) {
             Some("customer") => object.get("id").and_then(|id| id.as_str()),
             _ => object.get("customer").and_then(|id| id.as_str()),
-        }
+        };
+        id.filter(|id| StripeCustomerId::parse(id).is_ok())
     }
 
     /// The Idempotency-Key of the API request behind the event, if Stripe reports it: paysync

@@ -60,13 +60,26 @@ impl DeadLetters {
             Ok(mine) => Ok(mine),
             Err(e) if e.is_data_error() => {
                 self.refused(letter, &e);
-                let mut tx = store::begin(&self.pool).await?;
-                processed_events::set_aside(&mut tx, event).await?;
-                store::commit(tx).await?;
-                Ok(true)
+                match self.mark_set_aside(event).await {
+                    // Not even the mark could be stored: the queue still moves on (a Kafka
+                    // message stays in its topic for the retention; the error is logged).
+                    Err(e) if e.is_data_error() => {
+                        error!(key = %dead_letters::storable(letter.key), error = %error_chain(&e),
+                            "the event could not be marked set aside either; moving on");
+                        Ok(true)
+                    }
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(true),
+                }
             }
             Err(e) => Err(e),
         }
+    }
+
+    async fn mark_set_aside(&self, event: EventRef<'_>) -> store::Result<()> {
+        let mut tx = store::begin(&self.pool).await?;
+        processed_events::set_aside(&mut tx, event).await?;
+        store::commit(tx).await
     }
 
     async fn record_event(

@@ -9,6 +9,7 @@ pub mod inbound_sync;
 pub mod inbox_worker;
 pub mod outbound;
 pub mod outbox_worker;
+pub mod queue_health;
 
 pub use inbound_queue::InboundQueue;
 pub use inbound_sync::{InboundSync, Received};

@@ -23,7 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Webhook ingress and inbound worker; with `kafka`, over the mock cluster; with `stripe`,
 /// able to ask that Stripe for a customer's current state.
-fn inbound_app_settings(kafka: Option<&MockKafka>, stripe: Option<&str>) -> Settings {
+pub fn inbound_app_settings(kafka: Option<&MockKafka>, stripe: Option<&str>) -> Settings {
     Settings {
         webhooks: Some(verifier()),
         inbound: Some(inbound_settings()),
@@ -38,7 +38,7 @@ async fn spawn(pool: PgPool, kafka: Option<&MockKafka>, stripe: Option<&str>) ->
 }
 
 /// A local customer linked to `stripe_id` and in sync with it (as after a sync).
-async fn insert_linked(pool: &PgPool, email: &str, name: &str, stripe_id: &str) -> String {
+pub async fn insert_linked(pool: &PgPool, email: &str, name: &str, stripe_id: &str) -> String {
     let id = uuid::Uuid::now_v7();
     sqlx::query(
         "insert into customers (id, email, name, stripe_id, stripe_synced_version, sync_state) \
@@ -55,7 +55,7 @@ async fn insert_linked(pool: &PgPool, email: &str, name: &str, stripe_id: &str) 
 }
 
 /// A signed `customer.*` event as Stripe sends it.
-fn event(event_id: &str, kind: &str, created: i64, customer: Value) -> String {
+pub fn event(event_id: &str, kind: &str, created: i64, customer: Value) -> String {
     json!({
         "id": event_id, "object": "event", "type": kind, "created": created,
         "data": {"object": customer}
@@ -63,17 +63,17 @@ fn event(event_id: &str, kind: &str, created: i64, customer: Value) -> String {
     .to_string()
 }
 
-fn customer_object(stripe_id: &str, email: &str, name: &str) -> Value {
+pub fn customer_object(stripe_id: &str, email: &str, name: &str) -> Value {
     json!({"id": stripe_id, "object": "customer", "email": email, "name": name, "metadata": {}})
 }
 
-async fn deliver_signed(app: &TestApp, body: &str) {
+pub async fn deliver_signed(app: &TestApp, body: &str) {
     let response = deliver(app, body, Some(&signature(SECRET, now(), body))).await;
     assert_eq!(response.status(), StatusCode::OK, "delivery refused");
 }
 
 /// The local row of a customer: (name, version, deleted).
-async fn local_row(pool: &PgPool, id: &str) -> (Option<String>, i64, bool) {
+pub async fn local_row(pool: &PgPool, id: &str) -> (Option<String>, i64, bool) {
     sqlx::query_as(
         "select name, version, deleted_at is not null from customers where id = $1::uuid",
     )
@@ -84,7 +84,7 @@ async fn local_row(pool: &PgPool, id: &str) -> (Option<String>, i64, bool) {
 }
 
 /// Waits until the event is processed; returns its outcome.
-async fn processed(app: &TestApp, event_id: &str) -> String {
+pub async fn processed(app: &TestApp, event_id: &str) -> String {
     wait_for(&format!("event {event_id} processed"), DEADLINE, || async {
         let outcome: Option<Option<String>> = sqlx::query_scalar(
             "select outcome from processed_events where event_id = $1 \
@@ -102,7 +102,7 @@ async fn processed(app: &TestApp, event_id: &str) -> String {
 }
 
 /// The customer with this email as the API lists it, once there.
-async fn wait_listed(app: &TestApp, email: &str, check: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_listed(app: &TestApp, email: &str, check: impl Fn(&Value) -> bool) -> Value {
     wait_for(
         &format!("{email} in GET /v1/customers"),
         DEADLINE,
@@ -120,7 +120,7 @@ async fn wait_listed(app: &TestApp, email: &str, check: impl Fn(&Value) -> bool)
 }
 
 /// `POST /v1/dead-letters/{id}/replay` of a listed dead letter.
-async fn replay(app: &TestApp, letter: &Value) -> StatusCode {
+pub async fn replay(app: &TestApp, letter: &Value) -> StatusCode {
     let path = format!("/v1/dead-letters/{}/replay", letter["id"].as_str().unwrap());
     app.request(reqwest::Method::POST, &path)
         .send()
@@ -129,7 +129,7 @@ async fn replay(app: &TestApp, letter: &Value) -> StatusCode {
         .status()
 }
 
-fn urlencode(text: &str) -> String {
+pub fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace('@', "%40")
 }
 

@@ -16,6 +16,7 @@ mod kafka;
 mod mock_kafka;
 mod ops;
 mod outbound;
+mod poison;
 mod serve_process;
 mod stripe_helpers;
 mod webhooks;

@@ -1,0 +1,110 @@
+//! How far behind sync is: the age of the oldest local change not yet in Stripe, of the
+//! oldest Stripe event not yet applied, and the open dead letters. A stuck queue shows here
+//! (readiness details, metrics) so an alert can fire; readiness itself stays up, because a
+//! restart does not unstick a queue and Stripe's deliveries must keep being accepted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use utoipa::ToSchema;
+
+use crate::metrics::Metrics;
+use crate::store::{self, customers, dead_letters, processed_events};
+
+/// How often the queues are measured (three indexed queries).
+const MEASURE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The last measurement.
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+pub struct QueueSnapshot {
+    /// Seconds the oldest local change not yet in Stripe has waited (0: none waits).
+    pub outbound_oldest_pending_seconds: f64,
+    /// Seconds the oldest Stripe event not yet applied has waited (0: none waits).
+    pub inbound_oldest_pending_seconds: f64,
+    /// Dead letters not yet replayed.
+    pub dead_letters_open: i64,
+}
+
+/// Shared by the monitor (writes), the Kafka inbound consumer (reports what it holds) and
+/// `/readyz` (reads).
+#[derive(Debug, Default)]
+pub struct QueueHealth {
+    snapshot: RwLock<Option<QueueSnapshot>>,
+    /// When the oldest message the Kafka inbound consumer holds was produced (Unix ms; 0 when
+    /// it holds none). A consumer stuck on a message keeps this old.
+    kafka_inbound_in_hand_since: AtomicI64,
+}
+
+impl QueueHealth {
+    /// The last measurement, if one was taken yet.
+    pub async fn snapshot(&self) -> Option<QueueSnapshot> {
+        *self.snapshot.read().await
+    }
+
+    /// The Kafka inbound consumer holds messages produced at `since_ms` and later.
+    pub fn kafka_inbound_holding(&self, since_ms: i64) {
+        self.kafka_inbound_in_hand_since
+            .store(since_ms, Ordering::Relaxed);
+    }
+
+    /// The Kafka inbound consumer finished what it held.
+    pub fn kafka_inbound_idle(&self) {
+        self.kafka_inbound_in_hand_since.store(0, Ordering::Relaxed);
+    }
+
+    fn kafka_inbound_age(&self) -> f64 {
+        match self.kafka_inbound_in_hand_since.load(Ordering::Relaxed) {
+            0 => 0.0,
+            since => ((Utc::now().timestamp_millis() - since).max(0) as f64) / 1000.0,
+        }
+    }
+}
+
+/// Measures the queues until `shutdown`.
+pub async fn run(
+    pool: PgPool,
+    health: Arc<QueueHealth>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(MEASURE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match measure(&pool, &health).await {
+            Ok(snapshot) => {
+                metrics
+                    .outbound_oldest_pending
+                    .set(snapshot.outbound_oldest_pending_seconds);
+                metrics
+                    .inbound_oldest_pending
+                    .set(snapshot.inbound_oldest_pending_seconds);
+                metrics.dead_letters_open.set(snapshot.dead_letters_open);
+                *health.snapshot.write().await = Some(snapshot);
+            }
+            // Readiness reports the database itself; the last snapshot stays.
+            Err(e) => debug!(error = %e, "measuring the queues failed"),
+        }
+    }
+}
+
+async fn measure(pool: &PgPool, health: &QueueHealth) -> store::Result<QueueSnapshot> {
+    let mut conn = store::acquire(pool).await?;
+    let outbound = customers::oldest_pending_age(&mut conn).await?;
+    let (_, inbox_age) = processed_events::backlog(&mut conn).await?;
+    let dead_letters_open = dead_letters::open_count(&mut conn).await?;
+    Ok(QueueSnapshot {
+        outbound_oldest_pending_seconds: outbound,
+        inbound_oldest_pending_seconds: inbox_age.max(health.kafka_inbound_age()),
+        dead_letters_open,
+    })
+}
