@@ -21,7 +21,7 @@ use crate::bus::{self, KafkaProbe, KafkaSettings};
 use crate::config::{
     DatabaseArgs, DeadLetterCommand, InboundArgs, KafkaArgs, OutboundArgs, ServeArgs, StripeArgs,
 };
-use crate::http::{self, ApiAuth, AppState, WebhookIngress};
+use crate::http::{self, ApiAuth, AppState, RejectionLog, ServerLimits, WebhookIngress};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::stripe::retry::Backoff;
@@ -47,6 +47,8 @@ const JANITOR_INTERVAL: Duration = Duration::from_secs(60 * 60);
 pub struct Settings {
     pub listen: SocketAddr,
     pub auth: ApiAuth,
+    /// Timeouts and connection/request limits of the HTTP server.
+    pub http: ServerLimits,
     pub shutdown_timeout: Duration,
     /// The Stripe account paysync talks to; `None` without an API key.
     pub stripe: Option<StripeAccount>,
@@ -84,6 +86,7 @@ pub struct InboundSettings {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    http: ServerLimits,
     pool: PgPool,
     metrics: Arc<Metrics>,
     outbound: Option<(Arc<OutboundSync>, WorkerSettings)>,
@@ -162,6 +165,7 @@ impl Application {
             Arc::new(WebhookIngress {
                 verifier,
                 queue: queue.clone(),
+                rejections: RejectionLog::default(),
             })
         });
         let queue_health = Arc::new(QueueHealth::default());
@@ -174,7 +178,8 @@ impl Application {
         };
         Ok(Self {
             listener,
-            router: http::router(state, settings.auth),
+            router: http::router(state, settings.auth, settings.http),
+            http: settings.http,
             pool,
             metrics,
             outbound,
@@ -216,17 +221,14 @@ impl Application {
                 shutdown.clone(),
             )));
         }
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let drain_deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.shutdown_timeout).await;
-        };
-        tokio::select! {
-            served = server => served.context("serving HTTP")?,
-            () = drain_deadline => warn!(timeout = ?self.shutdown_timeout, "in-flight requests did not finish in time; exiting"),
-        }
-        shutdown.cancel();
+        http::server::serve(
+            self.listener,
+            self.router,
+            self.http,
+            shutdown.clone(),
+            self.shutdown_timeout,
+        )
+        .await;
         if let Err(e) = janitor.await {
             warn!(error = %e, "janitor task failed");
         }
@@ -355,6 +357,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings {
         listen: args.listen,
         auth,
+        http: ServerLimits {
+            header_timeout: args.http.http_header_timeout,
+            body_timeout: args.http.http_body_timeout,
+            request_timeout: args.http.http_request_timeout,
+            max_connections: args.http.http_max_connections as usize,
+            max_requests: args.http.http_max_requests as usize,
+        },
         shutdown_timeout: args.shutdown_timeout,
         outbound: outbound_settings(stripe.is_some(), &args.outbound),
         inbound: inbound_settings(&args.inbound, &args.outbound),

@@ -244,6 +244,41 @@ fn parse_interval(raw: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// Limits of the HTTP server, so slow or idle clients cannot hold connections or handlers.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Time a connection has to send a request's headers, counted from when it opened or its
+    /// previous response was sent (so it also closes idle keep-alive connections).
+    #[arg(long, env = "PAYSYNC_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Time a request's body has to arrive in full (408 after it).
+    #[arg(long, env = "PAYSYNC_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub http_body_timeout: Duration,
+
+    /// Time a request has to be answered (503 after it).
+    #[arg(long, env = "PAYSYNC_HTTP_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub http_request_timeout: Duration,
+
+    /// Open connections at most; more are answered 503 and closed.
+    #[arg(long, env = "PAYSYNC_HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
+    /// API and webhook requests in flight at most; more are answered 503 with Retry-After
+    /// (/healthz, /readyz and /metrics are not counted).
+    #[arg(long, env = "PAYSYNC_HTTP_MAX_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_requests: u32,
+}
+
+/// A duration above zero.
+fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
+    let duration = parse_duration(raw)?;
+    if duration.is_zero() {
+        return Err(format!("{raw:?} must be longer than zero"));
+    }
+    Ok(duration)
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@127.0.0.1:5432/paysync.
@@ -294,6 +329,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     /// How long shutdown waits for in-flight requests before exiting anyway.
     #[arg(long, env = "PAYSYNC_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

@@ -6,6 +6,7 @@ mod dead_letters;
 mod error;
 mod extract;
 mod ops;
+pub mod server;
 mod webhooks;
 
 use std::sync::Arc;
@@ -25,7 +26,8 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use auth::ApiAuth;
 pub use dead_letters::DeadLetterBody;
 pub use error::{ApiError, ErrorBody};
-pub use webhooks::{MAX_WEBHOOK_BYTES, WebhookIngress};
+pub use server::ServerLimits;
+pub use webhooks::{MAX_WEBHOOK_BYTES, RejectionLog, WebhookIngress};
 
 use crate::bus::KafkaProbe;
 use crate::metrics::{HttpLabels, Metrics};
@@ -82,10 +84,13 @@ impl Modify for BearerAuth {
 }
 
 /// The documented routes; the OpenAPI document is generated from these handlers.
-fn documented_routes(v1: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+fn documented_routes(
+    v1: OpenApiRouter<AppState>,
+    webhooks: OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
-        .merge(webhooks::router())
+        .merge(webhooks)
         .merge(ops::router())
 }
 
@@ -96,12 +101,19 @@ fn v1_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the API (`paysync openapi`, `/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes(v1_routes()).into_openapi()
+    documented_routes(v1_routes(), webhooks::router()).into_openapi()
 }
 
-pub fn router(state: AppState, auth: ApiAuth) -> Router {
-    let v1 = v1_routes().route_layer(middleware::from_fn_with_state(auth, auth::require_bearer));
-    let (routes, openapi) = documented_routes(v1).split_for_parts();
+/// Every route with its middleware. The API and the webhook ingress share the in-flight
+/// request limit; the operational routes are outside it, so probes answer under load.
+pub fn router(state: AppState, auth: ApiAuth, limits: ServerLimits) -> Router {
+    let in_flight = server::InFlight::new(limits.max_requests);
+    let limited = middleware::from_fn_with_state(in_flight, server::limit_in_flight);
+    let v1 = v1_routes()
+        .route_layer(middleware::from_fn_with_state(auth, auth::require_bearer))
+        .route_layer(limited.clone());
+    let webhooks = webhooks::router().route_layer(limited);
+    let (routes, openapi) = documented_routes(v1, webhooks).split_for_parts();
     routes
         .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -110,6 +122,14 @@ pub fn router(state: AppState, auth: ApiAuth) -> Router {
             record_metrics,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            limits,
+            server::read_body_in_time,
+        ))
+        .layer(middleware::from_fn_with_state(
+            limits,
+            server::answer_in_time,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -15,6 +15,13 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::server::Peer;
 use super::{ApiError, AppState, ErrorBody};
 use crate::metrics::Metrics;
 use crate::stripe::event::VerifiedEvent;
@@ -36,6 +43,46 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct WebhookIngress {
     pub verifier: WebhookVerifier,
     pub queue: InboundQueue,
+    pub rejections: RejectionLog,
+}
+
+/// Logs refused deliveries at warn, at most [`REJECTION_LOGS_PER_SECOND`] a second (plus a
+/// burst), so a flood of forged requests cannot flood the logs; the lines skipped are counted
+/// in the next one. Every refusal is counted in `paysync_webhooks_total` regardless.
+#[derive(Clone)]
+pub struct RejectionLog {
+    limiter: Arc<DefaultDirectRateLimiter>,
+    skipped: Arc<AtomicU64>,
+}
+
+/// Steady rate of rejection log lines.
+const REJECTION_LOGS_PER_SECOND: NonZeroU32 = NonZeroU32::MIN;
+/// Rejection log lines allowed in a burst.
+const REJECTION_LOG_BURST: NonZeroU32 = match NonZeroU32::new(10) {
+    Some(burst) => burst,
+    None => NonZeroU32::MIN,
+};
+
+impl Default for RejectionLog {
+    fn default() -> Self {
+        let quota = Quota::per_second(REJECTION_LOGS_PER_SECOND).allow_burst(REJECTION_LOG_BURST);
+        Self {
+            limiter: Arc::new(RateLimiter::direct(quota)),
+            skipped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl RejectionLog {
+    /// Logs why a delivery was refused and where it came from; never its body or a secret.
+    fn refused(&self, outcome: &str, reason: &str, peer: Peer) {
+        if self.limiter.check().is_err() {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let skipped = self.skipped.swap(0, Ordering::Relaxed);
+        warn!(outcome, reason, %peer, skipped, "webhook delivery refused");
+    }
 }
 
 impl std::fmt::Debug for WebhookIngress {
@@ -70,6 +117,7 @@ fn count(metrics: &Metrics, outcome: &str) {
     ))]
 async fn receive_stripe_webhook(
     State(state): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WebhookReceipt>, ApiError> {
@@ -85,6 +133,9 @@ async fn receive_stripe_webhook(
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             count(metrics, "oversized");
+            ingress
+                .rejections
+                .refused("oversized", "body over the size limit", peer);
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -92,6 +143,9 @@ async fn receive_stripe_webhook(
             )
         } else {
             count(metrics, "malformed");
+            ingress
+                .rejections
+                .refused("malformed", "unreadable body", peer);
             ApiError::bad_request("unreadable_body", rejection.body_text())
         }
     })?;
@@ -107,10 +161,12 @@ async fn receive_stripe_webhook(
             _ => "bad_signature",
         };
         count(metrics, outcome);
+        ingress.rejections.refused(outcome, &e.to_string(), peer);
         return Err(ApiError::bad_request("invalid_signature", e.to_string()));
     }
     let event = VerifiedEvent::parse(body).map_err(|e| {
         count(metrics, "malformed");
+        ingress.rejections.refused("malformed", &e, peer);
         ApiError::bad_request("invalid_event", e)
     })?;
     if !event.is_handled() {

@@ -564,3 +564,51 @@ async fn a_sigkill_mid_apply_loses_and_repeats_nothing(pool: PgPool) {
     );
     restarted.sigterm_and_wait().await;
 }
+
+/// Refused webhook deliveries are logged at warn with the reason and the client's address,
+/// never the body or a secret, and at a bounded rate however many arrive.
+#[sqlx::test]
+async fn refused_webhooks_are_logged_with_reason_and_address_at_a_bounded_rate(pool: PgPool) {
+    const SECRET: &str = "whsec_binary_secret_must_not_be_logged";
+    const MARKER: &str = "body-must-not-be-logged";
+    let server = ServeProcess::start(&[
+        ("DATABASE_URL", database_url(&pool)),
+        ("STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let body = format!(r#"{{"id": "evt_forged", "note": "{MARKER}"}}"#);
+    for _ in 0..100 {
+        let response = client
+            .post(format!("{}/webhooks/stripe", server.base_url))
+            .header(
+                "stripe-signature",
+                format!("t={},v1={}", now(), "0".repeat(64)),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let logs = server.sigterm_and_wait().await;
+    assert!(!logs.contains(MARKER), "the body reached the logs");
+    assert!(!logs.contains(SECRET), "the secret reached the logs");
+    let refusals: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["message"] == "webhook delivery refused")
+        .collect();
+    // A burst of 10, then one a second while the requests last.
+    assert!(
+        (1..=15).contains(&refusals.len()),
+        "{} refusal lines",
+        refusals.len()
+    );
+    for refusal in &refusals {
+        assert_eq!(refusal["level"], "WARN");
+        assert_eq!(refusal["outcome"], "bad_signature");
+        assert!(refusal["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(refusal["reason"].as_str().unwrap().contains("signature"));
+    }
+}

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use paysync::app::{Application, InboundSettings, Settings, StripeAccount};
 use paysync::bus::KafkaSettings;
 use paysync::bus::relay::RelaySettings;
-use paysync::http::ApiAuth;
+use paysync::http::{ApiAuth, ServerLimits};
 use paysync::stripe::StripeSettings;
 use paysync::stripe::retry::Backoff;
 use paysync::sync::inbound::ConflictPolicy;
@@ -211,6 +211,7 @@ pub fn settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),
+        http: ServerLimits::default(),
         shutdown_timeout: Duration::from_secs(5),
         stripe: None,
         outbound: None,

@@ -11,6 +11,7 @@ mod binary;
 mod customers;
 mod fault_proxy;
 mod helpers;
+mod http_limits;
 mod inbound;
 mod kafka;
 mod mock_kafka;
