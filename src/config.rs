@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::sync::inbound::ConflictPolicy;
@@ -66,6 +67,24 @@ pub enum Command {
     /// Inspect and replay changes that could not be synced.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Inspect customers (e.g. the ones not in sync).
+    #[command(subcommand)]
+    Customers(CustomerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CustomerCommand {
+    /// List live customers, oldest first, as JSON lines (as `GET /v1/customers` shows them).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Only customers in this sync state: pending, synced or failed.
+        #[arg(long, value_parser = ["pending", "synced", "failed"])]
+        sync_state: Option<String>,
+        /// Most entries to print.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,11 +203,11 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone, Args)]
 pub struct OutboundArgs {
     /// Do not sync local changes to Stripe in this process.
-    #[arg(long, env = "PAYSYNC_NO_OUTBOUND")]
+    #[arg(long, env = "PAYSYNC_NO_OUTBOUND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_outbound: bool,
 
     /// Do not publish outbox rows to Kafka in this process (Kafka transport only).
-    #[arg(long, env = "PAYSYNC_NO_RELAY")]
+    #[arg(long, env = "PAYSYNC_NO_RELAY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_relay: bool,
 
     /// Customers synced to Stripe at once (each holds a database connection meanwhile).
@@ -209,7 +228,7 @@ pub struct OutboundArgs {
 #[derive(Debug, Clone, Args)]
 pub struct InboundArgs {
     /// Do not apply Stripe events in this process (the webhook ingress still queues them).
-    #[arg(long, env = "PAYSYNC_NO_INBOUND")]
+    #[arg(long, env = "PAYSYNC_NO_INBOUND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_inbound: bool,
 
     /// Stripe events applied and committed together (a Kafka poll or an inbox claim).
@@ -231,7 +250,7 @@ pub struct InboundArgs {
     pub catch_up_interval: Duration,
 
     /// Do not read the Stripe Events API in this process.
-    #[arg(long, env = "PAYSYNC_NO_CATCH_UP")]
+    #[arg(long, env = "PAYSYNC_NO_CATCH_UP", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_catch_up: bool,
 }
 
@@ -311,11 +330,11 @@ pub struct ServeArgs {
     pub api_tokens: Vec<SecretString>,
 
     /// Serve the /v1 API without authentication (local experiments only; logs a warning).
-    #[arg(long, env = "PAYSYNC_INSECURE_NO_AUTH", conflicts_with = "api_tokens")]
+    #[arg(long, env = "PAYSYNC_INSECURE_NO_AUTH", conflicts_with = "api_tokens", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub insecure_no_auth: bool,
 
     /// Do not apply database migrations at start-up (run `paysync migrate` separately).
-    #[arg(long, env = "PAYSYNC_NO_MIGRATE")]
+    #[arg(long, env = "PAYSYNC_NO_MIGRATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_migrate: bool,
 
     #[command(flatten)]

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => app::migrate(args).await,
         Command::Openapi => print_openapi(),
         Command::DeadLetters(command) => app::dead_letters(command).await,
+        Command::Customers(command) => app::customers(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use super::metadata::MergeError;
 use super::{
     CustomerId, Description, Email, Metadata, MetadataPatch, Name, Phone, ValidationError,
 };
@@ -157,7 +158,7 @@ pub struct CustomerPatch {
 impl CustomerPatch {
     /// The fields after this patch. Fails only when the merged metadata breaks a limit,
     /// which cannot be known before the current metadata is read.
-    pub fn apply_to(&self, current: &CustomerFields) -> Result<CustomerFields, ValidationError> {
+    pub fn apply_to(&self, current: &CustomerFields) -> Result<CustomerFields, MergeError> {
         let metadata = match &self.metadata {
             None => current.metadata.clone(),
             Some(None) => Metadata::default(),

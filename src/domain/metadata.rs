@@ -18,6 +18,20 @@ pub const RESERVED_KEYS: usize = 2;
 /// What is left for the application: the reserved keys count against Stripe's limit too.
 pub const MAX_USER_KEYS: usize = STRIPE_MAX_KEYS - RESERVED_KEYS;
 
+/// Why a metadata patch cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    /// A key or value of the patch breaks a rule, whatever is stored.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The patch is valid, but with the keys already stored the result has too many.
+    #[error(
+        "metadata: the result would have {keys} keys; at most {MAX_USER_KEYS} are allowed \
+         (remove keys in the same patch with null)"
+    )]
+    TooManyKeys { keys: usize },
+}
+
 /// Application metadata of a customer, valid as Stripe metadata once paysync adds its keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -41,8 +55,9 @@ impl Metadata {
         Self(entries)
     }
 
-    /// The metadata after `patch`, validated as a whole (a merge can exceed the key limit).
-    pub fn merged(&self, patch: &MetadataPatch) -> Result<Self, ValidationError> {
+    /// The metadata after `patch`. Each key and value is checked; a result over the key limit
+    /// (which depends on what is stored, not on the patch alone) is [`MergeError::TooManyKeys`].
+    pub fn merged(&self, patch: &MetadataPatch) -> Result<Self, MergeError> {
         let mut entries = self.0.clone();
         for (key, value) in patch {
             check_key(key)?;
@@ -56,7 +71,11 @@ impl Metadata {
                 }
             }
         }
-        check_count(entries.len())?;
+        if entries.len() > MAX_USER_KEYS {
+            return Err(MergeError::TooManyKeys {
+                keys: entries.len(),
+            });
+        }
         Ok(Self(entries))
     }
 

@@ -6,16 +6,16 @@
 mod customer;
 mod email;
 mod ids;
-mod metadata;
+pub mod metadata;
 mod text;
 
 pub use customer::{
     ContentHash, Customer, CustomerFields, CustomerPatch, NewCustomer, Op, SyncState, WriteWindow,
 };
-pub use email::Email;
+pub use email::{EMAIL_PATTERN, Email, MAX_EMAIL_CHARS};
 pub use ids::{CustomerId, StripeCustomerId};
-pub use metadata::{Metadata, MetadataPatch, RESERVED_PREFIX};
-pub use text::{Description, Name, Phone};
+pub use metadata::{MAX_USER_KEYS, Metadata, MetadataPatch, RESERVED_PREFIX};
+pub use text::{Description, MULTI_LINE_PATTERN, Name, Phone, SINGLE_LINE_PATTERN};
 
 /// A value that breaks a domain rule; `field` names the input the caller must fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

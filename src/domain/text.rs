@@ -3,32 +3,41 @@
 
 use super::ValidationError;
 
-/// Checks one optional text field. Surrounding whitespace is trimmed and an empty value means
-/// "not set", because Stripe stores an empty string as unset and the two sides must compare
-/// equal after a round trip.
+/// Characters no single-line text field may hold: the C0 and C1 control characters (NUL
+/// above all, which PostgreSQL cannot store). Published in the OpenAPI document.
+pub const SINGLE_LINE_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+/// The same for multi-line text: tab, line feed and carriage return are allowed.
+pub const MULTI_LINE_PATTERN: &str = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$";
+
+/// Whether `c` may appear in text; line breaks and tabs only where allowed.
+pub fn allowed_char(c: char, allow_line_breaks: bool) -> bool {
+    !c.is_control() || (allow_line_breaks && matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// Checks one optional text field. The limit counts the value as sent; surrounding whitespace
+/// is then trimmed and an empty value means "not set", because Stripe stores an empty string
+/// as unset and the two sides must compare equal after a round trip.
 fn parse_bounded(
     field: &str,
     raw: &str,
     max_chars: usize,
     allow_line_breaks: bool,
 ) -> Result<Option<String>, ValidationError> {
-    let value = raw.trim();
-    if value.is_empty() {
-        return Ok(None);
-    }
-    if value.chars().count() > max_chars {
+    if raw.chars().count() > max_chars {
         return Err(ValidationError::new(
             field,
             format!("must be at most {max_chars} characters"),
         ));
     }
-    let forbidden =
-        |c: char| c.is_control() && !(allow_line_breaks && matches!(c, '\n' | '\r' | '\t'));
-    if value.chars().any(forbidden) {
+    if !raw.chars().all(|c| allowed_char(c, allow_line_breaks)) {
         return Err(ValidationError::new(
             field,
             "must not contain control characters",
         ));
+    }
+    let value = raw.trim();
+    if value.is_empty() {
+        return Ok(None);
     }
     Ok(Some(value.to_owned()))
 }

@@ -18,10 +18,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiQuery, etag, idempotency_key, if_match_version};
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, schemas};
 use crate::domain::{
-    Customer, CustomerId, CustomerPatch, Description, Email, Metadata, Name, NewCustomer, Phone,
-    SyncState,
+    Customer, CustomerId, CustomerPatch, Description, Email, MAX_EMAIL_CHARS, MAX_USER_KEYS,
+    Metadata, Name, NewCustomer, Phone, SyncState,
 };
 use crate::store::{self, DEFAULT_ACCOUNT, customers, idempotency};
 
@@ -39,19 +39,19 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCustomerRequest {
-    /// Unique among live customers, case-insensitively.
-    #[schema(example = "ada@example.com")]
+    #[schema(schema_with = schemas::email)]
     pub email: String,
     #[serde(default)]
-    #[schema(example = "Ada Lovelace")]
+    #[schema(schema_with = schemas::name, required = false)]
     pub name: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = schemas::phone, required = false)]
     pub phone: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = schemas::description, required = false)]
     pub description: Option<String>,
-    /// At most 48 keys (Stripe allows 50; paysync uses 2); keys ≤ 40 characters, values
-    /// 1–500 characters; the `paysync_` prefix is reserved.
     #[serde(default)]
+    #[schema(schema_with = schemas::metadata, required = false)]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -75,20 +75,21 @@ impl TryFrom<CreateCustomerRequest> for NewCustomer {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCustomerRequest {
+    /// The email cannot be removed: `null` is refused.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schemas::email, required = false)]
     pub email: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schemas::name, required = false)]
     pub name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schemas::phone, required = false)]
     pub phone: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schemas::description, required = false)]
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    #[schema(schema_with = schemas::metadata_patch, required = false)]
     pub metadata: Option<Option<BTreeMap<String, Option<String>>>>,
 }
 
@@ -115,6 +116,14 @@ impl TryFrom<UpdateCustomerRequest> for CustomerPatch {
             }
             Some(Some(raw)) => Some(Email::parse(&raw)?),
         };
+        if let Some(Some(patch)) = &request.metadata
+            && patch.len() > MAX_USER_KEYS
+        {
+            return Err(ApiError::unprocessable(
+                "validation_failed",
+                format!("metadata: at most {MAX_USER_KEYS} keys per patch"),
+            ));
+        }
         Ok(CustomerPatch {
             email,
             name: clearable(request.name, Name::parse)?,
@@ -136,12 +145,22 @@ fn clearable<T>(
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncStateBody {
     Pending,
     Synced,
     Failed,
+}
+
+impl From<SyncStateBody> for SyncState {
+    fn from(state: SyncStateBody) -> Self {
+        match state {
+            SyncStateBody::Pending => Self::Pending,
+            SyncStateBody::Synced => Self::Synced,
+            SyncStateBody::Failed => Self::Failed,
+        }
+    }
 }
 
 impl From<SyncState> for SyncStateBody {
@@ -217,11 +236,17 @@ pub struct CustomerPage {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[A-Za-z0-9_-]{21}[AQgw]$")]
     pub cursor: Option<String>,
     /// Only the customer with this email (case-insensitive).
+    #[param(min_length = 1, max_length = 512)]
     pub email: Option<String>,
+    /// Only customers in this sync state: `pending` (a change not yet in Stripe), `synced`,
+    /// or `failed` (see `sync.error` and the dead letters).
+    pub sync_state: Option<SyncStateBody>,
 }
 
 /// A customer serialized once, so an idempotent replay sends exactly the same bytes.
@@ -291,17 +316,18 @@ fn fingerprint(request: &CreateCustomerRequest) -> Result<Vec<u8>, ApiError> {
     tag = "customers",
     request_body = CreateCustomerRequest,
     params(
-        ("Idempotency-Key" = Option<String>, Header,
-         description = "Makes retries safe: a repeated request with the same key returns the first response (kept for at least 24 h)")
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = r"^[\x21-\x7e]{1,255}$",
+         description = "Makes retries safe: a repeated request with the same key returns the first response (kept for at least 24 h); the same key with another body is refused (409). 1 to 255 visible ASCII characters.")
     ),
     responses(
         (status = 201, description = "Created", body = CustomerBody,
          headers(("ETag" = String), ("Location" = String))),
         (status = 400, description = "Malformed JSON or header", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 409, description = "Email already used by a live customer", body = ErrorBody),
+        (status = 409, description = "Email already used by a live customer, or the Idempotency-Key was used for another request", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 422, description = "Invalid field, unknown field, or Idempotency-Key reused for another request", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "Invalid or unknown field", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -326,8 +352,11 @@ async fn create_customer(
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
                 return Ok(response);
             }
+            // The key's stored request conflicts with this one (a state of the server, as an
+            // email already taken is): 409, so a client can tell it from invalid input.
             idempotency::Claim::Mismatch => {
-                return Err(ApiError::unprocessable(
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
                     "idempotency_key_reused",
                     "this Idempotency-Key was already used for a different request",
                 ));
@@ -394,16 +423,36 @@ async fn list_customers(
         ));
     }
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    if query
+        .email
+        .as_deref()
+        .is_some_and(|email| email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_email_filter",
+            format!("email must be 1 to {MAX_EMAIL_CHARS} characters when given"),
+        ));
+    }
+    // No stored email holds a NUL (PostgreSQL text cannot): nothing can match.
+    if query
+        .email
+        .as_deref()
+        .is_some_and(|email| email.contains('\0'))
+    {
+        return Ok(Json(CustomerPage {
+            data: Vec::new(),
+            next_cursor: None,
+        }));
+    }
+    let filter = customers::ListFilter {
+        after,
+        email: query.email.as_deref(),
+        sync_state: query.sync_state.map(SyncState::from),
+    };
     let mut conn = store::acquire(&state.pool).await?;
     // One extra row tells whether another page exists.
-    let mut customers = customers::list_live(
-        &mut conn,
-        DEFAULT_ACCOUNT,
-        after,
-        query.email.as_deref(),
-        i64::from(limit) + 1,
-    )
-    .await?;
+    let mut customers =
+        customers::list_live(&mut conn, DEFAULT_ACCOUNT, filter, i64::from(limit) + 1).await?;
     let more = customers.len() > limit as usize;
     customers.truncate(limit as usize);
     let next_cursor = more
@@ -440,16 +489,18 @@ fn decode_cursor(cursor: &str) -> Result<CustomerId, ApiError> {
     request_body = UpdateCustomerRequest,
     params(
         ("id" = Uuid, Path, description = "Customer id"),
-        ("If-Match" = Option<String>, Header, description = "ETag (version) the change is based on")
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})$"#,
+         description = "ETag (version) the change is based on: `\"3\"`, also `W/\"3\"` or `3`; `*` matches any version")
     ),
     responses(
         (status = 200, description = "The updated customer", body = CustomerBody, headers(("ETag" = String))),
         (status = 400, description = "Malformed JSON, id or header", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such customer, or deleted", body = ErrorBody),
-        (status = 409, description = "Email already used by a live customer", body = ErrorBody),
+        (status = 409, description = "Email already used by a live customer, or the merged metadata would exceed 48 keys", body = ErrorBody),
         (status = 412, description = "If-Match names an older version", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "Invalid or unknown field", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -476,7 +527,8 @@ async fn update_customer(
     tag = "customers",
     params(
         ("id" = Uuid, Path, description = "Customer id"),
-        ("If-Match" = Option<String>, Header, description = "ETag (version) the deletion is based on")
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})$"#,
+         description = "ETag (version) the deletion is based on: `\"3\"`, also `W/\"3\"` or `3`; `*` matches any version")
     ),
     responses(
         (status = 204, description = "Deleted"),

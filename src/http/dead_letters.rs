@@ -72,6 +72,7 @@ pub struct DeadLetterQuery {
     /// Include replayed dead letters (default: only open ones).
     pub all: Option<bool>,
     /// At most this many, newest first (1 to 500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

@@ -124,6 +124,12 @@ impl From<store::Error> for ApiError {
                 "another customer already uses this email",
             ),
             E::Invalid(invalid) => Self::unprocessable("validation_failed", invalid.to_string()),
+            E::MetadataFull(message) => Self::new(StatusCode::CONFLICT, "metadata_full", message),
+            // A value PostgreSQL refuses that no rule caught: the client's input, not a fault.
+            other @ E::Database { .. } if other.is_data_error() => {
+                tracing::warn!(error = %error_chain(&other), "input refused by the database");
+                Self::unprocessable("invalid_value", "a value cannot be stored as sent")
+            }
             other @ (E::Corrupt(_) | E::Database { .. }) => Self::internal(other),
         }
     }

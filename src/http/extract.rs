@@ -40,8 +40,12 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     Ok(Some(key.to_owned()))
 }
 
+/// Most digits of a version in `If-Match` (any more could overflow an i64).
+const MAX_VERSION_DIGITS: usize = 18;
+
 /// The version named by `If-Match`: the customer's ETag (`"3"`), also accepted bare (`3`) or
-/// weak (`W/"3"`). `*` matches any existing customer, as if the header were absent.
+/// weak (`W/"3"`). `*` matches any existing customer, as if the header were absent. Exactly
+/// the grammar the OpenAPI document publishes; anything else is a 400.
 pub fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(value) = headers.get(IF_MATCH) else {
         return Ok(None);
@@ -52,21 +56,25 @@ pub fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
             "If-Match must be the customer's ETag, e.g. \"3\"",
         )
     };
-    let raw = value.to_str().map_err(|_| invalid())?.trim();
+    let raw = value.to_str().map_err(|_| invalid())?;
     if raw == "*" {
         return Ok(None);
     }
     let unweakened = raw.strip_prefix("W/").unwrap_or(raw);
-    let unquoted = unweakened
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(unweakened);
-    unquoted
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v >= 1)
-        .map(Some)
-        .ok_or_else(invalid)
+    let digits = match unweakened.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"').ok_or_else(invalid)?,
+        // Weak ETags are always quoted.
+        None if unweakened.len() != raw.len() => return Err(invalid()),
+        None => unweakened,
+    };
+    let well_formed = !digits.is_empty()
+        && digits.len() <= MAX_VERSION_DIGITS
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    if !well_formed {
+        return Err(invalid());
+    }
+    digits.parse::<i64>().map(Some).map_err(|_| invalid())
 }
 
 /// The strong ETag of a customer version.
@@ -101,7 +109,20 @@ mod tests {
             );
         }
         assert_eq!(if_match_version(&HeaderMap::new()).unwrap(), None);
-        for raw in ["abc", "\"\"", "0", "-1", "\"3", "1.5"] {
+        for raw in [
+            "abc",
+            "\"\"",
+            "0",
+            "-1",
+            "\"3",
+            "1.5",
+            " 3",
+            "+3",
+            "03",
+            "W/3",
+            "W/\"0\"",
+            "1234567890123456789",
+        ] {
             assert!(
                 if_match_version(&headers("if-match", raw)).is_err(),
                 "{raw}"

@@ -6,6 +6,7 @@ mod dead_letters;
 mod error;
 mod extract;
 mod ops;
+mod schemas;
 pub mod server;
 mod webhooks;
 
@@ -14,8 +15,9 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -24,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::ApiAuth;
+pub use customers::CustomerBody;
 pub use dead_letters::DeadLetterBody;
 pub use error::{ApiError, ErrorBody};
 pub use server::ServerLimits;
@@ -117,6 +120,7 @@ pub fn router(state: AppState, auth: ApiAuth, limits: ServerLimits) -> Router {
     routes
         .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn(json_method_not_allowed))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -132,6 +136,28 @@ pub fn router(state: AppState, auth: ApiAuth, limits: ServerLimits) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Gives axum's bodiless 405 the API's error body (its `Allow` header is kept).
+async fn json_method_not_allowed(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let error = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; see the Allow header"),
+    )
+    .into_response();
+    let (error_parts, body) = error.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    for (name, value) in &error_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Counts every request and its latency by method, route template and status.

@@ -9,6 +9,7 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use super::{DbContext, Error, Result, outbox};
+use crate::domain::metadata::MergeError;
 use crate::domain::{
     ContentHash, Customer, CustomerFields, CustomerId, CustomerPatch, Metadata, NewCustomer, Op,
     SyncState, WriteWindow,
@@ -193,7 +194,10 @@ pub async fn update(
     patch: &CustomerPatch,
 ) -> Result<Customer> {
     let current = lock_live(conn, id, expected_version).await?;
-    let fields = patch.apply_to(&current.fields)?;
+    let fields = patch.apply_to(&current.fields).map_err(|e| match e {
+        MergeError::Invalid(invalid) => Error::Invalid(invalid),
+        full @ MergeError::TooManyKeys { .. } => Error::MetadataFull(full.to_string()),
+    })?;
     if fields == current.fields {
         return Ok(current);
     }
@@ -239,13 +243,21 @@ pub async fn soft_delete(
     Ok(customer)
 }
 
-/// One page of live customers of `account` in id (= creation) order, after `after`.
-/// `email` filters case-insensitively.
+/// Which live customers a page lists.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    /// Only customers created after this one (the cursor).
+    pub after: Option<CustomerId>,
+    /// Only this email, ignoring case.
+    pub email: Option<&'a str>,
+    pub sync_state: Option<SyncState>,
+}
+
+/// One page of live customers of `account` in id (= creation) order.
 pub async fn list_live(
     conn: &mut PgConnection,
     account: &str,
-    after: Option<CustomerId>,
-    email: Option<&str>,
+    filter: ListFilter<'_>,
     limit: i64,
 ) -> Result<Vec<Customer>> {
     let rows: Vec<CustomerRow> = sqlx::query_as(concat!(
@@ -254,11 +266,13 @@ pub async fn list_live(
         " from customers where account = $1 and deleted_at is null \
           and ($2::uuid is null or id > $2) \
           and ($3::text is null or lower(email) = lower($3)) \
-          order by id limit $4"
+          and ($4::text is null or sync_state = $4) \
+          order by id limit $5"
     ))
     .bind(account)
-    .bind(after.map(|id| id.as_uuid()))
-    .bind(email)
+    .bind(filter.after.map(|id| id.as_uuid()))
+    .bind(filter.email)
+    .bind(filter.sync_state.map(SyncState::as_str))
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -49,6 +49,9 @@ pub enum Error {
     EmailTaken,
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A metadata patch that is valid alone but leaves the customer over the key limit.
+    #[error("{0}")]
+    MetadataFull(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error("{context}")]
@@ -65,7 +68,7 @@ impl Error {
     /// it again with the same data fails again.
     pub fn is_data_error(&self) -> bool {
         match self {
-            Self::EmailTaken | Self::Invalid(_) | Self::Corrupt(_) => true,
+            Self::EmailTaken | Self::Invalid(_) | Self::MetadataFull(_) | Self::Corrupt(_) => true,
             Self::Database {
                 source: sqlx::Error::Database(db),
                 ..
@@ -74,13 +77,6 @@ impl Error {
                 .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
             _ => false,
         }
-    }
-
-    /// The table the statement needed does not exist (SQLSTATE 42P01): the schema was never
-    /// migrated, or this is not paysync's database.
-    pub fn is_missing_table(&self) -> bool {
-        matches!(self, Self::Database { source: sqlx::Error::Database(db), .. }
-            if db.code().as_deref() == Some("42P01"))
     }
 }
 
@@ -140,6 +136,16 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result
     anyhow::Context::with_context(pool, || {
         format!("connecting to PostgreSQL at {}", describe_url(url))
     })
+}
+
+/// Whether the database holds paysync's tables (it was migrated).
+pub async fn has_schema(conn: &mut sqlx::PgConnection) -> Result<bool> {
+    sqlx::query_scalar(
+        "select to_regclass('customers') is not null and to_regclass('dead_letters') is not null",
+    )
+    .fetch_one(conn)
+    .await
+    .context("checking for paysync's tables")
 }
 
 /// Applies pending migrations; safe to run concurrently from several replicas (sqlx takes an

@@ -125,6 +125,52 @@ async fn serve_without_tokens_explains_what_to_set() {
     assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
 }
 
+/// Switches set in the environment take what operators type: 1/0, true/false, yes/no,
+/// on/off, in any case.
+#[tokio::test]
+async fn switches_in_the_environment_accept_what_operators_type() {
+    let run = |insecure: &'static str, others: &'static str| async move {
+        let mut command = paysync();
+        command
+            .arg("serve")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("PAYSYNC_INSECURE_NO_AUTH", insecure);
+        for name in [
+            "PAYSYNC_NO_CATCH_UP",
+            "PAYSYNC_NO_OUTBOUND",
+            "PAYSYNC_NO_RELAY",
+            "PAYSYNC_NO_INBOUND",
+            "PAYSYNC_NO_MIGRATE",
+        ] {
+            command.env(name, others);
+        }
+        let output = command.output().await.unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned()
+                + &String::from_utf8_lossy(&output.stdout),
+        )
+    };
+    for on in ["1", "TRUE", "yes", "On"] {
+        // Auth is off, so start-up goes on to the (unreachable) database.
+        let (code, output) = run(on, on).await;
+        assert_eq!(code, Some(1), "{on}: {output}");
+        assert!(
+            output.contains("connecting to PostgreSQL"),
+            "{on}: {output}"
+        );
+    }
+    for off in ["0", "false", "NO", "off"] {
+        // Auth stays on and no token is set: the usage error that names the setting.
+        let (code, output) = run(off, off).await;
+        assert_eq!(code, Some(2), "{off}: {output}");
+        assert!(output.contains("PAYSYNC_API_TOKENS"), "{off}: {output}");
+    }
+    let (code, output) = run("1", "maybe").await;
+    assert_eq!(code, Some(2), "{output}");
+    assert!(output.contains("invalid value 'maybe'"), "{output}");
+}
+
 #[tokio::test]
 async fn an_unreachable_database_fails_start_up_without_leaking_the_password() {
     let output = paysync()
@@ -610,5 +656,52 @@ async fn refused_webhooks_are_logged_with_reason_and_address_at_a_bounded_rate(p
         assert_eq!(refusal["outcome"], "bad_signature");
         assert!(refusal["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
         assert!(refusal["reason"].as_str().unwrap().contains("signature"));
+    }
+}
+
+/// `paysync customers list --sync-state failed` shows what is not in sync, as the API does.
+#[sqlx::test]
+async fn the_customers_cli_lists_by_sync_state(pool: PgPool) {
+    sqlx::query(
+        "insert into customers (id, email, sync_state, sync_error) values \
+         ($1, 'ok@example.com', 'synced', null), ($2, 'bad@example.com', 'failed', 'Stripe said no')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(uuid::Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let listed = paysync()
+        .args(["customers", "list", "--sync-state", "failed"])
+        .env("DATABASE_URL", database_url(&pool))
+        .output()
+        .await
+        .unwrap();
+    assert!(listed.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|v: &Value| v.get("email").is_some())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["email"], "bad@example.com");
+    assert_eq!(lines[0]["sync"]["error"], "Stripe said no");
+}
+
+/// A command pointed at a database paysync never migrated says what to do, not a bare
+/// `relation "dead_letters" does not exist`.
+#[sqlx::test(migrations = false)]
+async fn the_cli_on_an_unmigrated_database_says_to_migrate(pool: PgPool) {
+    for args in [&["dead-letters", "list"][..], &["customers", "list"]] {
+        let output = paysync()
+            .args(args)
+            .env("DATABASE_URL", database_url(&pool))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let logs = String::from_utf8_lossy(&output.stdout);
+        assert!(logs.contains("run `paysync migrate`"), "{logs}");
+        assert!(!logs.contains("does not exist"), "{logs}");
     }
 }

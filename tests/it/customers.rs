@@ -253,7 +253,7 @@ async fn an_idempotency_key_reused_for_another_request_is_refused(pool: PgPool) 
     );
     let reused = post("two@example.com").await.unwrap();
     assert_eq!(
-        error_code(reused, StatusCode::UNPROCESSABLE_ENTITY).await,
+        error_code(reused, StatusCode::CONFLICT).await,
         "idempotency_key_reused"
     );
     let bad_key = app
@@ -517,8 +517,8 @@ async fn patch_errors_are_specific(pool: PgPool) {
         ),
         (
             json!({"metadata": {"one_too_many": "v"}}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
+            StatusCode::CONFLICT,
+            "metadata_full",
         ),
         (
             json!({"nickname": "x"}),
@@ -584,5 +584,92 @@ async fn delete_is_soft_queues_a_deletion_and_hides_the_customer(pool: PgPool) {
     assert_eq!(
         app.outbox_of(&id).await,
         [("create".to_owned(), 1), ("delete".to_owned(), 2)]
+    );
+}
+
+/// Input PostgreSQL cannot store (NUL) is refused or matches nothing; it never reaches the
+/// database as a 500 (the schemathesis findings of the hardening issue).
+#[sqlx::test]
+async fn nul_bytes_are_refused_or_match_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let page = app
+        .get_json("/v1/customers?email=a%00b%40example.com")
+        .await;
+    assert_eq!(page, json!({"data": []}));
+    for body in [
+        json!({"email": "nul@example.com", "metadata": {"k": "a\u{0}b"}}),
+        json!({"email": "nul@example.com", "name": "Ada\u{0}"}),
+        json!({"email": "nul\u{0}@example.com"}),
+    ] {
+        let response = app.post_customer(&body).await;
+        assert_eq!(
+            error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await,
+            "validation_failed",
+            "{body}"
+        );
+    }
+    let id = app.create_customer("nul-patch@example.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .patch_customer(&id, &json!({"metadata": {"k": "a\u{0}b"}}), None)
+        .await;
+    assert_eq!(
+        error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "validation_failed"
+    );
+}
+
+/// `sync_state` lists what is not in sync: pending changes and failed ones.
+#[sqlx::test]
+async fn listing_filters_by_sync_state(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let pending = app.create_customer("pending@example.com").await;
+    let failed = app.create_customer("failed@example.com").await;
+    sqlx::query("update customers set sync_state = 'failed' where id = $1::uuid")
+        .bind(failed["id"].as_str().unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let ids = |page: Value| -> Vec<Value> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(app.get_json("/v1/customers?sync_state=failed").await),
+        [failed["id"].clone()]
+    );
+    assert_eq!(
+        ids(app.get_json("/v1/customers?sync_state=pending").await),
+        [pending["id"].clone()]
+    );
+    assert!(ids(app.get_json("/v1/customers?sync_state=synced").await).is_empty());
+    let bad = app
+        .request(Method::GET, "/v1/customers?sync_state=lost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A method a route does not have: 405 with `Allow` and the usual error body.
+#[sqlx::test]
+async fn an_unsupported_method_gets_405_with_allow_and_a_json_error(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let response = app
+        .request(Method::PUT, "/v1/customers")
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    assert_eq!(
+        error_code(response, StatusCode::METHOD_NOT_ALLOWED).await,
+        "method_not_allowed"
     );
 }

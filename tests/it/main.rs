@@ -8,6 +8,7 @@ mod auth;
 mod bench;
 mod bench_inbound;
 mod binary;
+mod contract;
 mod customers;
 mod fault_proxy;
 mod helpers;

@@ -1,0 +1,80 @@
+//! The REST contract, fuzzed: schemathesis (installed by `scripts/tools`) generates requests
+//! from the served OpenAPI document, valid and invalid, single and chained (create → read →
+//! update → delete), and runs every check it has against the real server: no 5xx, every
+//! status and body documented, schema-valid input accepted, schema-invalid input refused.
+//! `tests/contract/schemathesis.toml` lists the few state-dependent answers it must allow.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::process::Command;
+
+use crate::helpers::{TOKEN, TestApp, settings};
+use crate::webhooks::verifier;
+
+/// Examples per operation and phase: enough to find shape mismatches, bounded for CI
+/// (about 15 s here).
+const MAX_EXAMPLES: &str = "100";
+/// Far above a normal run, so a hang fails instead of stalling CI.
+const RUN_DEADLINE: Duration = Duration::from_secs(600);
+
+fn schemathesis() -> PathBuf {
+    let path = std::env::var_os("PAYSYNC_SCHEMATHESIS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("PAYSYNC_SERVICES_DIR")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/paysync"))
+                })?;
+            Some(cache.join("schemathesis-venv/bin/st"))
+        })
+        .expect("neither PAYSYNC_SCHEMATHESIS nor HOME is set");
+    assert!(
+        path.exists(),
+        "schemathesis is not installed at {}: run scripts/tools (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+#[sqlx::test]
+async fn the_api_honours_its_openapi_document_under_fuzzing(pool: PgPool) {
+    let mut settings = settings();
+    settings.webhooks = Some(verifier());
+    let app = TestApp::spawn_settings(pool, settings).await;
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/contract/schemathesis.toml"
+    );
+    let run = Command::new(schemathesis())
+        .args(["--config-file", config, "run"])
+        .arg(app.url("/openapi.json"))
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            MAX_EXAMPLES,
+            "--workers",
+            "2",
+        ])
+        .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["--warnings", "off"])
+        .env("NO_COLOR", "1")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RUN_DEADLINE, run)
+        .await
+        .expect("schemathesis did not finish")
+        .expect("starting schemathesis");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found contract failures:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+    app.stop().await;
+}
