@@ -23,6 +23,7 @@ use axum::http::header::{CONNECTION, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -137,30 +138,23 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// Reads the whole body within the body timeout (408 otherwise) before any handler runs, so a
-/// client trickling bytes cannot hold a handler, a database connection or a lock.
+/// client trickling bytes cannot hold a handler, a database connection or a lock. Reading
+/// stops just past the largest body any route takes; the route's own limit then answers 413
+/// (and the webhook route counts it), so size limits stay where they are documented.
 pub async fn read_body_in_time(
     State(limits): State<ServerLimits>,
     request: Request,
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let read = axum::body::to_bytes(body, MAX_ANY_BODY_BYTES);
-    let bytes = match tokio::time::timeout(limits.body_timeout, read).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the body is larger than {MAX_ANY_BODY_BYTES} bytes"),
-                )
+    match tokio::time::timeout(limits.body_timeout, read_bounded(body)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
                 .into_response()
-            } else {
-                ApiError::bad_request("unreadable_body", "the request body could not be read")
-                    .into_response()
-            };
         }
         Err(_) => {
             let mut response = ApiError::new(
@@ -175,11 +169,23 @@ pub async fn read_body_in_time(
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
-            return response;
+            response
         }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    }
+}
+
+/// The body, or its first [`MAX_ANY_BODY_BYTES`] + 1 bytes when it is longer.
+async fn read_bounded(mut body: Body) -> Result<bytes::Bytes, axum::Error> {
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            read.extend_from_slice(&data);
+            if read.len() > MAX_ANY_BODY_BYTES {
+                break;
+            }
+        }
+    }
+    Ok(read.freeze())
 }
 
 /// Answers 503 when a handler takes longer than the request timeout.
