@@ -8,7 +8,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use secrecy::SecretString;
 
-use crate::sync::inbound::ConflictPolicy;
+use crate::domain::ConflictPolicy;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]

@@ -1,8 +1,10 @@
-//! paysync keeps customers in PostgreSQL and in Stripe in two-way sync.
-//! The architecture is described in the README and `docs/`.
+//! paysync keeps customers in PostgreSQL and in Stripe in two-way sync. The layers, from the
+//! bottom: `domain` (no I/O) ← `store`, `stripe` ← `sync` (handlers that know no transport) ←
+//! `transport` (PostgreSQL or Kafka) ← `http`, `app`; `backoff`, `metrics` and `telemetry`
+//! are leaves anyone may use. `docs/ARCHITECTURE.md` has the picture and the invariants.
 
 pub mod app;
-pub mod bus;
+pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod http;
@@ -11,3 +13,4 @@ pub mod store;
 pub mod stripe;
 pub mod sync;
 pub mod telemetry;
+pub mod transport;

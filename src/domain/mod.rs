@@ -3,12 +3,14 @@
 //! Depends on nothing else in the crate, so its rules can be tested without services and
 //! reused by every path that writes a customer (REST API, inbound sync, reconciler).
 
+mod conflict;
 mod customer;
 mod email;
 mod ids;
 pub mod metadata;
 mod text;
 
+pub use conflict::ConflictPolicy;
 pub use customer::{
     ContentHash, Customer, CustomerFields, CustomerPatch, NewCustomer, Op, SyncState, WriteWindow,
 };

@@ -18,6 +18,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -30,11 +34,11 @@ pub use customers::CustomerBody;
 pub use dead_letters::DeadLetterBody;
 pub use error::{ApiError, ErrorBody};
 pub use server::ServerLimits;
-pub use webhooks::{MAX_WEBHOOK_BYTES, RejectionLog, WebhookIngress};
+pub use webhooks::{MAX_WEBHOOK_BYTES, RejectionLog, WebhookIngress, WebhookMetrics};
 
-use crate::bus::KafkaProbe;
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::{Registry, latency_histogram};
 use crate::sync::queue_health::QueueHealth;
+use crate::transport::kafka::KafkaProbe;
 
 /// Largest request body accepted (customers are small; this bounds memory per request).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -46,7 +50,10 @@ pub const DOCS_PATH: &str = "/docs";
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub metrics: Arc<Metrics>,
+    /// Every metric group's registry, for `/metrics`.
+    pub registry: Arc<Registry>,
+    pub http: Arc<HttpMetrics>,
+    pub webhook_metrics: Arc<WebhookMetrics>,
     /// How far behind sync is, shown by `/readyz`.
     pub queue_health: Arc<QueueHealth>,
     /// Checked by `/readyz` when the Kafka transport is configured.
@@ -174,11 +181,47 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         route,
         status: response.status().as_u16(),
     };
-    state.metrics.http_requests.get_or_create(&labels).inc();
+    state.http.requests.get_or_create(&labels).inc();
     state
-        .metrics
-        .http_request_duration
+        .http
+        .duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Labels of an HTTP request. `route` is the matched route template (`/v1/customers/{id}`),
+/// never the raw path, so the label set stays bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+/// `paysync_http_*`.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    requests: Family<HttpLabels, Counter>,
+    duration: Family<HttpLabels, Histogram>,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests handled, by method, route and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency in seconds, by method, route and status",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
 }

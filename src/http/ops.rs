@@ -101,7 +101,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = state.metrics.encode().map_err(ApiError::internal)?;
+    let text = metrics::encode_text(&state.registry).map_err(ApiError::internal)?;
     let mut response = text.into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -23,10 +23,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::server::Peer;
 use super::{ApiError, AppState, ErrorBody};
-use crate::metrics::Metrics;
-use crate::stripe::event::VerifiedEvent;
+use crate::metrics::{Outcomes, Registry};
+use crate::stripe::event::StripeEvent;
 use crate::stripe::webhook::{VerifyError, WebhookVerifier};
-use crate::sync::InboundQueue;
+use crate::sync::EventQueue;
 use crate::telemetry::error_chain;
 
 /// Stripe's event payloads are far smaller; this bounds memory per delivery.
@@ -42,8 +42,29 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Clone)]
 pub struct WebhookIngress {
     pub verifier: WebhookVerifier,
-    pub queue: InboundQueue,
+    pub queue: Arc<dyn EventQueue>,
     pub rejections: RejectionLog,
+}
+
+/// `paysync_webhooks_total{outcome}`.
+#[derive(Debug)]
+pub struct WebhookMetrics {
+    deliveries: Outcomes,
+}
+
+impl WebhookMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            deliveries: Outcomes::default(),
+        };
+        registry.register(
+            "webhooks",
+            "Stripe webhook deliveries, by outcome (accepted, bad_signature, stale, oversized, \
+             malformed, ignored_type, unavailable)",
+            metrics.deliveries.clone(),
+        );
+        metrics
+    }
 }
 
 /// Logs refused deliveries at warn, at most [`REJECTION_LOGS_PER_SECOND`] a second (plus a
@@ -89,8 +110,7 @@ impl std::fmt::Debug for WebhookIngress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookIngress")
             .field("verifier", &self.verifier)
-            .field("queue", &self.queue)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,8 +121,8 @@ pub struct WebhookReceipt {
     pub ignored: bool,
 }
 
-fn count(metrics: &Metrics, outcome: &str) {
-    Metrics::count(&metrics.webhooks, outcome);
+fn count(metrics: &WebhookMetrics, outcome: &str) {
+    crate::metrics::count(&metrics.deliveries, outcome);
 }
 
 /// Receive a Stripe webhook delivery.
@@ -121,7 +141,7 @@ async fn receive_stripe_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WebhookReceipt>, ApiError> {
-    let metrics = &state.metrics;
+    let metrics = state.webhook_metrics.as_ref();
     let Some(ingress) = state.webhooks.as_deref() else {
         count(metrics, "unavailable");
         return Err(ApiError::new(
@@ -164,7 +184,7 @@ async fn receive_stripe_webhook(
         ingress.rejections.refused(outcome, &e.to_string(), peer);
         return Err(ApiError::bad_request("invalid_signature", e.to_string()));
     }
-    let event = VerifiedEvent::parse(body).map_err(|e| {
+    let event = StripeEvent::parse_bytes(&body).map_err(|e| {
         count(metrics, "malformed");
         ingress.rejections.refused("malformed", &e, peer);
         ApiError::bad_request("invalid_event", e)

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use super::{DbContext, Error, Result, outbox};
+use super::{DbContext, Error, Result, locks, outbox};
 use crate::domain::metadata::MergeError;
 use crate::domain::{
     ContentHash, Customer, CustomerFields, CustomerId, CustomerPatch, Metadata, NewCustomer, Op,
@@ -434,17 +434,11 @@ pub async fn adopt(
     Customer::try_from(row)
 }
 
-/// The key of a customer's sync lock.
-fn sync_lock_key(id: CustomerId) -> i64 {
-    let (high, _) = id.as_uuid().as_u64_pair();
-    high as i64
-}
-
-/// Serializes syncs of one customer across workers and replicas until the transaction ends,
-/// so two deliveries of the same change can never both create it in Stripe.
+/// Takes the customer's sync lock (see [`locks`]) until the transaction ends: waits for an
+/// outbound sync in flight, so what it wrote to Stripe is known.
 pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
     sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(sync_lock_key(id))
+        .bind(locks::customer_key(id))
         .execute(conn)
         .await
         .context("taking the customer's sync lock")?;
@@ -464,7 +458,7 @@ pub async fn lock_linked(conn: &mut PgConnection, stripe_ids: &[&str]) -> Result
     }
     let mut keys: Vec<i64> = ids
         .iter()
-        .map(|id| sync_lock_key(CustomerId::from_uuid(*id)))
+        .map(|id| locks::customer_key(CustomerId::from_uuid(*id)))
         .collect();
     keys.sort_unstable();
     keys.dedup();

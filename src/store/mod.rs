@@ -6,6 +6,7 @@
 pub mod customers;
 pub mod dead_letters;
 pub mod idempotency;
+pub mod locks;
 pub mod outbox;
 pub mod processed_events;
 pub mod sync_cursors;

@@ -5,20 +5,6 @@ use sqlx::PgConnection;
 
 use super::{DbContext, Result};
 
-/// Namespace of catch-up's advisory locks (the two-key form, apart from the customer locks).
-const CATCH_UP_LOCK_NAMESPACE: i32 = 0x7079_6331; // "pyc1"
-
-/// Takes the account's catch-up lock for the rest of the transaction, if no other replica
-/// holds it; only one replica catches up an account at a time.
-pub async fn try_lock(conn: &mut PgConnection, account: &str) -> Result<bool> {
-    sqlx::query_scalar("select pg_try_advisory_xact_lock($1, hashtext($2))")
-        .bind(CATCH_UP_LOCK_NAMESPACE)
-        .bind(account)
-        .fetch_one(conn)
-        .await
-        .context("taking the catch-up lock")
-}
-
 /// The `created` time of the newest event catch-up has seen for `account`.
 pub async fn load(conn: &mut PgConnection, account: &str) -> Result<Option<DateTime<Utc>>> {
     let created: Option<Option<DateTime<Utc>>> =

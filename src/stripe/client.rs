@@ -1,266 +1,39 @@
-//! [`StripeApi`] over HTTP: async-stripe builds each typed request (path, form encoding),
-//! paysync's transport sends it, so every attempt sees the status and `Retry-After`.
+//! [`StripeApi`] over HTTP: each operation builds its async-stripe request and sends it
+//! through [`Caller`] (rate budget, timeouts, retries).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use rand::Rng as _;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
-use serde::de::DeserializeOwned;
-use stripe_client_core::{RequestBuilder, StripeMethod, StripeRequest};
+use stripe_client_core::StripeRequest as _;
 use stripe_core::customer::{
     CreateCustomer, DeleteCustomer, ListCustomer, RetrieveCustomer, UpdateCustomer,
 };
 use stripe_core::event::ListEvent;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::retry::{Backoff, Disposition, classify_status, parse_retry_after};
-use super::types::{StripeErrorBody, StripeList};
+use super::call::{Caller, Repeat, StripeSettings};
+use super::metrics::StripeMetrics;
+use super::types::StripeList;
 use super::{CustomerWrite, Error, RateLimit, Result, StripeApi, StripeCustomer};
 use crate::domain::CustomerId;
-use crate::metrics::{Metrics, StripeCallLabels};
 
-/// The Stripe API version paysync is written against.
-const STRIPE_VERSION: &str = "2025-09-30.clover";
 /// Stripe's maximum page size: fewest calls per customer lookup and per catch-up.
 const LIST_PAGE_SIZE: i64 = 100;
 
-#[derive(Debug, Clone)]
-pub struct StripeSettings {
-    pub api_key: SecretString,
-    /// e.g. `https://api.stripe.com` or `http://127.0.0.1:8420` for localstripe.
-    pub api_base: String,
-    pub timeout: Duration,
-    pub max_attempts: u32,
-    pub backoff: Backoff,
-}
-
+/// The Stripe API of one account.
 pub struct HttpStripe {
-    http: reqwest::Client,
-    settings: StripeSettings,
-    limit: RateLimit,
-    metrics: Arc<Metrics>,
-}
-
-/// Which failed attempts the transport may repeat by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Repeat {
-    /// Idempotent in effect (update to a level, delete, read): retry every transient failure.
-    AnyTransient,
-    /// A create: retry only failures that certainly did not apply (429, 409, refused
-    /// connection); anything else is returned as ambiguous for the caller to resolve.
-    OnlyUnapplied,
-}
-
-/// One attempt's failure.
-enum AttemptError {
-    Status {
-        status: u16,
-        retry_after: Option<Duration>,
-        should_retry: Option<bool>,
-        message: String,
-    },
-    /// The request never reached Stripe.
-    NotSent(String),
-    /// It may have reached Stripe (timeout, reset mid-way).
-    Lost(String),
+    caller: Caller,
 }
 
 impl HttpStripe {
     pub fn new(
         settings: StripeSettings,
         limit: RateLimit,
-        metrics: Arc<Metrics>,
+        metrics: Arc<StripeMetrics>,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("paysync/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(settings.timeout)
-            .build()?;
         Ok(Self {
-            http,
-            settings,
-            limit,
-            metrics,
-        })
-    }
-
-    async fn send<T: DeserializeOwned>(
-        &self,
-        operation: &'static str,
-        request: RequestBuilder,
-        idempotency_key: Option<&str>,
-        repeat: Repeat,
-    ) -> Result<T> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let waited = self.limit.acquire().await;
-            if !waited.is_zero() {
-                self.metrics
-                    .stripe_rate_limit_wait
-                    .observe(waited.as_secs_f64());
-            }
-            let outcome = self.attempt(&request, idempotency_key).await;
-            let (result, retryable, retry_after, cause) = match outcome {
-                Ok(bytes) => {
-                    self.record(operation, "ok");
-                    return serde_json::from_slice(&bytes).map_err(|e| Error::Unreadable {
-                        operation,
-                        source: Arc::new(e),
-                    });
-                }
-                Err(AttemptError::Status {
-                    status,
-                    retry_after,
-                    should_retry,
-                    message,
-                }) => {
-                    let disposition = classify_status(status, should_retry);
-                    if disposition == Disposition::Permanent {
-                        self.record(operation, "rejected");
-                        return Err(Error::Rejected {
-                            operation,
-                            status,
-                            message,
-                        });
-                    }
-                    // 429 and 409 mean Stripe did not apply the request; a 5xx may have.
-                    let unapplied = matches!(status, 409 | 429);
-                    let cause = format!("HTTP {status}: {message}");
-                    let label = if status == 429 {
-                        "rate_limited"
-                    } else {
-                        "server_error"
-                    };
-                    (
-                        label,
-                        unapplied || repeat == Repeat::AnyTransient,
-                        retry_after,
-                        cause,
-                    )
-                }
-                Err(AttemptError::NotSent(cause)) => ("connection_error", true, None, cause),
-                Err(AttemptError::Lost(cause)) => (
-                    "timeout_or_reset",
-                    repeat == Repeat::AnyTransient,
-                    None,
-                    cause,
-                ),
-            };
-            self.record(operation, result);
-            if !retryable {
-                return Err(Error::Ambiguous {
-                    operation,
-                    cause,
-                    retry_after,
-                });
-            }
-            if attempt >= self.settings.max_attempts {
-                return Err(Error::Exhausted {
-                    operation,
-                    attempts: attempt,
-                    last: cause,
-                });
-            }
-            let delay =
-                self.settings
-                    .backoff
-                    .delay(attempt, retry_after, rand::rng().random::<f64>());
-            warn!(operation, attempt, delay_ms = delay.as_millis() as u64, error = %cause, "Stripe call failed; retrying");
-            self.metrics
-                .stripe_retries
-                .get_or_create(&StripeCallLabels::new(operation, result))
-                .inc();
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    fn record(&self, operation: &'static str, result: &'static str) {
-        self.metrics
-            .stripe_requests
-            .get_or_create(&StripeCallLabels::new(operation, result))
-            .inc();
-    }
-
-    async fn attempt(
-        &self,
-        request: &RequestBuilder,
-        idempotency_key: Option<&str>,
-    ) -> std::result::Result<bytes::Bytes, AttemptError> {
-        let mut url = format!(
-            "{}/v1{}",
-            self.settings.api_base.trim_end_matches('/'),
-            request.path
-        );
-        if let Some(query) = &request.query {
-            url.push('?');
-            url.push_str(query);
-        }
-        let method = match request.method {
-            StripeMethod::Get => reqwest::Method::GET,
-            StripeMethod::Post => reqwest::Method::POST,
-            StripeMethod::Delete => reqwest::Method::DELETE,
-        };
-        let mut builder = self
-            .http
-            .request(method, url)
-            .timeout(self.settings.timeout)
-            .header(
-                AUTHORIZATION,
-                format!("Bearer {}", self.settings.api_key.expose_secret()),
-            )
-            .header("stripe-version", STRIPE_VERSION);
-        if let Some(key) = idempotency_key {
-            builder = builder.header("idempotency-key", key);
-        }
-        if let Some(body) = &request.body {
-            builder = builder
-                .header(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                )
-                .body(body.clone());
-        }
-        let response = builder.send().await.map_err(|e| {
-            if e.is_connect() {
-                AttemptError::NotSent(e.to_string())
-            } else {
-                AttemptError::Lost(e.to_string())
-            }
-        })?;
-        let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
-        let should_retry = header("stripe-should-retry").map(|v| v == "true");
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| AttemptError::Lost(e.to_string()))?;
-        if (200..300).contains(&status) {
-            return Ok(body);
-        }
-        let detail = serde_json::from_slice::<StripeErrorBody>(&body)
-            .unwrap_or_default()
-            .error;
-        let message = detail
-            .message
-            .or(detail.code)
-            .or(detail.kind)
-            .unwrap_or_else(|| "no error message".to_owned());
-        Err(AttemptError::Status {
-            status,
-            retry_after,
-            should_retry,
-            message,
+            caller: Caller::new(settings, limit, metrics)?,
         })
     }
 }
@@ -292,6 +65,7 @@ impl StripeApi for HttpStripe {
                 list = list.starting_after(after.clone());
             }
             let page: StripeList<StripeCustomer> = self
+                .caller
                 .send("list_customers", list.build(), None, Repeat::AnyTransient)
                 .await?;
             if let Some(found) = page
@@ -329,13 +103,14 @@ impl StripeApi for HttpStripe {
         if let Some(description) = &write.description {
             create = create.description(description.clone());
         }
-        self.send(
-            "create_customer",
-            create.build(),
-            Some(idempotency_key),
-            Repeat::OnlyUnapplied,
-        )
-        .await
+        self.caller
+            .send(
+                "create_customer",
+                create.build(),
+                Some(idempotency_key),
+                Repeat::OnlyUnapplied,
+            )
+            .await
     }
 
     async fn update_customer(
@@ -354,6 +129,7 @@ impl StripeApi for HttpStripe {
                 .build()
         };
         let updated: StripeCustomer = self
+            .caller
             .send(
                 "update_customer",
                 update(metadata_with_removals(&write.metadata, &BTreeMap::new())),
@@ -370,6 +146,7 @@ impl StripeApi for HttpStripe {
         if updated.metadata.iter().any(extra) {
             debug!(stripe_id, "removing metadata keys paysync does not have");
             return self
+                .caller
                 .send(
                     "update_customer",
                     update(metadata_with_removals(&write.metadata, &updated.metadata)),
@@ -383,6 +160,7 @@ impl StripeApi for HttpStripe {
 
     async fn delete_customer(&self, stripe_id: &str, idempotency_key: &str) -> Result<()> {
         let deleted: Result<serde_json::Value> = self
+            .caller
             .send(
                 "delete_customer",
                 DeleteCustomer::new(stripe_id).build(),
@@ -399,6 +177,7 @@ impl StripeApi for HttpStripe {
 
     async fn retrieve_customer(&self, stripe_id: &str) -> Result<Option<StripeCustomer>> {
         let found: Result<StripeCustomer> = self
+            .caller
             .send(
                 "retrieve_customer",
                 RetrieveCustomer::new(stripe_id).build(),
@@ -427,7 +206,8 @@ impl StripeApi for HttpStripe {
         if let Some(after) = starting_after {
             list = list.starting_after(after);
         }
-        self.send("list_events", list.build(), None, Repeat::AnyTransient)
+        self.caller
+            .send("list_events", list.build(), None, Repeat::AnyTransient)
             .await
     }
 }

@@ -1,55 +1,70 @@
-//! paysync's own, tolerant view of a Stripe event: what real Stripe sends and what
-//! localstripe sends (no `pending_webhooks`, no `request`, an old `api_version`), both parse.
+//! A Stripe event as paysync carries it from the ingress (or the Events API) through the queue
+//! to the inbound worker: its JSON byte for byte, and the few fields routing needs, read
+//! without building a tree of the whole event. Tolerant of what real Stripe and localstripe
+//! each send (localstripe has no `pending_webhooks`, no `request`, an old `api_version`).
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::domain::StripeCustomerId;
 
 /// The customer events paysync applies; other types are acknowledged and ignored.
-pub const HANDLED_TYPES: [&str; 3] = ["customer.created", "customer.updated", "customer.deleted"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+}
 
-#[derive(Debug, Clone, Deserialize)]
+impl EventKind {
+    pub const ALL: [Self; 3] = [Self::Created, Self::Updated, Self::Deleted];
+
+    pub fn parse(event_type: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == event_type)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "customer.created",
+            Self::Updated => "customer.updated",
+            Self::Deleted => "customer.deleted",
+        }
+    }
+}
+
+/// Stripe event ids are short; anything longer is not one.
+const MAX_EVENT_ID_CHARS: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StripeEvent {
+    /// `evt_…`: letters, digits, `_` or `-` only (so it can be stored and logged as is).
     pub id: String,
-    #[serde(rename = "type")]
+    /// The event type, e.g. `customer.updated`.
     pub kind: String,
     /// Unix seconds; Stripe's ordering information (1 s resolution).
     pub created: i64,
-    pub data: EventData,
-    /// What caused the event, when Stripe says (missing in localstripe; a bare string in old
-    /// API versions).
-    #[serde(default)]
-    pub request: Option<serde_json::Value>,
-    /// The connected account, for Connect events.
-    #[serde(default)]
-    pub account: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct EventData {
-    pub object: serde_json::Value,
-}
-
-/// A verified delivery as the queue keeps it: the body exactly as Stripe sent it, and the few
-/// fields routing needs. Reading only those (no JSON tree of the whole event) keeps the
-/// ingress cheap; the inbound worker reads the rest later.
-#[derive(Debug, Clone)]
-pub struct VerifiedEvent {
-    pub id: String,
-    pub kind: String,
-    /// Unix seconds.
-    pub created: i64,
-    /// The Stripe customer the event is about (the Kafka key), for customer events.
+    /// The Stripe customer the event is about (the Kafka key), when it is a well-formed id.
     pub customer_id: Option<String>,
-    /// The event's JSON, byte for byte.
-    pub raw: Bytes,
+    /// The event's JSON exactly as received.
+    pub raw: String,
+}
+
+/// The content of an event, read when the worker applies it.
+#[derive(Debug, Clone)]
+pub struct EventBody {
+    /// `data.object`.
+    pub object: Value,
+    /// The Idempotency-Key of the API request behind the event, when Stripe reports it:
+    /// paysync recognises its own writes by the `paysync:` prefix.
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct EventHead<'a> {
+struct Head<'a> {
     #[serde(borrow)]
     id: Cow<'a, str>,
     #[serde(rename = "type", borrow)]
@@ -73,30 +88,24 @@ struct ObjectHead<'a> {
     object: Option<Cow<'a, str>>,
 }
 
-/// Stripe event ids are short; anything longer is not one.
-const MAX_EVENT_ID_CHARS: usize = 255;
-
-/// An event id is the dedup key paysync stores: `evt_` and letters, digits, `_` or `-` (so
-/// it can always be stored and logged as it is).
-fn check_event_id(id: &str) -> Result<(), String> {
-    let suffix = id.strip_prefix("evt_").unwrap_or_default();
-    let well_formed = !suffix.is_empty()
-        && id.len() <= MAX_EVENT_ID_CHARS
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if well_formed {
-        Ok(())
-    } else {
-        Err(format!("{id:?} is not a Stripe event id (evt_…)"))
-    }
+#[derive(Deserialize)]
+struct Body {
+    data: BodyData,
+    /// What caused the event (a bare string in old API versions).
+    #[serde(default)]
+    request: Option<Value>,
 }
 
-impl VerifiedEvent {
-    /// Reads a delivery's body; an error says why it is not a Stripe event.
-    pub fn parse(raw: Bytes) -> Result<Self, String> {
-        let head: EventHead<'_> =
-            serde_json::from_slice(&raw).map_err(|e| format!("not a Stripe event: {e}"))?;
+#[derive(Deserialize)]
+struct BodyData {
+    object: Value,
+}
+
+impl StripeEvent {
+    /// Reads an event's JSON; an error says why it is not a Stripe event.
+    pub fn parse(raw: String) -> Result<Self, String> {
+        let head: Head<'_> =
+            serde_json::from_str(&raw).map_err(|e| format!("not a Stripe event: {e}"))?;
         check_event_id(&head.id)?;
         let object = head.data.object;
         // An id that is not a customer id routes by the event id; the inbound worker then
@@ -117,38 +126,50 @@ impl VerifiedEvent {
         })
     }
 
+    /// [`Self::parse`] of bytes as they came over HTTP.
+    pub fn parse_bytes(raw: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(raw).map_err(|e| format!("not a Stripe event: {e}"))?;
+        Self::parse(text.to_owned())
+    }
+
+    /// The customer event this is, if paysync applies its type.
+    pub fn customer_kind(&self) -> Option<EventKind> {
+        EventKind::parse(&self.kind)
+    }
+
     pub fn is_handled(&self) -> bool {
-        HANDLED_TYPES.contains(&self.kind.as_str())
+        self.customer_kind().is_some()
+    }
+
+    /// Reads the event's content.
+    pub fn body(&self) -> Result<EventBody, String> {
+        let body: Body =
+            serde_json::from_str(&self.raw).map_err(|e| format!("not a Stripe event: {e}"))?;
+        let idempotency_key = body
+            .request
+            .as_ref()
+            .and_then(|request| request.get("idempotency_key"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(EventBody {
+            object: body.data.object,
+            idempotency_key,
+        })
     }
 }
 
-impl StripeEvent {
-    pub fn parse(body: &[u8]) -> Result<Self, String> {
-        let event: Self =
-            serde_json::from_slice(body).map_err(|e| format!("not a Stripe event: {e}"))?;
-        check_event_id(&event.id)?;
-        Ok(event)
-    }
-
-    pub fn is_handled(&self) -> bool {
-        HANDLED_TYPES.contains(&self.kind.as_str())
-    }
-
-    /// The Stripe customer the event is about (the Kafka key), for customer events.
-    /// Only a well-formed id is returned: it is stored and used as a Kafka key.
-    pub fn customer_id(&self) -> Option<&str> {
-        let object = &self.data.object;
-        let id = match object.get("object").and_then(|o| o.as_str()) {
-            Some("customer") => object.get("id").and_then(|id| id.as_str()),
-            _ => object.get("customer").and_then(|id| id.as_str()),
-        };
-        id.filter(|id| StripeCustomerId::parse(id).is_ok())
-    }
-
-    /// The Idempotency-Key of the API request behind the event, if Stripe reports it: paysync
-    /// recognises its own writes by the `paysync:` prefix.
-    pub fn idempotency_key(&self) -> Option<&str> {
-        self.request.as_ref()?.get("idempotency_key")?.as_str()
+/// An event id is the dedup key paysync stores.
+fn check_event_id(id: &str) -> Result<(), String> {
+    let suffix = id.strip_prefix("evt_").unwrap_or_default();
+    let well_formed = !suffix.is_empty()
+        && id.len() <= MAX_EVENT_ID_CHARS
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!("{id:?} is not a Stripe event id (evt_…)"))
     }
 }
 
@@ -156,84 +177,84 @@ impl StripeEvent {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_localstripe_events_without_request_or_pending_webhooks() {
-        let event = StripeEvent::parse(
-            br#"{"id": "evt_1", "object": "event", "type": "customer.updated", "created": 1700000000,
-                 "api_version": "2017-08-15", "livemode": false,
-                 "data": {"object": {"id": "cus_1", "object": "customer", "email": "a@example.com"}}}"#,
-        )
-        .unwrap();
-        assert!(event.is_handled());
-        assert_eq!(event.customer_id(), Some("cus_1"));
-        assert_eq!(event.idempotency_key(), None);
+    fn parse(raw: &str) -> Result<StripeEvent, String> {
+        StripeEvent::parse(raw.to_owned())
     }
 
     #[test]
-    fn reads_the_request_idempotency_key_of_real_stripe_events() {
-        let event = StripeEvent::parse(
-            br#"{"id": "evt_2", "type": "customer.created", "created": 1, "pending_webhooks": 1,
-                 "request": {"id": "req_1", "idempotency_key": "paysync:create:abc"},
-                 "data": {"object": {"id": "cus_2", "object": "customer"}}}"#,
-        )
-        .unwrap();
-        assert_eq!(event.idempotency_key(), Some("paysync:create:abc"));
-        let old_style = StripeEvent::parse(
-            br#"{"id": "evt_3", "type": "invoice.paid", "created": 1, "request": "req_9",
-                 "data": {"object": {"id": "in_1", "object": "invoice", "customer": "cus_3"}}}"#,
-        )
-        .unwrap();
-        assert!(!old_style.is_handled());
-        assert_eq!(old_style.customer_id(), Some("cus_3"));
-        assert_eq!(old_style.idempotency_key(), None);
-    }
-
-    #[test]
-    fn verified_events_read_what_routing_needs() {
-        let raw = Bytes::from_static(
-            br#"{"id": "evt_1", "type": "customer.updated", "created": 1700000000,
+    fn reads_what_routing_needs_and_keeps_the_json() {
+        let raw = r#"{"id": "evt_1", "type": "customer.updated", "created": 1700000000,
                  "data": {"object": {"id": "cus_\u0031", "object": "customer",
-                                     "address": {"city": "London"}, "preferred_locales": ["en"]}}}"#,
-        );
-        let event = VerifiedEvent::parse(raw.clone()).unwrap();
+                                     "address": {"city": "London"}, "preferred_locales": ["en"]}}}"#;
+        let event = parse(raw).unwrap();
         assert_eq!(event.id, "evt_1");
-        assert!(event.is_handled());
+        assert_eq!(event.customer_kind(), Some(EventKind::Updated));
         assert_eq!(event.created, 1_700_000_000);
         assert_eq!(event.customer_id.as_deref(), Some("cus_1"));
         assert_eq!(event.raw, raw);
-        let invoice = VerifiedEvent::parse(Bytes::from_static(
-            br#"{"id": "evt_2", "type": "invoice.paid", "created": 1,
+        let invoice = parse(
+            r#"{"id": "evt_2", "type": "invoice.paid", "created": 1,
                  "data": {"object": {"id": "in_1", "object": "invoice", "customer": "cus_3"}}}"#,
-        ))
+        )
         .unwrap();
         assert!(!invoice.is_handled());
         assert_eq!(invoice.customer_id, None);
-        let odd_customer = VerifiedEvent::parse(Bytes::from_static(
-            br#"{"id": "evt_3", "type": "customer.updated", "created": 1,
+        let odd_customer = parse(
+            r#"{"id": "evt_3", "type": "customer.updated", "created": 1,
                  "data": {"object": {"id": "cus_\u0000", "object": "customer"}}}"#,
-        ))
+        )
         .unwrap();
         assert_eq!(odd_customer.customer_id, None);
-        for bad in [
-            &b"{}"[..],
-            b"not json",
-            br#"{"id": "cus_1", "type": "x", "created": 1, "data": {"object": {}}}"#,
-            br#"{"id": "evt_\u0000", "type": "x", "created": 1, "data": {"object": {}}}"#,
-            br#"{"id": "evt_a b", "type": "x", "created": 1, "data": {"object": {}}}"#,
-        ] {
-            assert!(VerifiedEvent::parse(Bytes::copy_from_slice(bad)).is_err());
-        }
     }
 
     #[test]
     fn rejects_what_is_not_an_event() {
-        assert!(StripeEvent::parse(b"{}").is_err());
-        assert!(StripeEvent::parse(b"not json").is_err());
-        assert!(
-            StripeEvent::parse(
-                br#"{"id": "cus_1", "type": "x", "created": 1, "data": {"object": {}}}"#
-            )
-            .is_err()
+        for bad in [
+            "{}",
+            "not json",
+            r#"{"id": "cus_1", "type": "x", "created": 1, "data": {"object": {}}}"#,
+            r#"{"id": "evt_\u0000", "type": "x", "created": 1, "data": {"object": {}}}"#,
+            r#"{"id": "evt_a b", "type": "x", "created": 1, "data": {"object": {}}}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(StripeEvent::parse_bytes(b"\xff").is_err());
+    }
+
+    #[test]
+    fn reads_localstripe_and_stripe_bodies() {
+        let localstripe = parse(
+            r#"{"id": "evt_1", "object": "event", "type": "customer.updated", "created": 1,
+                 "api_version": "2017-08-15", "livemode": false,
+                 "data": {"object": {"id": "cus_1", "object": "customer"}}}"#,
+        )
+        .unwrap();
+        let body = localstripe.body().unwrap();
+        assert_eq!(body.object["id"], "cus_1");
+        assert_eq!(body.idempotency_key, None);
+        let stripe = parse(
+            r#"{"id": "evt_2", "type": "customer.created", "created": 1, "pending_webhooks": 1,
+                 "request": {"id": "req_1", "idempotency_key": "paysync:create:abc"},
+                 "data": {"object": {"id": "cus_2", "object": "customer"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stripe.body().unwrap().idempotency_key.as_deref(),
+            Some("paysync:create:abc")
         );
+        let old_style = parse(
+            r#"{"id": "evt_3", "type": "customer.updated", "created": 1, "request": "req_9",
+                 "data": {"object": {"id": "cus_3", "object": "customer"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(old_style.body().unwrap().idempotency_key, None);
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::parse("invoice.paid"), None);
     }
 }

@@ -2,8 +2,10 @@
 //! typed requests, paysync's transport with rate limiting, timeouts and retries), and the
 //! tolerant types responses are parsed into.
 
+mod call;
 mod client;
 pub mod event;
+mod metrics;
 mod rate_limit;
 pub mod retry;
 mod types;
@@ -13,7 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use client::{HttpStripe, StripeSettings};
+pub use call::StripeSettings;
+pub use client::HttpStripe;
+pub use metrics::{StripeCallLabels, StripeMetrics};
 pub use rate_limit::RateLimit;
 pub use types::{CustomerWrite, StripeCustomer, StripeList};
 

@@ -1,4 +1,5 @@
-//! When to retry a Stripe call and how long to wait: pure functions, tested without I/O.
+//! When to retry a Stripe call: pure functions, tested without I/O (how long to wait is
+//! [`crate::backoff::Backoff`]).
 
 use std::time::Duration;
 
@@ -23,28 +24,6 @@ pub fn classify_status(status: u16, should_retry: Option<bool>) -> Disposition {
         // 409: idempotency or lock conflict; 429: rate limited; 5xx: Stripe's side.
         409 | 429 | 500..=599 => Disposition::Retry,
         _ => Disposition::Permanent,
-    }
-}
-
-/// Exponential backoff with full jitter, bounded by `max`; a server's `Retry-After` is a
-/// floor, never shortened by jitter.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The wait before attempt `attempt + 1`, where `attempt` (1-based) just failed.
-    /// `unit_random` is uniform in `[0, 1)`.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, unit_random: f64) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(16);
-        let ceiling = self.base.saturating_mul(1 << exponent).min(self.max);
-        let jittered = ceiling.mul_f64(unit_random.clamp(0.0, 1.0));
-        match retry_after {
-            Some(floor) => floor.min(self.max).max(jittered),
-            None => jittered,
-        }
     }
 }
 
@@ -76,34 +55,6 @@ mod tests {
         }
         assert_eq!(classify_status(400, Some(true)), Disposition::Retry);
         assert_eq!(classify_status(503, Some(false)), Disposition::Permanent);
-    }
-
-    #[test]
-    fn backoff_grows_exponentially_up_to_the_cap() {
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
-        assert_eq!(backoff.delay(1, None, 0.999_999).as_millis(), 99);
-        assert_eq!(backoff.delay(3, None, 0.999_999).as_millis(), 399);
-        assert_eq!(backoff.delay(30, None, 1.0), Duration::from_secs(5));
-        assert_eq!(backoff.delay(4, None, 0.0), Duration::ZERO);
-    }
-
-    #[test]
-    fn retry_after_is_a_floor_within_the_cap() {
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
-        assert_eq!(
-            backoff.delay(1, Some(Duration::from_secs(2)), 0.5),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            backoff.delay(1, Some(Duration::from_secs(60)), 0.5),
-            Duration::from_secs(5)
-        );
     }
 
     #[test]

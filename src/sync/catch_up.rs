@@ -1,22 +1,24 @@
 //! Catch-up: reads the Stripe Events API from a cursor per account and queues the customer
 //! events paysync never received as webhooks (an endpoint down, a delivery lost), so missed
 //! changes arrive without a full reconciliation. Events are deduplicated by id, so whatever
-//! both paths deliver is applied once.
+//! both paths deliver is applied once, and an event already dead-lettered is not queued again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use bytes::Bytes;
-
-use super::inbound_queue::{InboundQueue, QueueError};
-use crate::metrics::Metrics;
+use super::queue::{EventQueue, QueueError};
+use crate::metrics::{Outcomes, count};
+use crate::store::locks::LockPool;
 use crate::store::{self, DEFAULT_ACCOUNT, processed_events, sync_cursors};
-use crate::stripe::event::{HANDLED_TYPES, VerifiedEvent};
+use crate::stripe::event::{EventKind, StripeEvent};
 use crate::stripe::{self as stripe_api, StripeApi};
 use crate::telemetry::error_chain;
 
@@ -47,30 +49,65 @@ pub enum CatchUpRun {
     Skipped,
 }
 
-/// Runs catch-up at start and then every `interval`, until `shutdown`.
-pub async fn run(
-    pool: sqlx::PgPool,
-    stripe: Arc<dyn StripeApi>,
-    queue: InboundQueue,
-    metrics: Arc<Metrics>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let run = tokio::select! {
-            () = shutdown.cancelled() => break,
-            run = catch_up_once(&pool, stripe.as_ref(), &queue) => run,
+/// `paysync_catch_up_*`.
+#[derive(Debug)]
+pub struct CatchUpMetrics {
+    runs: Outcomes,
+    events: Counter,
+}
+
+impl CatchUpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            runs: Outcomes::default(),
+            events: Counter::default(),
         };
+        registry.register(
+            "catch_up_events",
+            "Stripe events found by catch-up (Events API) that paysync had not received",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "catch_up_runs",
+            "Catch-up runs, by outcome (done, skipped: another replica ran it, failed)",
+            metrics.runs.clone(),
+        );
+        metrics
+    }
+}
+
+/// Catch-up of one Stripe account.
+pub struct CatchUp {
+    pub pool: PgPool,
+    pub locks: LockPool,
+    pub stripe: Arc<dyn StripeApi>,
+    pub queue: Arc<dyn EventQueue>,
+    pub metrics: Arc<CatchUpMetrics>,
+}
+
+impl CatchUp {
+    /// Runs at start and then every `interval`, until `shutdown`.
+    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let run = tokio::select! {
+                () = shutdown.cancelled() => break,
+                run = self.once() => run,
+            };
+            self.report(run);
+        }
+    }
+
+    fn report(&self, run: Result<CatchUpRun, CatchUpError>) {
         match run {
             Ok(CatchUpRun::Done { queued }) => {
-                Metrics::count(&metrics.catch_up_runs, "done");
-                metrics.catch_up_events.inc_by(queued as u64);
+                count(&self.metrics.runs, "done");
+                self.metrics.events.inc_by(queued as u64);
                 if queued > 0 {
                     info!(
                         queued,
@@ -78,104 +115,129 @@ pub async fn run(
                     );
                 }
             }
-            Ok(CatchUpRun::Skipped) => Metrics::count(&metrics.catch_up_runs, "skipped"),
+            Ok(CatchUpRun::Skipped) => count(&self.metrics.runs, "skipped"),
             Err(e) => {
-                Metrics::count(&metrics.catch_up_runs, "failed");
+                count(&self.metrics.runs, "failed");
                 warn!(error = %error_chain(&e), "catch-up failed; the next run starts from the same cursor");
             }
         }
     }
-}
 
-/// One pass over the Events API from the account's cursor. The cursor moves only once every
-/// event found is queued, so a failed run loses nothing: the next one reads the same window.
-pub async fn catch_up_once(
-    pool: &sqlx::PgPool,
-    stripe: &dyn StripeApi,
-    queue: &InboundQueue,
-) -> Result<CatchUpRun, CatchUpError> {
-    let mut tx = store::begin(pool).await?;
-    if !sync_cursors::try_lock(&mut tx, DEFAULT_ACCOUNT).await? {
-        return Ok(CatchUpRun::Skipped);
+    /// One pass over the Events API from the account's cursor, on one replica at a time. The
+    /// cursor moves only once every event found is queued, so a failed run loses nothing: the
+    /// next one reads the same window.
+    pub async fn once(&self) -> Result<CatchUpRun, CatchUpError> {
+        let Some(lock) = self.locks.try_lock_catch_up(DEFAULT_ACCOUNT).await? else {
+            return Ok(CatchUpRun::Skipped);
+        };
+        let run = self.read_from_cursor().await;
+        lock.release().await?;
+        run
     }
-    let Some(cursor) = sync_cursors::load(&mut tx, DEFAULT_ACCOUNT).await? else {
-        // First run: what happened before paysync was installed is the reconciler's job.
-        sync_cursors::save(&mut tx, DEFAULT_ACCOUNT, None, Utc::now()).await?;
-        store::commit(tx).await?;
-        return Ok(CatchUpRun::Done { queued: 0 });
-    };
-    let since = (cursor - OVERLAP).timestamp();
-    let mut newest: Option<(DateTime<Utc>, String)> = None;
-    let mut queued = 0;
-    for kind in HANDLED_TYPES {
+
+    async fn read_from_cursor(&self) -> Result<CatchUpRun, CatchUpError> {
+        let mut conn = store::acquire(&self.pool).await?;
+        let Some(cursor) = sync_cursors::load(&mut conn, DEFAULT_ACCOUNT).await? else {
+            // First run: what happened before paysync was installed is the reconciler's job.
+            sync_cursors::save(&mut conn, DEFAULT_ACCOUNT, None, Utc::now()).await?;
+            return Ok(CatchUpRun::Done { queued: 0 });
+        };
+        drop(conn);
+        let since = (cursor - OVERLAP).timestamp();
+        let mut newest = Newest::default();
+        let mut queued = 0;
+        for kind in EventKind::ALL {
+            queued += self.read_type(kind, since, &mut newest).await?;
+        }
+        if let Some((created, event_id)) = newest.0
+            && created > cursor
+        {
+            let mut conn = store::acquire(&self.pool).await?;
+            sync_cursors::save(&mut conn, DEFAULT_ACCOUNT, Some(&event_id), created).await?;
+        }
+        Ok(CatchUpRun::Done { queued })
+    }
+
+    /// Pages through the events of one type since `since`; returns how many were queued.
+    async fn read_type(
+        &self,
+        kind: EventKind,
+        since: i64,
+        newest: &mut Newest,
+    ) -> Result<usize, CatchUpError> {
         let mut starting_after: Option<String> = None;
         let mut previous_page: HashSet<String> = HashSet::new();
+        let mut queued = 0;
         for _ in 0..MAX_PAGES_PER_TYPE {
-            let page = stripe
-                .list_events(kind, since, starting_after.as_deref())
+            let page = self
+                .stripe
+                .list_events(kind.as_str(), since, starting_after.as_deref())
                 .await?;
-            let events: Vec<VerifiedEvent> = page
-                .data
-                .into_iter()
-                .filter_map(|event| {
-                    VerifiedEvent::parse(Bytes::from(event.to_string()))
-                        .map_err(|reason| {
-                            warn!(
-                                reason,
-                                "the Events API returned something that is not an event; skipped"
-                            );
-                        })
-                        .ok()
-                })
-                .collect();
+            let events = readable(page.data);
             if events.iter().any(|e| previous_page.contains(&e.id)) {
                 warn!(
-                    kind,
+                    kind = kind.as_str(),
                     "the Events API repeated a page; stopping this type for this run"
                 );
                 break;
             }
-            for event in &events {
-                if let Some(created) = DateTime::from_timestamp(event.created, 0)
-                    && newest.as_ref().is_none_or(|(at, _)| created > *at)
-                {
-                    newest = Some((created, event.id.clone()));
-                }
-            }
+            events.iter().for_each(|event| newest.see(event));
             let last = events.last().map(|e| e.id.clone());
             previous_page = events.iter().map(|e| e.id.clone()).collect();
-            queued += queue_unknown(&mut tx, queue, events).await?;
+            queued += self.queue_unknown(events).await?;
             match (page.has_more, last) {
                 (true, Some(last)) => starting_after = Some(last),
                 _ => break,
             }
         }
+        Ok(queued)
     }
-    if let Some((created, event_id)) = newest
-        && created > cursor
-    {
-        sync_cursors::save(&mut tx, DEFAULT_ACCOUNT, Some(&event_id), created).await?;
+
+    /// Queues the events paysync has not seen; returns how many.
+    async fn queue_unknown(&self, events: Vec<StripeEvent>) -> Result<usize, CatchUpError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let mut conn = store::acquire(&self.pool).await?;
+        let known = processed_events::known(&mut conn, &ids).await?;
+        drop(conn);
+        let unknown: Vec<StripeEvent> = events
+            .into_iter()
+            .filter(|e| !known.contains(&e.id))
+            .collect();
+        let count = unknown.len();
+        self.queue.enqueue(unknown).await?;
+        Ok(count)
     }
-    store::commit(tx).await?;
-    Ok(CatchUpRun::Done { queued })
 }
 
-/// Queues the events paysync has not seen; returns how many.
-async fn queue_unknown(
-    conn: &mut sqlx::PgConnection,
-    queue: &InboundQueue,
-    events: Vec<VerifiedEvent>,
-) -> Result<usize, CatchUpError> {
-    if events.is_empty() {
-        return Ok(0);
+/// The newest event a run has seen: where the cursor moves once the run is done.
+#[derive(Default)]
+struct Newest(Option<(DateTime<Utc>, String)>);
+
+impl Newest {
+    fn see(&mut self, event: &StripeEvent) {
+        if let Some(created) = DateTime::from_timestamp(event.created, 0)
+            && self.0.as_ref().is_none_or(|(at, _)| created > *at)
+        {
+            self.0 = Some((created, event.id.clone()));
+        }
     }
-    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    let known = processed_events::known(conn, &ids).await?;
-    let unknown: Vec<VerifiedEvent> = events
-        .into_iter()
-        .filter(|e| !known.contains(&e.id))
-        .collect();
-    let count = unknown.len();
-    queue.enqueue(unknown).await?;
-    Ok(count)
+}
+
+/// The events of a page, as a webhook would carry them; anything else is logged and skipped.
+fn readable(page: Vec<serde_json::Value>) -> Vec<StripeEvent> {
+    page.into_iter()
+        .filter_map(|event| {
+            StripeEvent::parse(event.to_string())
+                .map_err(|reason| {
+                    warn!(
+                        reason,
+                        "the Events API returned something that is not an event; skipped"
+                    );
+                })
+                .ok()
+        })
+        .collect()
 }

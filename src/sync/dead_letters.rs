@@ -8,28 +8,66 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use sqlx::{PgConnection, PgPool};
 use tracing::{error, warn};
 use uuid::Uuid;
 
-use super::Received;
-use super::inbound_sync::Delivery;
+use super::inbound::{Delivery, Received};
 use crate::domain::{CustomerId, Op};
-use crate::metrics::Metrics;
+use crate::metrics::SourceLabels;
 use crate::store::dead_letters::{DeadLetter, NewDeadLetter, Source};
 use crate::store::processed_events::{self, EventRef, Seen};
 use crate::store::{self, customers, dead_letters, outbox};
 use crate::telemetry::error_chain;
 
-/// Records dead letters and counts them (`paysync_dead_letters_total{source}`).
+/// `paysync_dead_letters_total{source}` and `paysync_set_aside_total{source}`.
+#[derive(Debug)]
+pub struct DeadLetterMetrics {
+    recorded: Family<SourceLabels, Counter>,
+    set_aside: Family<SourceLabels, Counter>,
+}
+
+impl DeadLetterMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            recorded: Family::default(),
+            set_aside: Family::default(),
+        };
+        registry.register(
+            "dead_letters",
+            "Messages moved to the dead-letter table, by source",
+            metrics.recorded.clone(),
+        );
+        registry.register(
+            "set_aside",
+            "Messages set aside without a dead letter because the database refused even that, \
+             by source (an error is logged for each; should stay 0)",
+            metrics.set_aside.clone(),
+        );
+        metrics
+    }
+
+    fn count(family: &Family<SourceLabels, Counter>, source: Source) {
+        family
+            .get_or_create(&SourceLabels {
+                source: source.as_str().to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Records dead letters and counts them.
 #[derive(Clone)]
 pub struct DeadLetters {
     pool: PgPool,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DeadLetterMetrics>,
 }
 
 impl DeadLetters {
-    pub fn new(pool: PgPool, metrics: Arc<Metrics>) -> Self {
+    pub fn new(pool: PgPool, metrics: Arc<DeadLetterMetrics>) -> Self {
         Self { pool, metrics }
     }
 
@@ -42,7 +80,7 @@ impl DeadLetters {
     ) -> store::Result<()> {
         dead_letters::record(conn, letter).await?;
         warn!(source = %letter.source, key = letter.key, error = letter.error, "dead-lettered");
-        self.metrics.dead_lettered(letter.source.as_str());
+        DeadLetterMetrics::count(&self.metrics.recorded, letter.source);
         Ok(())
     }
 
@@ -104,7 +142,7 @@ impl DeadLetters {
         processed_events::finish(&mut tx, event.event_id, DEAD_LETTERED).await?;
         store::commit(tx).await?;
         warn!(source = %letter.source, key = letter.key, error = letter.error, "dead-lettered");
-        self.metrics.dead_lettered(letter.source.as_str());
+        DeadLetterMetrics::count(&self.metrics.recorded, letter.source);
         Ok(true)
     }
 
@@ -129,7 +167,7 @@ impl DeadLetters {
         error!(source = %letter.source, key = %dead_letters::storable(letter.key),
             error = %error_chain(e), message_error = letter.error,
             "the dead letter could not be stored; the message is set aside without one");
-        self.metrics.set_aside(letter.source.as_str());
+        DeadLetterMetrics::count(&self.metrics.set_aside, letter.source);
     }
 }
 
@@ -196,6 +234,6 @@ async fn requeue_event(tx: &mut PgConnection, letter: &DeadLetter) -> Result<(),
     let raw = String::from_utf8(letter.payload.clone())
         .map_err(|_| not_replayable("the message is not UTF-8 text".to_owned()))?;
     let received = Received::from_raw(raw).map_err(not_replayable)?;
-    processed_events::requeue(tx, received.event_ref(), &received.raw).await?;
+    processed_events::requeue(tx, received.event_ref(), &received.event.raw).await?;
     Ok(())
 }

@@ -1,16 +1,17 @@
-//! Sync logic: the outbound handler and its PostgreSQL-transport worker, the inbound handler
-//! (with its pure decision core) and its inbox worker, catch-up, and dead-letter replay.
+//! The sync handlers, which know no transport: the outbound handler (make Stripe match a
+//! local customer), the inbound handler (apply a Stripe event, with its pure rules), catch-up,
+//! dead letters, queue health, and the one mapping between local and Stripe customers. A
+//! transport (`crate::transport`) hands work to them through [`OutboundHandler`] and
+//! [`InboundHandler`], and takes Stripe events from catch-up through [`EventQueue`].
 
 pub mod catch_up;
 pub mod dead_letters;
 pub mod inbound;
-pub mod inbound_queue;
-pub mod inbound_sync;
-pub mod inbox_worker;
+pub mod mapping;
 pub mod outbound;
-pub mod outbox_worker;
+pub mod queue;
 pub mod queue_health;
 
-pub use inbound_queue::InboundQueue;
-pub use inbound_sync::{InboundSync, Received};
-pub use outbound::{CreateRetry, OutboundSync, Outcome};
+pub use inbound::{Delivery, InboundHandler, InboundSync, Received};
+pub use outbound::{CreateRetry, OutboundHandler, OutboundSync, Outcome};
+pub use queue::{EventQueue, QueueError};

@@ -4,10 +4,12 @@
 //! restart does not unstick a queue and Stripe's deliveries must keep being accepted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::RwLock;
@@ -15,8 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use utoipa::ToSchema;
 
-use crate::metrics::Metrics;
-use crate::store::{self, customers, dead_letters, processed_events};
+use crate::store::{self, customers, dead_letters, outbox, processed_events};
 
 /// How often the queues are measured (three indexed queries).
 const MEASURE_INTERVAL: Duration = Duration::from_secs(2);
@@ -30,6 +31,74 @@ pub struct QueueSnapshot {
     pub inbound_oldest_pending_seconds: f64,
     /// Dead letters not yet replayed.
     pub dead_letters_open: i64,
+}
+
+/// `paysync_*_backlog` and `paysync_*_oldest_pending_seconds`, `paysync_dead_letters_open`.
+#[derive(Debug)]
+pub struct QueueMetrics {
+    outbox_backlog: Gauge,
+    inbox_backlog: Gauge,
+    outbound_oldest_pending: Gauge<f64, AtomicU64>,
+    inbound_oldest_pending: Gauge<f64, AtomicU64>,
+    dead_letters_open: Gauge,
+}
+
+impl QueueMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            outbox_backlog: Gauge::default(),
+            inbox_backlog: Gauge::default(),
+            outbound_oldest_pending: Gauge::default(),
+            inbound_oldest_pending: Gauge::default(),
+            dead_letters_open: Gauge::default(),
+        };
+        registry.register(
+            "outbox_backlog",
+            "Outbox rows not yet published (Kafka) or not yet synced (PostgreSQL transport)",
+            metrics.outbox_backlog.clone(),
+        );
+        registry.register(
+            "inbox_backlog",
+            "Stripe events waiting in the PostgreSQL inbox",
+            metrics.inbox_backlog.clone(),
+        );
+        registry.register(
+            "outbound_oldest_pending_seconds",
+            "Age of the oldest local change not yet in Stripe (0: none waits); grows while \
+             outbound sync is stuck",
+            metrics.outbound_oldest_pending.clone(),
+        );
+        registry.register(
+            "inbound_oldest_pending_seconds",
+            "Age of the oldest queued Stripe event not yet applied (0: none waits); grows \
+             while inbound sync is stuck",
+            metrics.inbound_oldest_pending.clone(),
+        );
+        registry.register(
+            "dead_letters_open",
+            "Dead letters not yet replayed",
+            metrics.dead_letters_open.clone(),
+        );
+        metrics
+    }
+
+    fn show(&self, measured: &Measured) {
+        let snapshot = &measured.snapshot;
+        self.outbox_backlog.set(measured.outbox_backlog);
+        self.inbox_backlog.set(measured.inbox_backlog);
+        self.outbound_oldest_pending
+            .set(snapshot.outbound_oldest_pending_seconds);
+        self.inbound_oldest_pending
+            .set(snapshot.inbound_oldest_pending_seconds);
+        self.dead_letters_open.set(snapshot.dead_letters_open);
+    }
+}
+
+/// One measurement: what `/readyz` shows, and the backlogs only metrics show.
+struct Measured {
+    snapshot: QueueSnapshot,
+    outbox_backlog: i64,
+    inbox_backlog: i64,
 }
 
 /// Shared by the monitor (writes), the Kafka inbound consumer (reports what it holds) and
@@ -71,7 +140,7 @@ impl QueueHealth {
 pub async fn run(
     pool: PgPool,
     health: Arc<QueueHealth>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<QueueMetrics>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(MEASURE_INTERVAL);
@@ -81,15 +150,9 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         match measure(&pool, &health).await {
-            Ok(snapshot) => {
-                metrics
-                    .outbound_oldest_pending
-                    .set(snapshot.outbound_oldest_pending_seconds);
-                metrics
-                    .inbound_oldest_pending
-                    .set(snapshot.inbound_oldest_pending_seconds);
-                metrics.dead_letters_open.set(snapshot.dead_letters_open);
-                *health.snapshot.write().await = Some(snapshot);
+            Ok(measured) => {
+                metrics.show(&measured);
+                *health.snapshot.write().await = Some(measured.snapshot);
             }
             // Readiness reports the database itself; the last snapshot stays.
             Err(e) => debug!(error = %e, "measuring the queues failed"),
@@ -97,14 +160,19 @@ pub async fn run(
     }
 }
 
-async fn measure(pool: &PgPool, health: &QueueHealth) -> store::Result<QueueSnapshot> {
+async fn measure(pool: &PgPool, health: &QueueHealth) -> store::Result<Measured> {
     let mut conn = store::acquire(pool).await?;
     let outbound = customers::oldest_pending_age(&mut conn).await?;
-    let (_, inbox_age) = processed_events::backlog(&mut conn).await?;
+    let (inbox_backlog, inbox_age) = processed_events::backlog(&mut conn).await?;
+    let outbox_backlog = outbox::backlog(&mut conn).await?;
     let dead_letters_open = dead_letters::open_count(&mut conn).await?;
-    Ok(QueueSnapshot {
-        outbound_oldest_pending_seconds: outbound,
-        inbound_oldest_pending_seconds: inbox_age.max(health.kafka_inbound_age()),
-        dead_letters_open,
+    Ok(Measured {
+        snapshot: QueueSnapshot {
+            outbound_oldest_pending_seconds: outbound,
+            inbound_oldest_pending_seconds: inbox_age.max(health.kafka_inbound_age()),
+            dead_letters_open,
+        },
+        outbox_backlog,
+        inbox_backlog,
     })
 }

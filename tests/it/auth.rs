@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{ROTATED_TOKEN, TestApp, error_code};
+use crate::support::app::{ROTATED_TOKEN, TestApp, error_code};
 
 const SOME_ID: &str = "0190a5a4-0000-7000-8000-000000000000";
 

@@ -14,11 +14,11 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::fault_proxy::{FaultProxy, Recorded};
-use crate::helpers::{TestApp, kafka_settings, syncing_settings, wait_for};
-use crate::mock_kafka::MockKafka;
-use crate::stripe_helpers::unique_email;
-use paysync::bus::relay::RelaySettings;
+use crate::support::app::{TestApp, kafka_settings, syncing_settings, wait_for};
+use crate::support::fault_proxy::{FaultProxy, Recorded};
+use crate::support::mock_kafka::MockKafka;
+use crate::support::stripe::unique_email;
+use paysync::transport::kafka::relay::RelaySettings;
 
 /// Stripe's test-mode limit, the budget the benchmark configures.
 const RATE_BUDGET: u32 = 25;

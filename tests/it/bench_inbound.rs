@@ -17,16 +17,16 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use paysync::bus::Envelope;
 use paysync::store::processed_events::{self, EventRef};
+use paysync::transport::kafka::Envelope;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, inbound_settings, kafka_settings, settings, wait_for};
-use crate::mock_kafka::MockKafka;
-use crate::serve_process::{ServeProcess, database_url};
-use crate::webhooks::{now, signature};
+use crate::support::app::{TestApp, inbound_settings, kafka_settings, settings, wait_for};
+use crate::support::mock_kafka::MockKafka;
+use crate::support::serve_process::{ServeProcess, database_url};
+use crate::support::webhooks::{now, signature};
 
 const SECRET: &str = "whsec_bench";
 /// Distinct Stripe customers the events are about.
@@ -493,7 +493,9 @@ async fn bench_apply_kafka_tansu(pool: PgPool) {
     linked_customers(&pool).await;
     let mut kafka = kafka_settings(TANSU);
     kafka.topic_prefix = prefix.clone();
-    paysync::bus::ensure_topics(&kafka).await.unwrap();
+    paysync::transport::kafka::ensure_topics(&kafka)
+        .await
+        .unwrap();
     queue_on_topic(
         TANSU,
         &format!("{prefix}.inbound"),

@@ -9,13 +9,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::wait_for;
-use crate::mock_kafka::MockKafka;
-use crate::serve_process::{
+use crate::support::app::wait_for;
+use crate::support::mock_kafka::MockKafka;
+use crate::support::serve_process::{
     DB_PASSWORD, PROCESS_DEADLINE, ServeProcess, TOKEN, database_url, paysync,
 };
-use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
-use crate::webhooks::{now, signature};
+use crate::support::stripe::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
+use crate::support::webhooks::{now, signature};
 
 /// The tansu broker that `scripts/services up --kafka` starts.
 const TANSU: &str = "127.0.0.1:19092";

@@ -10,8 +10,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::process::Command;
 
-use crate::helpers::{TOKEN, TestApp, settings};
-use crate::webhooks::verifier;
+use crate::support::app::{TOKEN, TestApp, settings};
+use crate::support::webhooks::verifier;
 
 /// Examples per operation and phase: enough to find shape mismatches, bounded for CI
 /// (about 15 s here).

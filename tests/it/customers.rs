@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, error_code};
+use crate::support::app::{TestApp, error_code};
 
 #[sqlx::test]
 async fn create_returns_the_customer_and_queues_it_for_stripe(pool: PgPool) {

@@ -9,8 +9,8 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TOKEN, TestApp, error_code, settings};
-use crate::webhooks::verifier;
+use crate::support::app::{TOKEN, TestApp, error_code, settings};
+use crate::support::webhooks::verifier;
 
 /// Far above every limit under test, so a hang fails the test instead of stalling it.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -180,7 +180,7 @@ async fn requests_over_the_in_flight_limit_get_503_and_probes_still_answer(pool:
         let request = app.request(Method::GET, "/v1/customers");
         tokio::spawn(async move { request.send().await.unwrap().status() })
     };
-    let refused = crate::helpers::wait_for("the limit to be reached", DEADLINE, || async {
+    let refused = crate::support::app::wait_for("the limit to be reached", DEADLINE, || async {
         let response = app
             .request(Method::GET, "/v1/dead-letters")
             .send()
@@ -249,7 +249,7 @@ async fn connections_over_the_limit_are_refused_with_503(pool: PgPool) {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains(r#""code":"overloaded""#), "{answer}");
     drop(held);
-    let health = crate::helpers::wait_for("a free connection", DEADLINE, || async {
+    let health = crate::support::app::wait_for("a free connection", DEADLINE, || async {
         let response = app.client.get(app.url("/healthz")).send().await;
         match response {
             Ok(response) if response.status() == StatusCode::OK => Ok(()),

@@ -4,133 +4,23 @@
 
 use std::time::Duration;
 
-use paysync::app::Settings;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::fault_proxy::{Fault, FaultProxy};
-use crate::helpers::{
-    TestApp, inbound_settings, kafka_settings, settings, stripe_account, syncing_settings, wait_for,
+use crate::support::app::{TestApp, inbound_settings, syncing_settings, wait_for};
+use crate::support::customers::wait_synced;
+use crate::support::events::{
+    DEADLINE, customer_object, deliver_signed, event, inbound_app_settings, insert_linked,
+    local_row, processed, replay, wait_listed,
 };
-use crate::mock_kafka::MockKafka;
-use crate::outbound::wait_synced;
-use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
-use crate::webhooks::{SECRET, deliver, now, signature, verifier};
-
-/// localstripe delivers about a second after a change; generous for a loaded CI machine.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Webhook ingress and inbound worker; with `kafka`, over the mock cluster; with `stripe`,
-/// able to ask that Stripe for a customer's current state.
-pub fn inbound_app_settings(kafka: Option<&MockKafka>, stripe: Option<&str>) -> Settings {
-    Settings {
-        webhooks: Some(verifier()),
-        inbound: Some(inbound_settings()),
-        stripe: stripe.map(stripe_account),
-        kafka: kafka.map(|k| kafka_settings(&k.bootstrap)),
-        ..settings()
-    }
-}
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::mock_kafka::MockKafka;
+use crate::support::stripe::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
+use crate::support::webhooks::{SECRET, deliver, now, signature, verifier};
 
 async fn spawn(pool: PgPool, kafka: Option<&MockKafka>, stripe: Option<&str>) -> TestApp {
     TestApp::spawn_settings(pool, inbound_app_settings(kafka, stripe)).await
-}
-
-/// A local customer linked to `stripe_id` and in sync with it (as after a sync).
-pub async fn insert_linked(pool: &PgPool, email: &str, name: &str, stripe_id: &str) -> String {
-    let id = uuid::Uuid::now_v7();
-    sqlx::query(
-        "insert into customers (id, email, name, stripe_id, stripe_synced_version, sync_state) \
-         values ($1, $2, $3, $4, 1, 'synced')",
-    )
-    .bind(id)
-    .bind(email)
-    .bind(name)
-    .bind(stripe_id)
-    .execute(pool)
-    .await
-    .unwrap();
-    id.to_string()
-}
-
-/// A signed `customer.*` event as Stripe sends it.
-pub fn event(event_id: &str, kind: &str, created: i64, customer: Value) -> String {
-    json!({
-        "id": event_id, "object": "event", "type": kind, "created": created,
-        "data": {"object": customer}
-    })
-    .to_string()
-}
-
-pub fn customer_object(stripe_id: &str, email: &str, name: &str) -> Value {
-    json!({"id": stripe_id, "object": "customer", "email": email, "name": name, "metadata": {}})
-}
-
-pub async fn deliver_signed(app: &TestApp, body: &str) {
-    let response = deliver(app, body, Some(&signature(SECRET, now(), body))).await;
-    assert_eq!(response.status(), StatusCode::OK, "delivery refused");
-}
-
-/// The local row of a customer: (name, version, deleted).
-pub async fn local_row(pool: &PgPool, id: &str) -> (Option<String>, i64, bool) {
-    sqlx::query_as(
-        "select name, version, deleted_at is not null from customers where id = $1::uuid",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
-/// Waits until the event is processed; returns its outcome.
-pub async fn processed(app: &TestApp, event_id: &str) -> String {
-    wait_for(&format!("event {event_id} processed"), DEADLINE, || async {
-        let outcome: Option<Option<String>> = sqlx::query_scalar(
-            "select outcome from processed_events where event_id = $1 \
-                 and processed_at is not null",
-        )
-        .bind(event_id)
-        .fetch_optional(&app.pool)
-        .await
-        .unwrap();
-        outcome
-            .flatten()
-            .ok_or_else(|| "not processed yet".to_owned())
-    })
-    .await
-}
-
-/// The customer with this email as the API lists it, once there.
-pub async fn wait_listed(app: &TestApp, email: &str, check: impl Fn(&Value) -> bool) -> Value {
-    wait_for(
-        &format!("{email} in GET /v1/customers"),
-        DEADLINE,
-        || async {
-            let page = app
-                .get_json(&format!("/v1/customers?email={}", urlencode(email)))
-                .await;
-            match page["data"].as_array().and_then(|data| data.first()) {
-                Some(customer) if check(customer) => Ok(customer.clone()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-}
-
-/// `POST /v1/dead-letters/{id}/replay` of a listed dead letter.
-pub async fn replay(app: &TestApp, letter: &Value) -> StatusCode {
-    let path = format!("/v1/dead-letters/{}/replay", letter["id"].as_str().unwrap());
-    app.request(reqwest::Method::POST, &path)
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
-pub fn urlencode(text: &str) -> String {
-    text.replace('+', "%2B").replace('@', "%40")
 }
 
 /// Customers created, updated and deleted directly in localstripe appear, change and

@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
-use paysync::bus::relay::RelaySettings;
+use paysync::transport::kafka::relay::RelaySettings;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, kafka_settings, settings, wait_for};
-use crate::mock_kafka::MockKafka;
-use crate::outbound::{burst_of_patches_ends_at_the_last_version, wait_synced};
-use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
+use crate::support::app::{TestApp, kafka_settings, settings, wait_for};
+use crate::support::customers::wait_synced;
+use crate::support::mock_kafka::MockKafka;
+use crate::support::stripe::{LOCALSTRIPE, Localstripe, unique_email};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -162,14 +162,6 @@ async fn an_unreadable_message_is_dead_lettered_and_the_partition_moves_on(pool:
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn a_burst_of_patches_through_kafka_ends_at_the_last_version(pool: PgPool) {
-    let kafka = MockKafka::start().await;
-    let app = TestApp::spawn_kafka(pool, LOCALSTRIPE, &kafka.bootstrap).await;
-    burst_of_patches_ends_at_the_last_version(&app).await;
-    app.stop().await;
-}
-
 /// Two relays on one database (two replicas) publish every outbox row exactly once: the
 /// topic ends up holding as many messages as there are rows.
 #[sqlx::test]
@@ -214,6 +206,6 @@ async fn two_relays_publish_each_outbox_row_exactly_once(pool: PgPool) {
 
     let messages = kafka.messages_in("paysync.outbound").await;
     assert_eq!(messages, 200, "200 outbox rows, 200 messages");
-    first.stop().await;
-    second.stop().await;
+    // Each waits until no session of the database is left, so both stop together.
+    tokio::join!(first.stop(), second.stop());
 }

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestApp, error_code};
+use crate::support::app::{TestApp, error_code};
 
 #[sqlx::test]
 async fn health_and_readiness_need_no_token(pool: PgPool) {
@@ -38,7 +38,7 @@ async fn readiness_fails_while_the_database_is_unreachable() {
     let settings = Settings {
         auth: ApiAuth::Disabled,
         shutdown_timeout: Duration::from_secs(1),
-        ..crate::helpers::settings()
+        ..crate::support::app::settings()
     };
     let app = Application::build(settings, pool).await.unwrap();
     let url = format!("http://{}/readyz", app.local_addr().unwrap());

@@ -8,36 +8,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::fault_proxy::{Fault, FaultProxy};
-use crate::helpers::{TestApp, wait_for};
-use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, unique_email};
-
-/// Generous: the fault tests retry through several injected failures and 2 s timeouts.
-const SYNC_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Waits until the customer's sync has reached `version`; returns the customer.
-pub async fn wait_synced(app: &TestApp, id: &str, version: i64) -> Value {
-    wait_for(
-        &format!("customer {id} synced at version {version}"),
-        SYNC_DEADLINE,
-        || async {
-            let customer: Value = app
-                .get_customer(id)
-                .await
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if customer["sync"]["synced_version"] == version
-                && customer["sync"]["state"] == "synced"
-            {
-                Ok(customer)
-            } else {
-                Err(customer["sync"].to_string())
-            }
-        },
-    )
-    .await
-}
+use crate::support::app::{TestApp, wait_for};
+use crate::support::customers::{SYNC_DEADLINE, wait_synced};
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::mock_kafka::MockKafka;
+use crate::support::stripe::{LOCALSTRIPE, Localstripe, unique_email};
 
 /// The version a deleted customer was synced at (it is 404 in the API).
 async fn synced_version_in_db(app: &TestApp, id: &str) -> i64 {
@@ -130,7 +105,7 @@ async fn creates_updates_and_deletes_reach_stripe(pool: PgPool) {
 }
 
 /// 100 rapid PATCHes of one customer end with Stripe equal to the last version, once.
-pub async fn burst_of_patches_ends_at_the_last_version(app: &TestApp) {
+async fn burst_of_patches_ends_at_the_last_version(app: &TestApp) {
     let email = unique_email("burst");
     let id = app.create_customer(&email).await["id"]
         .as_str()
@@ -293,4 +268,12 @@ async fn a_change_stripe_rejects_is_dead_lettered_and_replays_once_fixed(pool: P
     assert_eq!(open["data"], json!([]));
     let all: Value = app.get_json("/v1/dead-letters?all=true").await;
     assert!(all["data"][0]["replayed_at"].is_string());
+}
+
+#[sqlx::test]
+async fn a_burst_of_patches_through_kafka_ends_at_the_last_version(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let app = TestApp::spawn_kafka(pool, LOCALSTRIPE, &kafka.bootstrap).await;
+    burst_of_patches_ends_at_the_last_version(&app).await;
+    app.stop().await;
 }

@@ -10,14 +10,14 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, wait_for};
-use crate::inbound::{
+use crate::support::app::{TestApp, wait_for};
+use crate::support::events::{
     customer_object, deliver_signed, event, inbound_app_settings, insert_linked, local_row,
     processed, replay, wait_listed,
 };
-use crate::mock_kafka::MockKafka;
-use crate::stripe_helpers::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
-use crate::webhooks::{SECRET, now};
+use crate::support::mock_kafka::MockKafka;
+use crate::support::stripe::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
+use crate::support::webhooks::{SECRET, now};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

@@ -3,26 +3,14 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::Sha256;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, error_code, kafka_settings, settings, wait_for};
-use crate::mock_kafka::MockKafka;
-use crate::stripe_helpers::{LOCALSTRIPE, unique_email};
-use paysync::stripe::webhook::{DEFAULT_TOLERANCE, WebhookVerifier};
-
-pub const SECRET: &str = "whsec_paysync_test";
-const ROTATED_SECRET: &str = "whsec_paysync_previous";
-
-pub fn verifier() -> WebhookVerifier {
-    WebhookVerifier::new(
-        vec![SECRET.into(), ROTATED_SECRET.into()],
-        DEFAULT_TOLERANCE,
-    )
-}
+use crate::support::app::{TestApp, error_code, kafka_settings, settings, wait_for};
+use crate::support::mock_kafka::MockKafka;
+use crate::support::stripe::{LOCALSTRIPE, unique_email};
+use crate::support::webhooks::{ROTATED_SECRET, SECRET, deliver, now, signature, verifier};
 
 async fn spawn(pool: PgPool, kafka: Option<&MockKafka>) -> TestApp {
     let mut settings = settings();
@@ -33,35 +21,12 @@ async fn spawn(pool: PgPool, kafka: Option<&MockKafka>) -> TestApp {
     TestApp::spawn_settings(pool, settings).await
 }
 
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// `Stripe-Signature` for `body` at `t`, as Stripe computes it.
-pub fn signature(secret: &str, t: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 fn customer_event(event_id: &str, kind: &str, stripe_id: &str) -> String {
     json!({
         "id": event_id, "object": "event", "type": kind, "created": now(),
         "data": {"object": {"id": stripe_id, "object": "customer", "email": "hook@example.com"}}
     })
     .to_string()
-}
-
-pub async fn deliver(app: &TestApp, body: &str, signature: Option<&str>) -> reqwest::Response {
-    let mut request = app
-        .client
-        .post(app.url("/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(signature) = signature {
-        request = request.header("stripe-signature", signature);
-    }
-    request.send().await.unwrap()
 }
 
 async fn inbox(app: &TestApp) -> Vec<(String, Option<String>, Value)> {

@@ -1,25 +1,22 @@
-//! Where verified Stripe events wait until the inbound worker applies them: the inbound Kafka
-//! topic, or the `processed_events` inbox with the PostgreSQL transport. The webhook ingress
-//! and catch-up both enqueue here, so both paths share the worker's guarantees.
+//! The inbox writer of the PostgreSQL transport: stores verified Stripe events for many
+//! concurrent webhook deliveries in one statement and one commit (group commit at the
+//! application). Each caller still returns only once its own events are committed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::bus::Envelope;
-use crate::metrics::Metrics;
+use crate::metrics::latency_histogram;
 use crate::store::processed_events::{self, EventRef};
 use crate::store::{self, DEFAULT_ACCOUNT};
-use crate::stripe::event::VerifiedEvent;
+use crate::stripe::event::StripeEvent;
+use crate::sync::QueueError;
 use crate::telemetry::error_chain;
 
-/// How long an event may wait for Kafka's acknowledgement: an answer well within Stripe's
-/// delivery timeout, so a slow broker shows as a 503, not as a timed-out endpoint.
-const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(8);
 /// Inbox writes in flight at once: one commits while the next gathers its rows.
 const CONCURRENT_INBOX_WRITES: usize = 2;
 /// Most events in one inbox write.
@@ -31,73 +28,30 @@ const INBOX_QUEUE_DEPTH: usize = 10_000;
 /// does, at most this often, and always once after the last write.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("storing events in the inbox failed: {0}")]
-    Inbox(String),
-    #[error("the inbox writer has stopped")]
-    Stopped,
-    #[error("Kafka did not take event {event_id}: {reason}")]
-    Kafka { event_id: String, reason: String },
+/// `paysync_inbox_write_*`.
+#[derive(Debug)]
+pub struct InboxWriterMetrics {
+    events: Histogram,
+    duration: Histogram,
 }
 
-#[derive(Clone)]
-pub enum InboundQueue {
-    /// The PostgreSQL transport: the `processed_events` inbox, deduplicated by event id.
-    Postgres(InboxWriter),
-    /// The Kafka transport: the inbound topic, keyed by Stripe customer id (so one customer's
-    /// events stay in order on one partition).
-    Kafka {
-        producer: FutureProducer,
-        topic: String,
-    },
-}
-
-impl std::fmt::Debug for InboundQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Postgres(_) => f.write_str("InboundQueue::Postgres"),
-            Self::Kafka { topic, .. } => write!(f, "InboundQueue::Kafka({topic})"),
-        }
-    }
-}
-
-impl InboundQueue {
-    /// Queues the events durably: returns only once all of them are stored (committed to
-    /// PostgreSQL, or acknowledged by all in-sync Kafka replicas).
-    pub async fn enqueue(&self, events: Vec<VerifiedEvent>) -> Result<(), QueueError> {
-        match self {
-            Self::Postgres(writer) => writer.write(events).await,
-            Self::Kafka { producer, topic } => {
-                let sends = events.iter().map(|event| produce(producer, topic, event));
-                for sent in futures::future::join_all(sends).await {
-                    sent?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-async fn produce(
-    producer: &FutureProducer,
-    topic: &str,
-    event: &VerifiedEvent,
-) -> Result<(), QueueError> {
-    let failed = |reason: String| QueueError::Kafka {
-        event_id: event.id.clone(),
-        reason,
-    };
-    let occurred_at = chrono::DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
-    let message = Envelope::inbound(&event.raw, occurred_at);
-    let key = event.customer_id.as_deref().unwrap_or(&event.id);
-    let record = FutureRecord::to(topic).key(key).payload(&message);
-    match tokio::time::timeout(ENQUEUE_TIMEOUT, producer.send(record, ENQUEUE_TIMEOUT)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(failed(e.to_string())),
-        Err(_) => Err(failed(format!(
-            "no acknowledgement within {ENQUEUE_TIMEOUT:?}"
-        ))),
+impl InboxWriterMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            events: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            duration: latency_histogram(),
+        };
+        registry.register(
+            "inbox_write_events",
+            "Events per inbox write: concurrent webhook deliveries share one insert and commit",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "inbox_write_duration_seconds",
+            "Time one inbox write took, insert and commit",
+            metrics.duration.clone(),
+        );
+        metrics
     }
 }
 
@@ -109,22 +63,33 @@ pub struct InboxWriter {
     sender: mpsc::Sender<PendingWrite>,
 }
 
+/// The writer's tasks, not yet running: started by [`InboxWriterTasks::spawn`] when paysync
+/// runs (building paysync starts nothing).
+pub struct InboxWriterTasks {
+    pool: PgPool,
+    metrics: Arc<InboxWriterMetrics>,
+    receiver: mpsc::Receiver<PendingWrite>,
+}
+
 struct PendingWrite {
-    events: Vec<VerifiedEvent>,
+    events: Vec<StripeEvent>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
 impl InboxWriter {
-    /// Starts the writer; it stops when the last clone is dropped.
-    pub fn start(pool: PgPool, metrics: Arc<Metrics>) -> Self {
+    /// The writer and its tasks; writes wait until the tasks are spawned. The tasks stop when
+    /// the last clone of the writer is dropped.
+    pub fn new(pool: PgPool, metrics: Arc<InboxWriterMetrics>) -> (Self, InboxWriterTasks) {
         let (sender, receiver) = mpsc::channel(INBOX_QUEUE_DEPTH);
-        let (written, wake) = mpsc::channel(1);
-        tokio::spawn(notify_workers(pool.clone(), wake));
-        tokio::spawn(gather_and_write(pool, metrics, receiver, written));
-        Self { sender }
+        let tasks = InboxWriterTasks {
+            pool,
+            metrics,
+            receiver,
+        };
+        (Self { sender }, tasks)
     }
 
-    pub async fn write(&self, events: Vec<VerifiedEvent>) -> Result<(), QueueError> {
+    pub async fn write(&self, events: Vec<StripeEvent>) -> Result<(), QueueError> {
         let (done, committed) = oneshot::channel();
         self.sender
             .send(PendingWrite { events, done })
@@ -137,9 +102,22 @@ impl InboxWriter {
     }
 }
 
+impl InboxWriterTasks {
+    pub fn spawn(self) {
+        let (written, wake) = mpsc::channel(1);
+        tokio::spawn(notify_workers(self.pool.clone(), wake));
+        tokio::spawn(gather_and_write(
+            self.pool,
+            self.metrics,
+            self.receiver,
+            written,
+        ));
+    }
+}
+
 async fn gather_and_write(
     pool: PgPool,
-    metrics: Arc<Metrics>,
+    metrics: Arc<InboxWriterMetrics>,
     mut receiver: mpsc::Receiver<PendingWrite>,
     written: mpsc::Sender<()>,
 ) {
@@ -166,10 +144,8 @@ async fn gather_and_write(
         tokio::spawn(async move {
             let started = Instant::now();
             let outcome = write_inbox(&pool, &batch).await;
-            metrics.inbox_write_events.observe(rows as f64);
-            metrics
-                .inbox_write_duration
-                .observe(started.elapsed().as_secs_f64());
+            metrics.events.observe(rows as f64);
+            metrics.duration.observe(started.elapsed().as_secs_f64());
             if outcome.is_ok() {
                 // Full means a wake-up is pending already, which covers these rows too.
                 let _ = wake.try_send(());
@@ -194,8 +170,7 @@ async fn write_inbox(pool: &PgPool, batch: &[PendingWrite]) -> Result<(), String
                 account: DEFAULT_ACCOUNT,
                 stripe_customer_id: event.customer_id.as_deref(),
             };
-            // Verified deliveries are JSON, hence UTF-8.
-            (reference, std::str::from_utf8(&event.raw).unwrap_or("null"))
+            (reference, event.raw.as_str())
         })
         .collect();
     let write = async {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::helpers::wait_for;
+use super::app::wait_for;
 
 pub const TOKEN: &str = "binary-test-token-must-not-be-logged";
 pub const DB_PASSWORD: &str = "db-password-must-not-be-logged";

@@ -9,11 +9,13 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use tracing::debug;
 
-use super::{Delivery, Failure, InboundSync, Outcome, Received, log_conflict};
+use super::event::IncomingEvent;
+use super::rules::{self, Decision, Skip};
+use super::write::log_conflict;
+use super::{Delivery, Failure, InboundSync, Outcome, Received};
 use crate::domain::{Customer, CustomerId, Op};
 use crate::store::processed_events::{self, Seen};
 use crate::store::{customers, outbox};
-use crate::sync::inbound::{self, Decision, IncomingEvent, Skip};
 
 /// A linked customer while its batch is decided.
 struct Linked {
@@ -27,7 +29,7 @@ struct Linked {
 impl InboundSync {
     /// Applies `events` in `conn` in order, each with its dedup record; the first failure
     /// stops it (the caller rolls back and applies the events one by one).
-    pub async fn apply_batch(
+    pub(super) async fn apply_batch(
         &self,
         conn: &mut PgConnection,
         events: &[Received],
@@ -109,7 +111,7 @@ impl InboundSync {
         requeued: &mut Vec<(CustomerId, i64)>,
     ) -> Result<Outcome, Failure> {
         let decision = loop {
-            match inbound::decide(Some(&state.customer), &event, self.policy) {
+            match rules::decide(Some(&state.customer), &event, self.policy) {
                 Decision::Refetch if !event.current => event = self.refetch(event).await?,
                 // Stripe's current state is never in doubt; this cannot happen.
                 Decision::Refetch => break Decision::Skip(Skip::NoChange),
@@ -133,7 +135,7 @@ impl InboundSync {
         }
         debug!(event_id = %event.id, customer_id = %state.customer.id, outcome = outcome.label(), "Stripe event decided");
         let before = state.customer.clone();
-        state.customer = inbound::after(before.clone(), &decision, event.created, now);
+        state.customer = rules::after(before.clone(), &decision, event.created, now);
         state.touched |= state.customer != before;
         state.changed |= matches!(decision, Decision::Apply(_) | Decision::Delete);
         Ok(outcome)

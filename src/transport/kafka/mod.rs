@@ -4,9 +4,10 @@
 //! the broker acknowledged them, and the consumer stores an offset only after its message was
 //! fully handled. The handlers are idempotent, so duplicates are harmless.
 
-pub mod consumer;
+mod consumer;
 mod envelope;
 pub mod inbound;
+pub mod outbound;
 pub mod relay;
 mod topics;
 

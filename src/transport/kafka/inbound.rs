@@ -5,21 +5,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use futures::FutureExt as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::consumer::{MessageAt, close, dead_letter_unreadable, subscribed_consumer};
-use super::{InboundMessage, KafkaSettings, Result};
+use super::consumer::{close, dead_letter_unreadable, subscribed_consumer};
+use super::{Envelope, InboundMessage, KafkaSettings, Result};
+use crate::backoff::DEPENDENCY_BACKOFF;
 use crate::store::dead_letters::Source;
+use crate::stripe::event::StripeEvent;
 use crate::sync::queue_health::QueueHealth;
-use crate::sync::{InboundSync, Received};
+use crate::sync::{InboundHandler, QueueError, Received};
 
-/// Longest pause between retries of a batch that failed on the database.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// How long an event may wait for Kafka's acknowledgement: an answer well within Stripe's
+/// delivery timeout, so a slow broker shows as a 503, not as a timed-out endpoint.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(8);
 
 pub fn inbound_consumer(settings: &KafkaSettings) -> Result<StreamConsumer> {
     subscribed_consumer(settings, "inbound", &settings.inbound_topic())
@@ -28,38 +33,18 @@ pub fn inbound_consumer(settings: &KafkaSettings) -> Result<StreamConsumer> {
 /// Runs until `shutdown`, then closes the consumer (committing the stored offsets).
 pub async fn run_inbound(
     consumer: StreamConsumer,
-    sync: Arc<InboundSync>,
+    handler: Arc<dyn InboundHandler>,
     health: Arc<QueueHealth>,
     batch_size: usize,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break,
-            message = consumer.recv() => message.map(|m| m.detach()),
-        };
-        let mut messages = match first {
-            Ok(message) => vec![message],
-            Err(e) => {
-                warn!(error = %e, "reading from Kafka failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // Whatever else is ready now joins the batch; nothing waits for a batch to fill.
-        while messages.len() < batch_size {
-            match consumer.recv().now_or_never() {
-                Some(Ok(message)) => messages.push(message.detach()),
-                Some(Err(_)) | None => break,
-            }
-        }
+    while let Some(messages) = next_batch(&consumer, batch_size, &shutdown).await {
         let oldest = messages
             .iter()
             .filter_map(|m| m.timestamp().to_millis())
             .min();
-        health
-            .kafka_inbound_holding(oldest.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()));
-        let handled = handle(&messages, &sync, &shutdown).await;
+        health.kafka_inbound_holding(oldest.unwrap_or_else(|| Utc::now().timestamp_millis()));
+        let handled = handle(&messages, handler.as_ref(), &shutdown).await;
         health.kafka_inbound_idle();
         if !handled {
             // Shutting down mid-retry: the offsets stay, the messages are read again.
@@ -77,24 +62,52 @@ pub async fn run_inbound(
     info!("inbound consumer stopped");
 }
 
+/// The next batch: the first message to arrive, and whatever else is ready now (nothing
+/// waits for a batch to fill). `None` once shut down.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    batch_size: usize,
+    shutdown: &CancellationToken,
+) -> Option<Vec<OwnedMessage>> {
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            message = consumer.recv() => message.map(|m| m.detach()),
+        };
+        let mut messages = match first {
+            Ok(message) => vec![message],
+            Err(e) => {
+                warn!(error = %e, "reading from Kafka failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while messages.len() < batch_size {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => messages.push(message.detach()),
+                Some(Err(_)) | None => break,
+            }
+        }
+        return Some(messages);
+    }
+}
+
 /// Applies a batch to the end. Returns false only when shutdown interrupted a retry.
 async fn handle(
     messages: &[OwnedMessage],
-    sync: &InboundSync,
+    handler: &dyn InboundHandler,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut events = Vec::with_capacity(messages.len());
     for message in messages {
-        let payload = message.payload().unwrap_or_default();
-        match read(payload) {
+        match read(message.payload().unwrap_or_default()) {
             Ok(received) => events.push(received),
             Err(reason) => {
-                let at = MessageAt::of(message);
+                let dead_letters = handler.dead_letters();
                 if !dead_letter_unreadable(
                     Source::Inbound,
-                    &at,
-                    payload,
-                    sync.dead_letters(),
+                    message,
+                    dead_letters,
                     &reason,
                     shutdown,
                 )
@@ -105,20 +118,12 @@ async fn handle(
             }
         }
     }
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match sync.apply_all(&events).await {
-            Ok(()) => return true,
-            Err(e) => {
-                warn!(error = %e, events = events.len(), "inbound batch failed on the database; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-            }
-        }
-    }
+    DEPENDENCY_BACKOFF
+        .until_ok("an inbound batch (database)", shutdown, || {
+            handler.apply_delivered(&events)
+        })
+        .await
+        .is_some()
 }
 
 /// A message of the inbound topic: an envelope around a verified Stripe event.
@@ -127,13 +132,37 @@ fn read(payload: &[u8]) -> std::result::Result<Received, String> {
     Received::from_raw(message.event().to_owned())
 }
 
+/// Produces a verified event to the inbound topic, keyed by its Stripe customer, and waits
+/// for the acknowledgement of all in-sync replicas.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    event: &StripeEvent,
+) -> std::result::Result<(), QueueError> {
+    let failed = |reason: String| QueueError::Kafka {
+        event_id: event.id.clone(),
+        reason,
+    };
+    let occurred_at = chrono::DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
+    let message = Envelope::inbound(event.raw.as_bytes(), occurred_at);
+    let key = event.customer_id.as_deref().unwrap_or(&event.id);
+    let record = FutureRecord::to(topic).key(key).payload(&message);
+    match tokio::time::timeout(ENQUEUE_TIMEOUT, producer.send(record, ENQUEUE_TIMEOUT)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!(
+            "no acknowledgement within {ENQUEUE_TIMEOUT:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
     use serde_json::json;
 
     use super::*;
-    use crate::bus::Envelope;
+    use crate::transport::kafka::Envelope;
 
     #[test]
     fn reads_envelopes_of_stripe_events_only() {

@@ -1,22 +1,16 @@
 //! The inbound worker's pure core: what a Stripe customer event does to the local row.
 //!
-//! Kept free of I/O so every rule of DESIGN.md §3 that concerns inbound events can be tested
-//! directly: older events never overwrite newer ones (invariant 5), paysync's own writes
-//! coming back are recognised and change nothing (invariant 4), and a conflict between an
-//! unsynced local change and a newer Stripe change is settled by the policy.
-
-use std::collections::BTreeMap;
-use std::str::FromStr;
+//! Kept free of I/O so every inbound rule can be tested directly: older events never
+//! overwrite newer ones (`stripe_event_at`, and paysync's own last write), paysync's own writes
+//! coming back are recognised and change nothing (the `paysync:` key, or the content paysync
+//! last synced), and a conflict between an unsynced local change and a Stripe change is
+//! settled by the policy.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::Value;
 
-use crate::domain::{
-    Customer, CustomerFields, CustomerId, Description, Email, Metadata, Name, Phone,
-    RESERVED_PREFIX, StripeCustomerId, SyncState, ValidationError,
-};
-use crate::stripe::StripeCustomer;
-use crate::stripe::event::StripeEvent;
+use super::event::IncomingEvent;
+use crate::domain::{ConflictPolicy, Customer, CustomerFields, SyncState};
+use crate::stripe::event::EventKind;
 
 /// The prefix of every Idempotency-Key paysync sends to Stripe.
 pub const OWN_IDEMPOTENCY_PREFIX: &str = "paysync:";
@@ -27,248 +21,6 @@ pub const CLOCK_SKEW_ALLOWANCE: TimeDelta = TimeDelta::seconds(2);
 
 /// Stripe's `created` is whole seconds: an event happened before `created` + this.
 const CREATED_RESOLUTION: TimeDelta = TimeDelta::seconds(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Created,
-    Updated,
-    Deleted,
-}
-
-impl EventKind {
-    pub fn parse(event_type: &str) -> Option<Self> {
-        match event_type {
-            "customer.created" => Some(Self::Created),
-            "customer.updated" => Some(Self::Updated),
-            "customer.deleted" => Some(Self::Deleted),
-            _ => None,
-        }
-    }
-}
-
-/// Who wins when both sides changed since the last sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ConflictPolicy {
-    /// The later change wins: local `updated_at` against the event's `created`.
-    #[default]
-    Newest,
-    LocalWins,
-    StripeWins,
-}
-
-impl FromStr for ConflictPolicy {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        match raw {
-            "newest" => Ok(Self::Newest),
-            "local-wins" => Ok(Self::LocalWins),
-            "stripe-wins" => Ok(Self::StripeWins),
-            other => Err(format!(
-                "{other:?} is not a conflict policy (newest, local-wins or stripe-wins)"
-            )),
-        }
-    }
-}
-
-/// The synced fields as Stripe holds them (paysync's own metadata keys removed; Stripe's
-/// empty strings are unset values, as they are locally), valid by the customer domain's rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RemoteFields {
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub phone: Option<String>,
-    pub description: Option<String>,
-    pub metadata: BTreeMap<String, String>,
-}
-
-impl RemoteFields {
-    /// From a Stripe customer object as an event carries it, checked against the same domain
-    /// rules as a REST write (so inbound can never store what the API would refuse). An error
-    /// names every field that breaks a rule; the event is then dead-lettered, nothing of it
-    /// applied.
-    pub fn from_object(object: &Value) -> Result<Self, String> {
-        let text = |field: &str| object.get(field).and_then(Value::as_str).map(str::to_owned);
-        let metadata = object
-            .get("metadata")
-            .and_then(Value::as_object)
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self::parse(UncheckedFields {
-            email: text("email"),
-            name: text("name"),
-            phone: text("phone"),
-            description: text("description"),
-            metadata,
-        })
-    }
-
-    /// From a customer retrieved from Stripe, checked as [`Self::from_object`] does.
-    pub fn from_customer(customer: &StripeCustomer) -> Result<Self, String> {
-        Self::parse(UncheckedFields {
-            email: customer.email.clone(),
-            name: customer.name.clone(),
-            phone: customer.phone.clone(),
-            description: customer.description.clone(),
-            metadata: customer.metadata.clone(),
-        })
-    }
-
-    /// Stripe's empty strings are unset values, as they are locally; values are trimmed as
-    /// the REST API trims them, so both sides compare equal after a round trip.
-    fn parse(unchecked: UncheckedFields) -> Result<Self, String> {
-        let mut errors: Vec<ValidationError> = Vec::new();
-        let mut check = |result: Result<Option<String>, ValidationError>| {
-            result.unwrap_or_else(|e| {
-                errors.push(e);
-                None
-            })
-        };
-        let email = check(match unchecked.email.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(raw) => Email::parse(raw).map(|e| Some(e.into_inner())),
-        });
-        let optional = |raw: &Option<String>| raw.clone().unwrap_or_default();
-        let name = check(Name::parse(&optional(&unchecked.name)).map(|n| n.map(Name::into_inner)));
-        let phone =
-            check(Phone::parse(&optional(&unchecked.phone)).map(|p| p.map(Phone::into_inner)));
-        let description = check(
-            Description::parse(&optional(&unchecked.description))
-                .map(|d| d.map(Description::into_inner)),
-        );
-        let metadata = match Metadata::parse(user_metadata(unchecked.metadata)) {
-            Ok(metadata) => metadata.into_inner(),
-            Err(e) => {
-                errors.push(e);
-                BTreeMap::new()
-            }
-        };
-        if !errors.is_empty() {
-            let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return Err(format!(
-                "the Stripe customer breaks paysync's customer rules: {}",
-                reasons.join("; ")
-            ));
-        }
-        Ok(Self {
-            email,
-            name,
-            phone,
-            description,
-            metadata,
-        })
-    }
-
-    /// The local fields these become. Stripe allows customers without an email, paysync does
-    /// not: the local email is kept then.
-    pub fn to_local(&self, local_email: &str) -> CustomerFields {
-        CustomerFields {
-            email: self.email.clone().unwrap_or_else(|| local_email.to_owned()),
-            name: self.name.clone(),
-            phone: self.phone.clone(),
-            description: self.description.clone(),
-            metadata: Metadata::from_stored(self.metadata.clone()),
-        }
-    }
-}
-
-/// The synced fields of a Stripe customer before the domain rules are applied.
-struct UncheckedFields {
-    email: Option<String>,
-    name: Option<String>,
-    phone: Option<String>,
-    description: Option<String>,
-    metadata: BTreeMap<String, String>,
-}
-
-/// Metadata without paysync's own keys, and without blank values (Stripe's way of removing
-/// a key; localstripe keeps them blank).
-fn user_metadata(metadata: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    metadata
-        .into_iter()
-        .filter(|(key, value)| !key.starts_with(RESERVED_PREFIX) && !value.is_empty())
-        .collect()
-}
-
-/// A Stripe customer event, as the decision needs it.
-#[derive(Debug, Clone)]
-pub struct IncomingEvent {
-    pub id: String,
-    pub kind: EventKind,
-    /// `event.created` (1 s resolution).
-    pub created: DateTime<Utc>,
-    pub stripe_id: String,
-    pub idempotency_key: Option<String>,
-    pub fields: RemoteFields,
-    /// `metadata.paysync_id`, when paysync created or linked the Stripe customer.
-    pub paysync_id: Option<CustomerId>,
-    /// Fetched from Stripe just now rather than carried by the event: Stripe's current state,
-    /// so no ordering doubt applies.
-    pub current: bool,
-}
-
-impl IncomingEvent {
-    /// Reads a customer event; an error names what is missing or breaks a domain rule (the
-    /// event is dead-lettered).
-    pub fn from_stripe(event: &StripeEvent) -> Result<Self, String> {
-        let mut incoming = Self::head(event)?;
-        incoming.fields = RemoteFields::from_object(&event.data.object)?;
-        Ok(incoming)
-    }
-
-    /// What identifies the event and its customer, without its content (a replay decides on
-    /// what Stripe holds now instead).
-    pub fn head(event: &StripeEvent) -> Result<Self, String> {
-        let kind = EventKind::parse(&event.kind)
-            .ok_or_else(|| format!("{} is not a customer event paysync applies", event.kind))?;
-        let object = &event.data.object;
-        let raw_id = object
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or("data.object has no customer id")?;
-        let stripe_id = StripeCustomerId::parse(raw_id)
-            .map_err(|e| format!("data.object.id: {}", e.message))?
-            .as_str()
-            .to_owned();
-        let created = DateTime::from_timestamp(event.created, 0)
-            .ok_or_else(|| format!("created {} is not a valid time", event.created))?;
-        let paysync_id = object
-            .pointer("/metadata/paysync_id")
-            .and_then(Value::as_str)
-            .and_then(|id| id.parse().ok());
-        Ok(Self {
-            id: event.id.clone(),
-            kind,
-            created,
-            stripe_id,
-            idempotency_key: event.idempotency_key().map(str::to_owned),
-            fields: RemoteFields::default(),
-            paysync_id,
-            current: false,
-        })
-    }
-
-    /// Stripe's current state of the event's customer (`None`: deleted), in its place; an
-    /// error when that state breaks a domain rule.
-    pub fn refetched(&self, current: Option<&StripeCustomer>) -> Result<Self, String> {
-        let mut refetched = self.clone();
-        refetched.current = true;
-        refetched.idempotency_key = None;
-        match current {
-            Some(customer) => {
-                refetched.kind = EventKind::Updated;
-                refetched.fields = RemoteFields::from_customer(customer)?;
-            }
-            None => refetched.kind = EventKind::Deleted,
-        }
-        Ok(refetched)
-    }
-}
 
 /// How a local customer found for an event relates to the event's Stripe customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,11 +209,14 @@ fn ordering_doubt(local: &Customer, created: DateTime<Utc>) -> Option<Decision> 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use chrono::TimeZone;
-    use serde_json::json;
 
     use super::*;
-    use crate::domain::WriteWindow;
+    use crate::domain::{CustomerId, Metadata, WriteWindow};
+    use crate::stripe::StripeCustomer;
+    use crate::sync::mapping::RemoteFields;
 
     fn at(second: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap()
@@ -751,89 +506,5 @@ mod tests {
         let mut unlinked = customer;
         unlinked.stripe_id = None;
         assert_eq!(link(&unlinked, "cus_2"), Link::LinkNow);
-    }
-
-    #[test]
-    fn reads_localstripe_and_stripe_events() {
-        let raw = br#"{"id": "evt_9", "type": "customer.updated", "created": 1700000010,
-            "data": {"object": {"id": "cus_9", "object": "customer", "email": "a@example.com",
-              "name": "", "phone": null, "description": "VIP",
-              "metadata": {"paysync_id": "0190a5a4-0000-7000-8000-000000000000",
-                           "paysync_version": "3", "plan": "pro", "removed": ""}}}}"#;
-        let event = IncomingEvent::from_stripe(&StripeEvent::parse(raw).unwrap()).unwrap();
-        assert_eq!(event.kind, EventKind::Updated);
-        assert_eq!(event.stripe_id, "cus_9");
-        assert_eq!(event.created, at(10));
-        assert_eq!(
-            event.paysync_id.unwrap().to_string(),
-            "0190a5a4-0000-7000-8000-000000000000"
-        );
-        assert_eq!(event.fields.name, None);
-        assert_eq!(event.fields.description.as_deref(), Some("VIP"));
-        assert_eq!(
-            event.fields.metadata,
-            BTreeMap::from([("plan".into(), "pro".into())])
-        );
-        let not_a_customer = br#"{"id": "evt_8", "type": "customer.updated", "created": 1,
-            "data": {"object": {"id": "in_1", "object": "invoice"}}}"#;
-        assert!(IncomingEvent::from_stripe(&StripeEvent::parse(not_a_customer).unwrap()).is_err());
-    }
-
-    #[test]
-    fn stripe_content_follows_the_same_domain_rules_as_the_rest_api() {
-        let object = |fields: Value| {
-            let mut customer = json!({"id": "cus_1", "object": "customer"});
-            customer
-                .as_object_mut()
-                .unwrap()
-                .extend(fields.as_object().unwrap().clone());
-            RemoteFields::from_object(&customer)
-        };
-        for (bad, field) in [
-            (json!({"email": "not-an-email"}), "email"),
-            (
-                json!({"email": "a@example.com", "name": "n".repeat(5000)}),
-                "name",
-            ),
-            (
-                json!({"email": "a@example.com", "name": "Ada\u{0}"}),
-                "name",
-            ),
-            (
-                json!({"email": "a@example.com", "metadata": {"k": "a\u{0}b"}}),
-                "metadata.k",
-            ),
-            (
-                json!({"email": "a@example.com", "phone": "1".repeat(21)}),
-                "phone",
-            ),
-        ] {
-            let err = object(bad.clone()).unwrap_err();
-            assert!(err.contains(field), "{bad}: {err}");
-        }
-        // Every broken field is named, not only the first.
-        let err = object(json!({"email": "x", "name": "\u{0}"})).unwrap_err();
-        assert!(err.contains("email") && err.contains("name"), "{err}");
-        // Values are trimmed as the REST API trims them; blanks are unset.
-        let fields =
-            object(json!({"email": " a@example.com ", "name": " Ada ", "phone": ""})).unwrap();
-        assert_eq!(fields.email.as_deref(), Some("a@example.com"));
-        assert_eq!(fields.name.as_deref(), Some("Ada"));
-        assert_eq!(fields.phone, None);
-        assert_eq!(object(json!({})).unwrap().email, None);
-    }
-
-    #[test]
-    fn an_event_about_something_that_is_not_a_customer_id_is_refused() {
-        let raw = br#"{"id": "evt_1", "type": "customer.updated", "created": 1,
-            "data": {"object": {"id": "cus_\u0000", "object": "customer"}}}"#;
-        let err = IncomingEvent::from_stripe(&StripeEvent::parse(raw).unwrap()).unwrap_err();
-        assert!(err.contains("data.object.id"), "{err}");
-    }
-
-    #[test]
-    fn conflict_policies_parse_by_name() {
-        assert_eq!("local-wins".parse(), Ok(ConflictPolicy::LocalWins));
-        assert!("oldest".parse::<ConflictPolicy>().is_err());
     }
 }

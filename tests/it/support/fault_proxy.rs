@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Mutex;
 
-use crate::stripe_helpers::LOCALSTRIPE;
+use super::stripe::LOCALSTRIPE;
 
 #[derive(Debug, Clone)]
 pub enum Fault {

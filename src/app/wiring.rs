@@ -1,0 +1,284 @@
+//! Wiring: every part paysync runs, built from [`Settings`] on one metrics registry, and the
+//! tasks that run them. Nothing here starts a task; [`super::Application::run`] does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tracing::info;
+
+use super::{Settings, Task, janitor};
+use crate::http::{AppState, HttpMetrics, RejectionLog, WebhookIngress, WebhookMetrics};
+use crate::metrics::{self, Registry};
+use crate::store::locks::LockPool;
+use crate::stripe::{HttpStripe, RateLimit, StripeApi, StripeMetrics};
+use crate::sync::catch_up::{CatchUp, CatchUpMetrics};
+use crate::sync::dead_letters::{DeadLetterMetrics, DeadLetters};
+use crate::sync::inbound::InboundMetrics;
+use crate::sync::outbound::OutboundMetrics;
+use crate::sync::queue_health::{self, QueueHealth, QueueMetrics};
+use crate::sync::{
+    CreateRetry, EventQueue, InboundHandler, InboundSync, OutboundHandler, OutboundSync,
+};
+use crate::transport::InboundQueue;
+use crate::transport::kafka::{self, KafkaProbe, KafkaSettings};
+use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
+
+/// Connections the lock pool keeps besides one per customer synced at once and one per inbox
+/// worker: the outbox relay's claim, catch-up's lock, and a spare.
+const LOCK_POOL_BASE: u32 = 3;
+
+/// What [`wire`] built.
+pub struct Wired {
+    pub state: AppState,
+    pub tasks: Vec<Task>,
+    /// Closed with the main pool at shutdown.
+    pub locks: LockPool,
+}
+
+/// The parts shared while wiring.
+struct Parts<'a> {
+    settings: &'a Settings,
+    pool: PgPool,
+    locks: LockPool,
+    registry: Registry,
+    dead_letters: DeadLetters,
+    stripe: Option<Arc<dyn StripeApi>>,
+    kafka: Option<KafkaRuntime>,
+    health: Arc<QueueHealth>,
+    tasks: Vec<Task>,
+}
+
+/// Kafka clients created at start-up (so configuration errors surface before serving).
+struct KafkaRuntime {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+}
+
+pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
+    let mut registry = metrics::registry();
+    let dead_letter_metrics = DeadLetterMetrics::register(&mut registry);
+    let mut parts = Parts {
+        settings,
+        pool: pool.clone(),
+        locks: lock_pool(settings, pool),
+        dead_letters: DeadLetters::new(pool.clone(), Arc::new(dead_letter_metrics)),
+        stripe: stripe_client(settings, &mut registry)?,
+        kafka: connect_kafka(settings.kafka.as_ref()).await?,
+        health: Arc::new(QueueHealth::default()),
+        registry,
+        tasks: Vec::new(),
+    };
+    parts.add_housekeeping();
+    let queue = parts.inbound_queue();
+    parts.add_outbound()?;
+    parts.add_inbound()?;
+    parts.add_catch_up(&queue);
+    let webhooks = settings.webhooks.clone().map(|verifier| {
+        Arc::new(WebhookIngress {
+            verifier,
+            queue: Arc::new(queue) as Arc<dyn EventQueue>,
+            rejections: RejectionLog::default(),
+        })
+    });
+    Ok(parts.finish(webhooks))
+}
+
+/// Connections held while waiting on Stripe or Kafka, apart from the pool serving requests.
+fn lock_pool(settings: &Settings, pool: &PgPool) -> LockPool {
+    let syncs = settings.outbound.map_or(1, |o| o.concurrency);
+    let inbox = settings.inbound.map_or(0, |i| i.inbox.concurrency);
+    let size = u32::try_from(syncs + inbox)
+        .unwrap_or(u32::MAX)
+        .saturating_add(LOCK_POOL_BASE);
+    let held = PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
+    LockPool::new(held)
+}
+
+/// One client per account: its token bucket is shared by every caller.
+fn stripe_client(
+    settings: &Settings,
+    registry: &mut Registry,
+) -> anyhow::Result<Option<Arc<dyn StripeApi>>> {
+    let metrics = Arc::new(StripeMetrics::register(registry));
+    let Some(account) = &settings.stripe else {
+        return Ok(None);
+    };
+    let limit = RateLimit::new(account.rate, account.burst);
+    let client = HttpStripe::new(account.api.clone(), limit, metrics)?;
+    Ok(Some(Arc::new(client)))
+}
+
+async fn connect_kafka(settings: Option<&KafkaSettings>) -> anyhow::Result<Option<KafkaRuntime>> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    kafka::ensure_topics(settings).await?;
+    Ok(Some(KafkaRuntime {
+        producer: settings.producer()?,
+        settings: settings.clone(),
+    }))
+}
+
+impl Parts<'_> {
+    fn task<F>(&mut self, run: F)
+    where
+        F: FnOnce(tokio_util::sync::CancellationToken) -> futures::future::BoxFuture<'static, ()>
+            + Send
+            + 'static,
+    {
+        self.tasks.push(Box::new(run));
+    }
+
+    fn add_housekeeping(&mut self) {
+        let pool = self.pool.clone();
+        self.task(move |shutdown| janitor::run(pool, shutdown).boxed());
+        let (pool, health) = (self.pool.clone(), self.health.clone());
+        let metrics = Arc::new(QueueMetrics::register(&mut self.registry));
+        self.task(move |shutdown| queue_health::run(pool, health, metrics, shutdown).boxed());
+    }
+
+    /// Where webhooks and catch-up put Stripe events.
+    fn inbound_queue(&mut self) -> InboundQueue {
+        let writer_metrics = Arc::new(InboxWriterMetrics::register(&mut self.registry));
+        match &self.kafka {
+            Some(kafka) => InboundQueue::Kafka {
+                producer: kafka.producer.clone(),
+                topic: kafka.settings.inbound_topic(),
+            },
+            None => {
+                let (writer, tasks) = InboxWriter::new(self.pool.clone(), writer_metrics);
+                self.task(move |_| async move { tasks.spawn() }.boxed());
+                InboundQueue::Postgres(writer)
+            }
+        }
+    }
+
+    fn add_outbound(&mut self) -> anyhow::Result<()> {
+        let metrics = Arc::new(OutboundMetrics::register(&mut self.registry));
+        self.add_relay();
+        let (Some(worker), Some(stripe), Some(account)) =
+            (self.settings.outbound, &self.stripe, &self.settings.stripe)
+        else {
+            return Ok(());
+        };
+        let create_retry = CreateRetry {
+            max_attempts: account.api.max_attempts,
+            backoff: account.api.backoff,
+        };
+        let handler: Arc<dyn OutboundHandler> = Arc::new(OutboundSync::new(
+            self.pool.clone(),
+            self.locks.clone(),
+            stripe.clone(),
+            self.dead_letters.clone(),
+            metrics,
+            create_retry,
+        ));
+        match &self.kafka {
+            Some(kafka) => {
+                let consumer = kafka::outbound::outbound_consumer(&kafka.settings)?;
+                info!(group = %kafka.settings.group("outbound"), "syncing local changes to Stripe (Kafka transport)");
+                self.task(move |shutdown| {
+                    kafka::outbound::run_outbound(consumer, handler, shutdown).boxed()
+                });
+            }
+            None => {
+                info!("syncing local changes to Stripe (PostgreSQL transport)");
+                let (pool, locks) = (self.pool.clone(), self.locks.clone());
+                self.task(move |shutdown| {
+                    pg::outbox::run(pool, locks, handler, worker, shutdown).boxed()
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay publishes the outbox to Kafka (Kafka transport only).
+    fn add_relay(&mut self) {
+        let (Some(kafka), Some(relay)) = (&self.kafka, self.settings.relay) else {
+            return;
+        };
+        info!(topic = %kafka.settings.outbound_topic(), "relaying the outbox to Kafka");
+        let (pool, locks) = (self.pool.clone(), self.locks.clone());
+        let (producer, topic) = (kafka.producer.clone(), kafka.settings.outbound_topic());
+        self.task(move |shutdown| {
+            kafka::relay::run(pool, locks, producer, topic, relay, shutdown).boxed()
+        });
+    }
+
+    /// The inbox workers always (they also take replayed dead letters), and the inbound
+    /// consumer with Kafka.
+    fn add_inbound(&mut self) -> anyhow::Result<()> {
+        let metrics = Arc::new(InboundMetrics::register(&mut self.registry));
+        let Some(inbound) = self.settings.inbound else {
+            return Ok(());
+        };
+        let handler: Arc<dyn InboundHandler> = Arc::new(InboundSync::new(
+            self.pool.clone(),
+            self.stripe.clone(),
+            self.dead_letters.clone(),
+            metrics,
+            inbound.policy,
+        ));
+        let (pool, locks, inbox) = (self.pool.clone(), self.locks.clone(), inbound.inbox);
+        let inbox_handler = handler.clone();
+        self.task(move |shutdown| {
+            pg::inbox::run(pool, locks, inbox_handler, inbox, shutdown).boxed()
+        });
+        let Some(kafka) = &self.kafka else {
+            info!("applying Stripe events (PostgreSQL transport)");
+            return Ok(());
+        };
+        let consumer = kafka::inbound::inbound_consumer(&kafka.settings)?;
+        info!(group = %kafka.settings.group("inbound"), "applying Stripe events (Kafka transport)");
+        let health = self.health.clone();
+        let batch = usize::try_from(inbound.inbox.batch_size)
+            .unwrap_or(1)
+            .max(1);
+        self.task(move |shutdown| {
+            kafka::inbound::run_inbound(consumer, handler, health, batch, shutdown).boxed()
+        });
+        Ok(())
+    }
+
+    fn add_catch_up(&mut self, queue: &InboundQueue) {
+        let metrics = Arc::new(CatchUpMetrics::register(&mut self.registry));
+        let (Some(interval), Some(stripe)) = (self.settings.catch_up, &self.stripe) else {
+            return;
+        };
+        info!(interval = ?interval, "catching up on missed Stripe events (Events API)");
+        let catch_up = CatchUp {
+            pool: self.pool.clone(),
+            locks: self.locks.clone(),
+            stripe: stripe.clone(),
+            queue: Arc::new(queue.clone()),
+            metrics,
+        };
+        self.task(move |shutdown| catch_up.run(interval, shutdown).boxed());
+    }
+
+    fn finish(mut self, webhooks: Option<Arc<WebhookIngress>>) -> Wired {
+        let http = Arc::new(HttpMetrics::register(&mut self.registry));
+        let webhook_metrics = Arc::new(WebhookMetrics::register(&mut self.registry));
+        let state = AppState {
+            pool: self.pool,
+            registry: Arc::new(self.registry),
+            http,
+            webhook_metrics,
+            queue_health: self.health,
+            kafka: self.kafka.map(|k| KafkaProbe::new(k.producer)),
+            webhooks,
+        };
+        Wired {
+            state,
+            tasks: self.tasks,
+            locks: self.locks,
+        }
+    }
+}

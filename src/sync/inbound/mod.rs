@@ -1,0 +1,356 @@
+//! The inbound handler: applies Stripe customer events to PostgreSQL, each atomically with
+//! its `processed_events` record, so a redelivered event is a no-op and an event is never
+//! half-applied.
+//!
+//! Events are applied in batches (one commit for many events: a Kafka poll, an inbox claim).
+//! If anything in a batch fails, the batch is rolled back and its events are applied one at
+//! a time, each in its own transaction, with bounded retries; what still fails goes to the
+//! dead-letter table, so a bad event never stops the worker.
+
+mod batch;
+pub mod event;
+mod find;
+pub mod rules;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sqlx::{PgConnection, PgPool};
+use tracing::{debug, instrument, warn};
+
+use super::dead_letters::{DEAD_LETTERED, DeadLetters};
+use crate::backoff::Backoff;
+use crate::domain::ConflictPolicy;
+use crate::metrics::{Outcomes, count, lag_histogram};
+use crate::store::dead_letters::{NewDeadLetter, Source};
+use crate::store::processed_events::{self, EventRef, Seen};
+use crate::store::{self, DEFAULT_ACCOUNT};
+use crate::stripe::StripeApi;
+use crate::stripe::event::StripeEvent;
+use crate::telemetry::error_chain;
+use rules::Skip;
+
+/// Attempts of one event (alone, after its batch failed) before it is dead-lettered.
+const MAX_ATTEMPTS: u32 = 5;
+/// Backoff between those attempts.
+const RETRY_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
+
+/// A Stripe event handed to the worker by a transport.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub event: StripeEvent,
+    /// A replayed dead letter: decided on Stripe's current state of the customer, not on the
+    /// event's (possibly long outdated) content.
+    pub refetch: bool,
+}
+
+impl Received {
+    pub fn from_raw(raw: String) -> Result<Self, String> {
+        Ok(Self {
+            event: StripeEvent::parse(raw)?,
+            refetch: false,
+        })
+    }
+
+    pub(crate) fn event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            event_id: &self.event.id,
+            kind: &self.event.kind,
+            account: DEFAULT_ACCOUNT,
+            stripe_customer_id: self.event.customer_id.as_deref(),
+        }
+    }
+}
+
+/// How the event reached the worker, which decides how its dedup record is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// From Kafka: the dedup record is written now (or found: a redelivery).
+    Kafka,
+    /// From the PostgreSQL inbox: its row is already claimed by the caller's transaction.
+    Inbox,
+}
+
+/// What handling one event did; the label is stored in `processed_events.outcome` and counted
+/// in `paysync_inbound_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Adopted,
+    Deleted,
+    KeptLocal,
+    Skipped(Skip),
+    /// Already applied before (a redelivery).
+    Duplicate,
+    DeadLettered,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Adopted => "adopted",
+            Self::Deleted => "deleted",
+            Self::KeptLocal => "kept_local",
+            Self::Skipped(skip) => skip.label(),
+            Self::Duplicate => "duplicate",
+            Self::DeadLettered => DEAD_LETTERED,
+        }
+    }
+}
+
+/// Why an event could not be applied.
+#[derive(Debug)]
+pub enum Failure {
+    /// Will fail again whatever is retried (bad event, data conflict): dead-letter it.
+    Permanent(String),
+    /// May pass later (database, Stripe unreachable).
+    Transient(String),
+}
+
+impl From<store::Error> for Failure {
+    fn from(error: store::Error) -> Self {
+        match error {
+            store::Error::EmailTaken => Self::Permanent(
+                "the Stripe customer's email is used by another live local customer".to_owned(),
+            ),
+            // The database refuses the data itself: another attempt fails the same way.
+            other if other.is_data_error() => Self::Permanent(error_chain(&other)),
+            other => Self::Transient(error_chain(&other)),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Permanent(reason) | Self::Transient(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// What a transport hands Stripe events to.
+#[async_trait]
+pub trait InboundHandler: Send + Sync {
+    /// Applies events that arrived outside the database (Kafka): together, or one by one if
+    /// that fails. An error only when the database cannot record even a dead letter; the
+    /// caller retries then.
+    async fn apply_delivered(&self, events: &[Received]) -> store::Result<()>;
+
+    /// Applies events the caller claimed from the inbox in `tx`, and commits.
+    async fn apply_claimed(&self, tx: store::Transaction, events: &[Received])
+    -> store::Result<()>;
+
+    /// Where a message nobody can read is set aside.
+    fn dead_letters(&self) -> &DeadLetters;
+}
+
+/// `paysync_inbound_*`.
+#[derive(Debug)]
+pub struct InboundMetrics {
+    events: Outcomes,
+    lag: Histogram,
+}
+
+impl InboundMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            events: Outcomes::default(),
+            lag: lag_histogram(),
+        };
+        registry.register(
+            "inbound_events",
+            "Stripe events handled by the inbound worker, by outcome (applied, adopted, deleted, \
+             kept_local, duplicate, stale, superseded, echo, no_change, already_deleted, \
+             not_linked, dead_lettered)",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "inbound_lag_seconds",
+            "From a Stripe event being created to paysync having handled it",
+            metrics.lag.clone(),
+        );
+        metrics
+    }
+}
+
+pub struct InboundSync {
+    pool: PgPool,
+    dead_letters: DeadLetters,
+    /// Asked for a customer's current state when an event's order is in doubt; without it
+    /// the event itself is applied.
+    stripe: Option<Arc<dyn StripeApi>>,
+    metrics: Arc<InboundMetrics>,
+    policy: ConflictPolicy,
+}
+
+impl InboundSync {
+    pub fn new(
+        pool: PgPool,
+        stripe: Option<Arc<dyn StripeApi>>,
+        dead_letters: DeadLetters,
+        metrics: Arc<InboundMetrics>,
+        policy: ConflictPolicy,
+    ) -> Self {
+        Self {
+            pool,
+            dead_letters,
+            stripe,
+            metrics,
+            policy,
+        }
+    }
+
+    /// Applies `events` in `tx` and commits; if that fails, one by one.
+    async fn apply_in_batch(
+        &self,
+        mut tx: store::Transaction,
+        events: &[Received],
+        delivery: Delivery,
+    ) -> store::Result<()> {
+        match self.apply_batch(&mut tx, events, delivery).await {
+            Ok(outcomes) => {
+                store::commit(tx).await?;
+                self.record(events.iter().zip(outcomes));
+                return Ok(());
+            }
+            Err(failure) => {
+                debug!(error = %failure, "batch failed; applying its events one by one")
+            }
+        }
+        drop(tx);
+        for received in events {
+            self.apply_alone(received, delivery).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts committed outcomes.
+    fn record<'a>(&self, handled: impl Iterator<Item = (&'a Received, Outcome)>) {
+        let now = Utc::now().timestamp();
+        for (received, outcome) in handled {
+            count(&self.metrics.events, outcome.label());
+            if outcome != Outcome::Duplicate {
+                let lag = (now - received.event.created).max(0);
+                self.metrics.lag.observe(lag as f64);
+            }
+        }
+    }
+
+    /// Applies one event in its own transaction, retrying transient failures with backoff;
+    /// dead-letters it when it cannot be applied.
+    #[instrument(skip_all, fields(event_id = %received.event.id))]
+    async fn apply_alone(&self, received: &Received, delivery: Delivery) -> store::Result<()> {
+        let mut attempt = 0;
+        let failure = loop {
+            attempt += 1;
+            let mut tx = store::begin(&self.pool).await?;
+            if !claim(&mut tx, received, delivery).await? {
+                return Ok(());
+            }
+            match self.apply_in(&mut tx, received, delivery).await {
+                Ok(outcome) => {
+                    store::commit(tx).await?;
+                    self.record(std::iter::once((received, outcome)));
+                    return Ok(());
+                }
+                Err(failure @ Failure::Permanent(_)) => break failure,
+                Err(failure @ Failure::Transient(_)) if attempt >= MAX_ATTEMPTS => break failure,
+                Err(failure) => {
+                    drop(tx);
+                    warn!(attempt, error = %failure, "applying a Stripe event failed; retrying");
+                    tokio::time::sleep(RETRY_BACKOFF.jittered(attempt, None)).await;
+                }
+            }
+        };
+        self.dead_letter(received, delivery, &failure.to_string(), attempt)
+            .await
+    }
+
+    async fn dead_letter(
+        &self,
+        received: &Received,
+        delivery: Delivery,
+        error: &str,
+        attempts: u32,
+    ) -> store::Result<()> {
+        let letter = NewDeadLetter {
+            source: Source::Inbound,
+            key: &received.event.id,
+            payload: received.event.raw.as_bytes(),
+            error,
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+        };
+        let event = received.event_ref();
+        if self
+            .dead_letters
+            .set_aside_event(event, delivery, letter)
+            .await?
+        {
+            self.record(std::iter::once((received, Outcome::DeadLettered)));
+        }
+        Ok(())
+    }
+
+    /// Applies one event inside the caller's transaction, together with its dedup record.
+    async fn apply_in(
+        &self,
+        conn: &mut PgConnection,
+        received: &Received,
+        delivery: Delivery,
+    ) -> Result<Outcome, Failure> {
+        if delivery == Delivery::Kafka
+            && processed_events::begin_processing(conn, received.event_ref()).await?
+                == Seen::Processed
+        {
+            return Ok(Outcome::Duplicate);
+        }
+        let incoming = self.incoming(received).await?;
+        let outcome = self.decide_and_write(conn, incoming).await?;
+        processed_events::finish(conn, &received.event.id, outcome.label()).await?;
+        Ok(outcome)
+    }
+}
+
+/// Takes the event for this attempt: an inbox row must still be waiting (another worker may
+/// have handled it); a Kafka delivery is checked against its dedup record later.
+async fn claim(
+    tx: &mut PgConnection,
+    received: &Received,
+    delivery: Delivery,
+) -> store::Result<bool> {
+    Ok(match delivery {
+        Delivery::Kafka => true,
+        Delivery::Inbox => processed_events::claim_one(tx, &received.event.id)
+            .await?
+            .is_some(),
+    })
+}
+
+#[async_trait]
+impl InboundHandler for InboundSync {
+    async fn apply_delivered(&self, events: &[Received]) -> store::Result<()> {
+        let tx = store::begin(&self.pool).await?;
+        self.apply_in_batch(tx, events, Delivery::Kafka).await
+    }
+
+    async fn apply_claimed(
+        &self,
+        tx: store::Transaction,
+        events: &[Received],
+    ) -> store::Result<()> {
+        self.apply_in_batch(tx, events, Delivery::Inbox).await
+    }
+
+    fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+}

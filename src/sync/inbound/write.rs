@@ -1,0 +1,135 @@
+//! Deciding one event on its customer's row and writing the decision, in the caller's
+//! transaction; a refetch from Stripe settles an order in doubt.
+
+use sqlx::PgConnection;
+use tracing::{debug, info, warn};
+
+use super::event::IncomingEvent;
+use super::rules::{self, Decision, Skip};
+use super::{Failure, InboundSync, Outcome, Received};
+use crate::domain::{Customer, Op};
+use crate::store::{DEFAULT_ACCOUNT, customers, outbox};
+use crate::stripe as stripe_api;
+
+impl InboundSync {
+    /// What the event says, checked against the customer domain; for a replay, what Stripe
+    /// holds now in its place.
+    pub(super) async fn incoming(&self, received: &Received) -> Result<IncomingEvent, Failure> {
+        if received.refetch && self.stripe.is_some() {
+            let head = IncomingEvent::head(&received.event).map_err(Failure::Permanent)?;
+            return self.refetch(head).await;
+        }
+        IncomingEvent::from_stripe(&received.event).map_err(Failure::Permanent)
+    }
+
+    pub(super) async fn decide_and_write(
+        &self,
+        conn: &mut PgConnection,
+        mut event: IncomingEvent,
+    ) -> Result<Outcome, Failure> {
+        customers::lock_stripe_customer(conn, &event.stripe_id).await?;
+        let local = self.find_local(conn, &event).await?;
+        loop {
+            match rules::decide(local.as_ref(), &event, self.policy) {
+                Decision::Refetch if !event.current => {
+                    event = self.refetch(event).await?;
+                }
+                // Stripe's current state is never in doubt; this cannot happen.
+                Decision::Refetch => return Ok(Outcome::Skipped(Skip::NoChange)),
+                decision => return self.write(conn, local.as_ref(), &event, decision).await,
+            }
+        }
+    }
+
+    /// What Stripe holds now for the event's customer, in place of the event.
+    pub(super) async fn refetch(&self, event: IncomingEvent) -> Result<IncomingEvent, Failure> {
+        let Some(stripe) = &self.stripe else {
+            debug!(event_id = %event.id, "order in doubt but no Stripe API key to ask; applying the event");
+            let mut trusted = event;
+            trusted.current = true;
+            return Ok(trusted);
+        };
+        match stripe.retrieve_customer(&event.stripe_id).await {
+            Ok(current) => event
+                .refetched(current.as_ref())
+                .map_err(Failure::Permanent),
+            Err(e) if e.is_transient() => Err(Failure::Transient(e.to_string())),
+            Err(e @ stripe_api::Error::Rejected { .. })
+            | Err(e @ stripe_api::Error::Unreadable { .. }) => {
+                Err(Failure::Permanent(e.to_string()))
+            }
+            Err(e) => Err(Failure::Transient(e.to_string())),
+        }
+    }
+
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        local: Option<&Customer>,
+        event: &IncomingEvent,
+        decision: Decision,
+    ) -> Result<Outcome, Failure> {
+        let created = event.created;
+        match (decision, local) {
+            (Decision::Skip(skip @ (Skip::Echo | Skip::NoChange)), Some(local)) => {
+                customers::note_stripe_event(conn, local.id, created).await?;
+                Ok(Outcome::Skipped(skip))
+            }
+            (Decision::Skip(Skip::NoEmail), None) => Err(Failure::Permanent(format!(
+                "Stripe customer {} has no email, and paysync needs one to create a local \
+                 customer: add an email in Stripe (the change then syncs), or replay this \
+                 dead letter once it has one",
+                event.stripe_id
+            ))),
+            (Decision::Skip(skip), _) => {
+                debug!(event_id = %event.id, outcome = skip.label(), "Stripe event skipped");
+                Ok(Outcome::Skipped(skip))
+            }
+            (Decision::Apply(fields), Some(local)) => {
+                log_conflict(local, event, &Decision::Apply(fields.clone()));
+                let applied =
+                    customers::apply_from_stripe(conn, local.id, &fields, created).await?;
+                debug!(customer_id = %local.id, version = applied.version, "Stripe change applied");
+                Ok(Outcome::Applied)
+            }
+            (Decision::Delete, Some(local)) => {
+                customers::delete_from_stripe(conn, local.id, created).await?;
+                Ok(Outcome::Deleted)
+            }
+            (Decision::KeepLocal { requeue }, Some(local)) => {
+                log_conflict(local, event, &Decision::KeepLocal { requeue });
+                customers::note_stripe_event(conn, local.id, created).await?;
+                if requeue {
+                    outbox::insert(conn, local.id, Op::Update, local.version).await?;
+                }
+                Ok(Outcome::KeptLocal)
+            }
+            (Decision::Adopt(fields), None) => {
+                let adopted =
+                    customers::adopt(conn, DEFAULT_ACCOUNT, &event.stripe_id, &fields, created)
+                        .await?;
+                info!(customer_id = %adopted.id, stripe_id = %event.stripe_id, "adopted a customer created in Stripe");
+                Ok(Outcome::Adopted)
+            }
+            (decision, _) => Err(Failure::Permanent(format!(
+                "internal: decision {decision:?} does not fit the local customer"
+            ))),
+        }
+    }
+}
+
+/// Logs the loser of a conflict (both sides changed since the last sync).
+pub(super) fn log_conflict(local: &Customer, event: &IncomingEvent, decision: &Decision) {
+    match decision {
+        Decision::Apply(_) if local.stripe_synced_version < local.version => {
+            warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
+                local_version = local.version,
+                "conflict: a newer Stripe change replaces a local change not yet synced");
+        }
+        Decision::KeepLocal { .. } => {
+            warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
+                "conflict: a local change wins over a Stripe change; Stripe will be corrected");
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,12 @@
+//! The test harness: the app under test (in process or as the real binary), the local
+//! services it talks to, and typed helpers for what tests send and wait for. Suites import
+//! from here, never from each other.
+
+pub mod app;
+pub mod customers;
+pub mod events;
+pub mod fault_proxy;
+pub mod mock_kafka;
+pub mod serve_process;
+pub mod stripe;
+pub mod webhooks;
