@@ -74,7 +74,9 @@ pub type ContentHash = [u8; 32];
 impl CustomerFields {
     pub fn content_hash(&self) -> ContentHash {
         // JSON of a tuple is unambiguous (no field can run into the next), and metadata is a
-        // sorted map, so equal fields always hash equally.
+        // sorted map, so equal fields always hash equally. Stored hashes depend on this exact
+        // encoding: changing it makes every stored hash stale. Encoding strings and a map of
+        // strings cannot fail; the empty fallback is unreachable.
         let canonical = serde_json::to_vec(&(
             &self.email,
             &self.name,
@@ -111,6 +113,43 @@ pub struct Customer {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+impl Customer {
+    /// A linked customer for unit tests (Ada, plan pro): version `version`, Stripe synced up
+    /// to `synced`, last changed at `updated`.
+    pub(crate) fn fixture(version: i64, synced: i64, updated: DateTime<Utc>) -> Self {
+        Self {
+            id: CustomerId::new(),
+            account: "default".into(),
+            fields: CustomerFields {
+                email: "ada@example.com".into(),
+                name: Some("Ada".into()),
+                phone: None,
+                description: None,
+                metadata: Metadata::from_stored(std::collections::BTreeMap::from([(
+                    "plan".into(),
+                    "pro".into(),
+                )])),
+            },
+            version,
+            stripe_id: Some("cus_1".into()),
+            stripe_synced_version: synced,
+            sync_state: if synced >= version {
+                SyncState::Synced
+            } else {
+                SyncState::Pending
+            },
+            sync_error: None,
+            stripe_event_at: None,
+            stripe_write: None,
+            stripe_synced_hash: None,
+            created_at: updated,
+            updated_at: updated,
+            deleted_at: None,
+        }
+    }
 }
 
 /// When a write to Stripe was sent and when its answer arrived (paysync's clock): Stripe

@@ -11,6 +11,7 @@
 //!   answer under load.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,13 +106,9 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let response = router.clone().oneshot(request.map(Body::new));
-            async move { Ok::<_, Infallible>(response.await.into_response()) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), service(router.clone(), peer));
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(%peer, error = %e, "connection closed with an error");
@@ -127,6 +124,23 @@ pub async fn serve(
         }
     }
     info!("HTTP server stopped");
+}
+
+/// The router as a hyper service for one connection, which tells handlers the peer address.
+fn service(
+    router: Router,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let response = router.clone().oneshot(request.map(Body::new));
+        async move { Ok::<_, Infallible>(response.await.into_response()) }
+    })
 }
 
 async fn refuse(mut stream: TcpStream) {

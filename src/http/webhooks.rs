@@ -150,45 +150,7 @@ async fn receive_stripe_webhook(
             "no webhook secret is configured (STRIPE_WEBHOOK_SECRETS)",
         ));
     };
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            count(metrics, "oversized");
-            ingress
-                .rejections
-                .refused("oversized", "body over the size limit", peer);
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is larger than {MAX_WEBHOOK_BYTES} bytes"),
-            )
-        } else {
-            count(metrics, "malformed");
-            ingress
-                .rejections
-                .refused("malformed", "unreadable body", peer);
-            ApiError::bad_request("unreadable_body", rejection.body_text())
-        }
-    })?;
-    let signature = headers
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok());
-    if let Err(e) = ingress
-        .verifier
-        .verify(signature, &body, Utc::now().timestamp())
-    {
-        let outcome = match e {
-            VerifyError::OutsideTolerance { .. } => "stale",
-            _ => "bad_signature",
-        };
-        count(metrics, outcome);
-        ingress.rejections.refused(outcome, &e.to_string(), peer);
-        return Err(ApiError::bad_request("invalid_signature", e.to_string()));
-    }
-    let event = StripeEvent::parse_bytes(&body).map_err(|e| {
-        count(metrics, "malformed");
-        ingress.rejections.refused("malformed", &e, peer);
-        ApiError::bad_request("invalid_event", e)
-    })?;
+    let event = verified_event(ingress, metrics, peer, &headers, body)?;
     if !event.is_handled() {
         count(metrics, "ignored_type");
         return Ok(Json(WebhookReceipt {
@@ -212,4 +174,50 @@ async fn receive_stripe_webhook(
         received: true,
         ignored: false,
     }))
+}
+
+/// The delivery's event, once its body is read and its signature verified; every refusal
+/// is counted and logged (rate-limited).
+fn verified_event(
+    ingress: &WebhookIngress,
+    metrics: &WebhookMetrics,
+    peer: Peer,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StripeEvent, ApiError> {
+    let refuse = |outcome: &'static str, reason: &str| {
+        count(metrics, outcome);
+        ingress.rejections.refused(outcome, reason, peer);
+    };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            refuse("oversized", "body over the size limit");
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {MAX_WEBHOOK_BYTES} bytes"),
+            )
+        } else {
+            refuse("malformed", "unreadable body");
+            ApiError::bad_request("unreadable_body", rejection.body_text())
+        }
+    })?;
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = ingress
+        .verifier
+        .verify(signature, &body, Utc::now().timestamp())
+    {
+        let outcome = match e {
+            VerifyError::OutsideTolerance { .. } => "stale",
+            _ => "bad_signature",
+        };
+        refuse(outcome, &e.to_string());
+        return Err(ApiError::bad_request("invalid_signature", e.to_string()));
+    }
+    StripeEvent::parse_bytes(&body).map_err(|e| {
+        refuse("malformed", &e);
+        ApiError::bad_request("invalid_event", e)
+    })
 }

@@ -180,7 +180,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::domain::CustomerId;
 
     #[test]
     fn stripe_content_follows_the_same_domain_rules_as_the_rest_api() {
@@ -228,28 +227,9 @@ mod tests {
 
     #[test]
     fn what_paysync_writes_maps_back_to_the_same_content() {
-        let customer = Customer {
-            id: CustomerId::new(),
-            account: "default".into(),
-            fields: CustomerFields {
-                email: "ada@example.com".into(),
-                name: Some("Ada".into()),
-                phone: None,
-                description: Some("line one\nline two".into()),
-                metadata: Metadata::from_stored(BTreeMap::from([("plan".into(), "pro".into())])),
-            },
-            version: 3,
-            stripe_id: None,
-            stripe_synced_version: 0,
-            sync_state: crate::domain::SyncState::Pending,
-            sync_error: None,
-            stripe_event_at: None,
-            stripe_write: None,
-            stripe_synced_hash: None,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-            deleted_at: None,
-        };
+        let mut customer = Customer::fixture(3, 0, chrono::Utc::now());
+        customer.stripe_id = None;
+        customer.fields.description = Some("line one\nline two".into());
         let write = write_for(&customer);
         assert_eq!(write.metadata[PAYSYNC_ID_KEY], customer.id.to_string());
         assert_eq!(write.metadata[PAYSYNC_VERSION_KEY], "3");

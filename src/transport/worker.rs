@@ -12,6 +12,17 @@ use tracing::{debug, warn};
 
 use crate::store::Wakeup;
 
+/// How a PostgreSQL-driven worker takes its work.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    /// Rows claimed and handled per batch.
+    pub batch_size: i64,
+    /// Work done at once: customers synced at once (outbox), or workers (inbox).
+    pub concurrency: usize,
+    /// Fallback poll when no notification arrives (a missed NOTIFY, a restart).
+    pub poll_interval: Duration,
+}
+
 /// Where a worker waits for work.
 #[derive(Debug, Clone, Copy)]
 pub struct Waiting {

@@ -13,6 +13,7 @@ mod customers;
 mod http_limits;
 mod inbound;
 mod kafka;
+mod layout;
 mod ops;
 mod outbound;
 mod poison;

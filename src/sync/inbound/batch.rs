@@ -36,39 +36,12 @@ impl InboundSync {
         delivery: Delivery,
     ) -> Result<Vec<Outcome>, Failure> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
-        let mut pending: Vec<(usize, IncomingEvent)> = Vec::with_capacity(events.len());
-        let seen = match delivery {
-            Delivery::Kafka => {
-                let references: Vec<_> = events.iter().map(Received::event_ref).collect();
-                processed_events::begin_processing_many(conn, &references).await?
-            }
-            // The caller claimed every one of them from the inbox.
-            Delivery::Inbox => HashMap::new(),
-        };
-        let mut first_time = HashSet::new();
-        for (index, received) in events.iter().enumerate() {
-            let id = received.event.id.as_str();
-            if seen.get(id) == Some(&Seen::Processed) || !first_time.insert(id) {
-                outcomes[index] = Some(Outcome::Duplicate);
-                continue;
-            }
-            pending.push((index, self.incoming(received).await?));
-        }
+        let pending = self
+            .first_deliveries(conn, events, delivery, &mut outcomes)
+            .await?;
         let stripe_ids: Vec<&str> = pending.iter().map(|(_, e)| e.stripe_id.as_str()).collect();
         customers::lock_stripe_customers(conn, &stripe_ids).await?;
-        let mut linked: HashMap<String, Linked> = customers::lock_linked(conn, &stripe_ids)
-            .await?
-            .into_iter()
-            .filter_map(|customer| {
-                let stripe_id = customer.stripe_id.clone()?;
-                let state = Linked {
-                    customer,
-                    touched: false,
-                    changed: false,
-                };
-                Some((stripe_id, state))
-            })
-            .collect();
+        let mut linked = lock_linked(conn, &stripe_ids).await?;
         let now = Utc::now();
         let mut requeued: Vec<(CustomerId, i64)> = Vec::new();
         for (index, event) in pending {
@@ -78,15 +51,7 @@ impl InboundSync {
             };
             outcomes[index] = Some(outcome);
         }
-        let touched: Vec<(&Customer, bool)> = linked
-            .values()
-            .filter(|state| state.touched)
-            .map(|state| (&state.customer, state.changed))
-            .collect();
-        customers::write_back(conn, &touched).await?;
-        for (id, version) in requeued {
-            outbox::insert(conn, id, Op::Update, version).await?;
-        }
+        write_linked(conn, &linked, requeued).await?;
         let finished: Vec<(&str, &str)> = events
             .iter()
             .zip(&outcomes)
@@ -100,6 +65,36 @@ impl InboundSync {
             .into_iter()
             .map(|outcome| outcome.unwrap_or(Outcome::Duplicate))
             .collect())
+    }
+
+    /// The events of the batch seen for the first time, with their index; duplicates (already
+    /// processed, or twice in the batch) are marked as such in `outcomes`.
+    async fn first_deliveries(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Received],
+        delivery: Delivery,
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<Vec<(usize, IncomingEvent)>, Failure> {
+        let seen = match delivery {
+            Delivery::Kafka => {
+                let references: Vec<_> = events.iter().map(Received::event_ref).collect();
+                processed_events::begin_processing_many(conn, &references).await?
+            }
+            // The caller claimed every one of them from the inbox.
+            Delivery::Inbox => HashMap::new(),
+        };
+        let mut first_time = HashSet::new();
+        let mut pending = Vec::with_capacity(events.len());
+        for (index, received) in events.iter().enumerate() {
+            let id = received.event.id.as_str();
+            if seen.get(id) == Some(&Seen::Processed) || !first_time.insert(id) {
+                outcomes[index] = Some(Outcome::Duplicate);
+                continue;
+            }
+            pending.push((index, self.incoming(received).await?));
+        }
+        Ok(pending)
     }
 
     /// Decides one event of a linked customer and applies it to the row in memory.
@@ -140,4 +135,42 @@ impl InboundSync {
         state.changed |= matches!(decision, Decision::Apply(_) | Decision::Delete);
         Ok(outcome)
     }
+}
+
+/// The customers linked to these Stripe customers, locked, by Stripe id.
+async fn lock_linked(
+    conn: &mut PgConnection,
+    stripe_ids: &[&str],
+) -> Result<HashMap<String, Linked>, Failure> {
+    Ok(customers::lock_linked(conn, stripe_ids)
+        .await?
+        .into_iter()
+        .filter_map(|customer| {
+            let stripe_id = customer.stripe_id.clone()?;
+            let state = Linked {
+                customer,
+                touched: false,
+                changed: false,
+            };
+            Some((stripe_id, state))
+        })
+        .collect())
+}
+
+/// Writes back the rows the batch touched, and the corrections local wins must push.
+async fn write_linked(
+    conn: &mut PgConnection,
+    linked: &HashMap<String, Linked>,
+    requeued: Vec<(CustomerId, i64)>,
+) -> Result<(), Failure> {
+    let touched: Vec<(&Customer, bool)> = linked
+        .values()
+        .filter(|state| state.touched)
+        .map(|state| (&state.customer, state.changed))
+        .collect();
+    customers::write_back(conn, &touched).await?;
+    for (id, version) in requeued {
+        outbox::insert(conn, id, Op::Update, version).await?;
+    }
+    Ok(())
 }

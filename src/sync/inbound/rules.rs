@@ -120,6 +120,11 @@ pub fn decide(local: Option<&Customer>, event: &IncomingEvent, policy: ConflictP
     if own_write {
         return Decision::Skip(Skip::Echo);
     }
+    decide_change(local, event, policy)
+}
+
+/// A customer changed in Stripe (not paysync's own write) that is linked and live.
+fn decide_change(local: &Customer, event: &IncomingEvent, policy: ConflictPolicy) -> Decision {
     let wanted = event.fields.to_local(&local.fields.email);
     // Equal content changes nothing whichever order the events came in.
     if wanted == local.fields {
@@ -214,7 +219,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::{CustomerId, Metadata, WriteWindow};
+    use crate::domain::WriteWindow;
     use crate::stripe::StripeCustomer;
     use crate::sync::mapping::RemoteFields;
 
@@ -223,32 +228,9 @@ mod tests {
     }
 
     fn local(version: i64, synced: i64, updated: i64) -> Customer {
-        Customer {
-            id: CustomerId::new(),
-            account: "default".into(),
-            fields: CustomerFields {
-                email: "ada@example.com".into(),
-                name: Some("Ada".into()),
-                phone: None,
-                description: None,
-                metadata: Metadata::from_stored(BTreeMap::from([("plan".into(), "pro".into())])),
-            },
-            version,
-            stripe_id: Some("cus_1".into()),
-            stripe_synced_version: synced,
-            sync_state: if synced >= version {
-                SyncState::Synced
-            } else {
-                SyncState::Pending
-            },
-            sync_error: None,
-            stripe_event_at: None,
-            stripe_write: None,
-            stripe_synced_hash: None,
-            created_at: at(0),
-            updated_at: at(updated),
-            deleted_at: None,
-        }
+        let mut customer = Customer::fixture(version, synced, at(updated));
+        customer.created_at = at(0);
+        customer
     }
 
     fn seen_event_at(mut customer: Customer, second: i64) -> Customer {

@@ -71,20 +71,7 @@ impl InboundSync {
     ) -> Result<Outcome, Failure> {
         let created = event.created;
         match (decision, local) {
-            (Decision::Skip(skip @ (Skip::Echo | Skip::NoChange)), Some(local)) => {
-                customers::note_stripe_event(conn, local.id, created).await?;
-                Ok(Outcome::Skipped(skip))
-            }
-            (Decision::Skip(Skip::NoEmail), None) => Err(Failure::Permanent(format!(
-                "Stripe customer {} has no email, and paysync needs one to create a local \
-                 customer: add an email in Stripe (the change then syncs), or replay this \
-                 dead letter once it has one",
-                event.stripe_id
-            ))),
-            (Decision::Skip(skip), _) => {
-                debug!(event_id = %event.id, outcome = skip.label(), "Stripe event skipped");
-                Ok(Outcome::Skipped(skip))
-            }
+            (Decision::Skip(skip), local) => self.skip(conn, local, event, skip).await,
             (Decision::Apply(fields), Some(local)) => {
                 log_conflict(local, event, &Decision::Apply(fields.clone()));
                 let applied =
@@ -115,6 +102,32 @@ impl InboundSync {
                 "internal: decision {decision:?} does not fit the local customer"
             ))),
         }
+    }
+
+    /// An event that changes no field: its time is recorded (older events are then stale),
+    /// and a Stripe customer paysync cannot adopt is a dead letter.
+    async fn skip(
+        &self,
+        conn: &mut PgConnection,
+        local: Option<&Customer>,
+        event: &IncomingEvent,
+        skip: Skip,
+    ) -> Result<Outcome, Failure> {
+        match (skip, local) {
+            (Skip::Echo | Skip::NoChange, Some(local)) => {
+                customers::note_stripe_event(conn, local.id, event.created).await?;
+            }
+            (Skip::NoEmail, None) => {
+                return Err(Failure::Permanent(format!(
+                    "Stripe customer {} has no email, and paysync needs one to create a local \
+                     customer: add an email in Stripe (the change then syncs), or replay this \
+                     dead letter once it has one",
+                    event.stripe_id
+                )));
+            }
+            _ => debug!(event_id = %event.id, outcome = skip.label(), "Stripe event skipped"),
+        }
+        Ok(Outcome::Skipped(skip))
     }
 }
 

@@ -4,28 +4,20 @@
 //! replayed dead letters come back through the inbox.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::super::worker::{self, Waiting};
+use super::super::worker::{self, Waiting, WorkerSettings};
 use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::store::locks::LockPool;
 use crate::store::processed_events::{self, EventRef, InboxRow};
 use crate::store::{self, DEFAULT_ACCOUNT};
 use crate::sync::{Delivery, InboundHandler, Received};
 
-#[derive(Debug, Clone, Copy)]
-pub struct InboxSettings {
-    /// Events claimed and committed together.
-    pub batch_size: i64,
-    /// Workers draining the inbox at once (each holds a connection per batch).
-    pub concurrency: usize,
-    /// Fallback poll when no notification arrives.
-    pub poll_interval: Duration,
-}
+/// The inbox workers take their work as every worker does.
+pub type InboxSettings = WorkerSettings;
 
 /// Runs `settings.concurrency` workers until `shutdown`; each finishes its batch in hand.
 pub async fn run(

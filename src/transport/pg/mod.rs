@@ -5,6 +5,6 @@ pub mod inbox;
 pub mod inbox_writer;
 pub mod outbox;
 
+pub use super::worker::WorkerSettings;
 pub use inbox::InboxSettings;
 pub use inbox_writer::{InboxWriter, InboxWriterMetrics};
-pub use outbox::WorkerSettings;

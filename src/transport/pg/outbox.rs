@@ -4,28 +4,17 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt as _;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::super::worker::{self, Waiting};
+use super::super::worker::{self, Waiting, WorkerSettings};
 use crate::domain::CustomerId;
 use crate::store::locks::LockPool;
 use crate::store::{self, outbox};
 use crate::sync::OutboundHandler;
-
-#[derive(Debug, Clone, Copy)]
-pub struct WorkerSettings {
-    /// Outbox rows claimed per transaction.
-    pub batch_size: i64,
-    /// Customers synced at once.
-    pub concurrency: usize,
-    /// Fallback poll when no notification arrives (a missed NOTIFY, a restart).
-    pub poll_interval: Duration,
-}
 
 /// Runs until `shutdown`; the batch in hand is finished first.
 pub async fn run(

@@ -1,7 +1,5 @@
 //! `/v1/customers`: create, read, list, update and delete customers.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
@@ -9,20 +7,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiQuery, etag, idempotency_key, if_match_version};
-use super::{ApiError, AppState, ErrorBody, schemas};
-use crate::domain::{
-    Customer, CustomerId, CustomerPatch, Description, Email, MAX_EMAIL_CHARS, MAX_USER_KEYS,
-    Metadata, Name, NewCustomer, Phone, SyncState,
-};
+use super::{ApiError, AppState, ErrorBody};
+use crate::domain::{Customer, CustomerId, CustomerPatch, MAX_EMAIL_CHARS, NewCustomer, SyncState};
 use crate::store::{self, DEFAULT_ACCOUNT, customers, idempotency};
 
 /// Page size when `limit` is not given.
@@ -30,223 +23,16 @@ const DEFAULT_PAGE_SIZE: u32 = 20;
 /// Largest page a client may ask for.
 const MAX_PAGE_SIZE: u32 = 100;
 
+mod bodies;
+
+pub use bodies::{
+    CreateCustomerRequest, CustomerBody, CustomerPage, ListQuery, UpdateCustomerRequest,
+};
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_customer, list_customers))
         .routes(routes!(get_customer, update_customer, delete_customer))
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCustomerRequest {
-    #[schema(schema_with = schemas::email)]
-    pub email: String,
-    #[serde(default)]
-    #[schema(schema_with = schemas::name, required = false)]
-    pub name: Option<String>,
-    #[serde(default)]
-    #[schema(schema_with = schemas::phone, required = false)]
-    pub phone: Option<String>,
-    #[serde(default)]
-    #[schema(schema_with = schemas::description, required = false)]
-    pub description: Option<String>,
-    #[serde(default)]
-    #[schema(schema_with = schemas::metadata, required = false)]
-    pub metadata: BTreeMap<String, String>,
-}
-
-impl TryFrom<CreateCustomerRequest> for NewCustomer {
-    type Error = ApiError;
-
-    fn try_from(request: CreateCustomerRequest) -> Result<Self, ApiError> {
-        let optional = |value: Option<String>| value.unwrap_or_default();
-        Ok(NewCustomer {
-            email: Email::parse(&request.email)?,
-            name: Name::parse(&optional(request.name))?,
-            phone: Phone::parse(&optional(request.phone))?,
-            description: Description::parse(&optional(request.description))?,
-            metadata: Metadata::parse(request.metadata)?,
-        })
-    }
-}
-
-/// A JSON Merge Patch (RFC 7396) of a customer: absent fields are kept, `null` clears a field,
-/// and metadata keys are merged (a `null` value removes that key).
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateCustomerRequest {
-    /// The email cannot be removed: `null` is refused.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = schemas::email, required = false)]
-    pub email: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = schemas::name, required = false)]
-    pub name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = schemas::phone, required = false)]
-    pub phone: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = schemas::description, required = false)]
-    pub description: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = schemas::metadata_patch, required = false)]
-    pub metadata: Option<Option<BTreeMap<String, Option<String>>>>,
-}
-
-/// Tells a field sent as `null` (`Some(None)`) from an absent one (`None`, via `default`).
-fn present<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    T::deserialize(deserializer).map(Some)
-}
-
-impl TryFrom<UpdateCustomerRequest> for CustomerPatch {
-    type Error = ApiError;
-
-    fn try_from(request: UpdateCustomerRequest) -> Result<Self, ApiError> {
-        let email = match request.email {
-            None => None,
-            Some(None) => {
-                return Err(ApiError::unprocessable(
-                    "validation_failed",
-                    "email: cannot be removed",
-                ));
-            }
-            Some(Some(raw)) => Some(Email::parse(&raw)?),
-        };
-        if let Some(Some(patch)) = &request.metadata
-            && patch.len() > MAX_USER_KEYS
-        {
-            return Err(ApiError::unprocessable(
-                "validation_failed",
-                format!("metadata: at most {MAX_USER_KEYS} keys per patch"),
-            ));
-        }
-        Ok(CustomerPatch {
-            email,
-            name: clearable(request.name, Name::parse)?,
-            phone: clearable(request.phone, Phone::parse)?,
-            description: clearable(request.description, Description::parse)?,
-            metadata: request.metadata,
-        })
-    }
-}
-
-fn clearable<T>(
-    field: Option<Option<String>>,
-    parse: impl Fn(&str) -> Result<Option<T>, crate::domain::ValidationError>,
-) -> Result<Option<Option<T>>, ApiError> {
-    match field {
-        None => Ok(None),
-        Some(None) => Ok(Some(None)),
-        Some(Some(raw)) => Ok(Some(parse(&raw)?)),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncStateBody {
-    Pending,
-    Synced,
-    Failed,
-}
-
-impl From<SyncStateBody> for SyncState {
-    fn from(state: SyncStateBody) -> Self {
-        match state {
-            SyncStateBody::Pending => Self::Pending,
-            SyncStateBody::Synced => Self::Synced,
-            SyncStateBody::Failed => Self::Failed,
-        }
-    }
-}
-
-impl From<SyncState> for SyncStateBody {
-    fn from(state: SyncState) -> Self {
-        match state {
-            SyncState::Pending => Self::Pending,
-            SyncState::Synced => Self::Synced,
-            SyncState::Failed => Self::Failed,
-        }
-    }
-}
-
-/// Where the customer stands with Stripe.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SyncBody {
-    pub state: SyncStateBody,
-    /// The linked Stripe customer, once created there.
-    #[schema(example = "cus_NffrFeUfNV2Hib")]
-    pub stripe_id: Option<String>,
-    /// The highest version Stripe is known to match.
-    pub synced_version: i64,
-    /// Why the last sync failed, when `state` is `failed`.
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct CustomerBody {
-    pub id: Uuid,
-    pub email: String,
-    pub name: Option<String>,
-    pub phone: Option<String>,
-    pub description: Option<String>,
-    pub metadata: BTreeMap<String, String>,
-    /// Increases with every change; send it back in `If-Match` to update safely.
-    pub version: i64,
-    pub sync: SyncBody,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<Customer> for CustomerBody {
-    fn from(customer: Customer) -> Self {
-        Self {
-            id: customer.id.as_uuid(),
-            email: customer.fields.email,
-            name: customer.fields.name,
-            phone: customer.fields.phone,
-            description: customer.fields.description,
-            metadata: customer.fields.metadata.into_inner(),
-            version: customer.version,
-            sync: SyncBody {
-                state: customer.sync_state.into(),
-                stripe_id: customer.stripe_id,
-                synced_version: customer.stripe_synced_version,
-                error: customer.sync_error,
-            },
-            created_at: customer.created_at,
-            updated_at: customer.updated_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CustomerPage {
-    pub data: Vec<CustomerBody>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Page size, 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(pattern = r"^[A-Za-z0-9_-]{21}[AQgw]$")]
-    pub cursor: Option<String>,
-    /// Only the customer with this email (case-insensitive).
-    #[param(min_length = 1, max_length = 512)]
-    pub email: Option<String>,
-    /// Only customers in this sync state: `pending` (a change not yet in Stripe), `synced`,
-    /// or `failed` (see `sync.error` and the dead letters).
-    pub sync_state: Option<SyncStateBody>,
 }
 
 /// A customer serialized once, so an idempotent replay sends exactly the same bytes.
@@ -415,30 +201,11 @@ async fn list_customers(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<CustomerPage>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
+    let limit = page_size(query.limit)?;
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    if query
-        .email
-        .as_deref()
-        .is_some_and(|email| email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_email_filter",
-            format!("email must be 1 to {MAX_EMAIL_CHARS} characters when given"),
-        ));
-    }
+    let email = email_filter(query.email.as_deref())?;
     // No stored email holds a NUL (PostgreSQL text cannot): nothing can match.
-    if query
-        .email
-        .as_deref()
-        .is_some_and(|email| email.contains('\0'))
-    {
+    if email.is_some_and(|email| email.contains('\0')) {
         return Ok(Json(CustomerPage {
             data: Vec::new(),
             next_cursor: None,
@@ -446,7 +213,7 @@ async fn list_customers(
     }
     let filter = customers::ListFilter {
         after,
-        email: query.email.as_deref(),
+        email,
         sync_state: query.sync_state.map(SyncState::from),
     };
     let mut conn = store::acquire(&state.pool).await?;
@@ -462,6 +229,29 @@ async fn list_customers(
         data: customers.into_iter().map(CustomerBody::from).collect(),
         next_cursor,
     }))
+}
+
+fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(limit)
+}
+
+fn email_filter(email: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match email {
+        Some(email) if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS => {
+            Err(ApiError::bad_request(
+                "invalid_email_filter",
+                format!("email must be 1 to {MAX_EMAIL_CHARS} characters when given"),
+            ))
+        }
+        other => Ok(other),
+    }
 }
 
 /// Cursors are opaque to clients: today the last id of the page, base64url-encoded.
@@ -563,30 +353,5 @@ mod tests {
         for bad in ["", "not base64!", "AAAA"] {
             assert!(decode_cursor(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn merge_patch_tells_null_from_absent() {
-        let request: UpdateCustomerRequest =
-            serde_json::from_str(r#"{"name": null, "metadata": {"plan": null, "seats": "3"}}"#)
-                .unwrap();
-        assert_eq!(request.name, Some(None));
-        assert_eq!(request.phone, None);
-        let patch = CustomerPatch::try_from(request).unwrap();
-        assert_eq!(patch.name, Some(None));
-        assert_eq!(
-            patch.metadata,
-            Some(Some(BTreeMap::from([
-                ("plan".to_owned(), None),
-                ("seats".to_owned(), Some("3".to_owned()))
-            ])))
-        );
-    }
-
-    #[test]
-    fn email_cannot_be_cleared() {
-        let request: UpdateCustomerRequest = serde_json::from_str(r#"{"email": null}"#).unwrap();
-        let err = CustomerPatch::try_from(request).unwrap_err();
-        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

@@ -1,0 +1,82 @@
+//! The locks inbound and outbound take on customers; the order is in `store::locks`.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{Customer, CustomerRow};
+use crate::domain::CustomerId;
+use crate::store::{DbContext, Result, locks};
+
+/// Takes the customer's sync lock (see [`locks`]) until the transaction ends: waits for an
+/// outbound sync in flight, so what it wrote to Stripe is known.
+pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(locks::customer_key(id))
+        .execute(conn)
+        .await
+        .context("taking the customer's sync lock")?;
+    Ok(())
+}
+
+/// The customers linked to these Stripe customers, locked as [`lock_for_sync`] and
+/// [`lock_any`] lock one (in one order, so two batches cannot deadlock); their current rows.
+pub async fn lock_linked(conn: &mut PgConnection, stripe_ids: &[&str]) -> Result<Vec<Customer>> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("select id from customers where stripe_id = any($1)")
+        .bind(stripe_ids)
+        .fetch_all(&mut *conn)
+        .await
+        .context("finding customers by Stripe id")?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<i64> = ids
+        .iter()
+        .map(|id| locks::customer_key(CustomerId::from_uuid(*id)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query("select count(pg_advisory_xact_lock(key)) from unnest($1::int8[]) as key")
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await
+        .context("taking the customers' sync locks")?;
+    sqlx::query_as::<_, CustomerRow>(concat!(
+        "select ",
+        customer_columns!(),
+        " from customers where id = any($1) order by id for update"
+    ))
+    .bind(&ids)
+    .fetch_all(conn)
+    .await
+    .context("locking customers")?
+    .into_iter()
+    .map(Customer::try_from)
+    .collect()
+}
+
+/// Namespace of the per-Stripe-customer advisory locks (the two-key form, apart from the
+/// one-key customer locks of [`lock_for_sync`]).
+const STRIPE_CUSTOMER_LOCK_NAMESPACE: i32 = 0x7079_7363; // "pysc"
+
+/// Serializes the handling of events about one Stripe customer until the transaction ends,
+/// so two workers cannot both adopt or link it.
+pub async fn lock_stripe_customer(conn: &mut PgConnection, stripe_id: &str) -> Result<()> {
+    lock_stripe_customers(conn, &[stripe_id]).await
+}
+
+/// [`lock_stripe_customer`] for many, in one order (so two batches cannot deadlock).
+pub async fn lock_stripe_customers(conn: &mut PgConnection, stripe_ids: &[&str]) -> Result<()> {
+    let mut sorted = stripe_ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sqlx::query(
+        "select count(pg_advisory_xact_lock($1, hashtext(stripe_id))) \
+         from unnest($2::text[]) as stripe_id",
+    )
+    .bind(STRIPE_CUSTOMER_LOCK_NAMESPACE)
+    .bind(&sorted)
+    .execute(conn)
+    .await
+    .context("taking the Stripe customers' locks")?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The sync columns: what paysync wrote to Stripe, a failure, a reset for replay, and how
+//! long the oldest change has waited.
+
+use sqlx::PgConnection;
+
+use super::optional_customer;
+use crate::domain::{ContentHash, Customer, CustomerId, WriteWindow};
+use crate::store::{DbContext, Result};
+
+/// What paysync wrote to Stripe for one customer: which version, as which Stripe customer,
+/// when, and the hash of the content written.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncedWrite<'a> {
+    pub version: i64,
+    pub stripe_id: Option<&'a str>,
+    pub window: WriteWindow,
+    pub content: ContentHash,
+}
+
+/// Records that Stripe now matches `write.version` (and, once known, which Stripe customer it
+/// is). The state becomes `synced` unless a newer local change arrived meanwhile.
+pub async fn record_synced(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    write: SyncedWrite<'_>,
+) -> Result<()> {
+    sqlx::query(
+        "update customers set stripe_id = coalesce($3, stripe_id), \
+         stripe_synced_version = greatest(stripe_synced_version, $2), \
+         sync_state = case when greatest(stripe_synced_version, $2) >= version \
+                           then 'synced' else 'pending' end, \
+         sync_error = null, \
+         stripe_write_started_at = $4, stripe_written_at = $5, stripe_synced_hash = $6 \
+         where id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(write.version)
+    .bind(write.stripe_id)
+    .bind(write.window.started)
+    .bind(write.window.finished)
+    .bind(&write.content[..])
+    .execute(conn)
+    .await
+    .context("recording sync result")?;
+    Ok(())
+}
+
+/// Records a failed sync so the API shows it (`sync.state = failed`, `sync.error`).
+pub async fn record_sync_failure(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    error: &str,
+) -> Result<()> {
+    sqlx::query("update customers set sync_state = 'failed', sync_error = $2 where id = $1")
+        .bind(id.as_uuid())
+        .bind(error)
+        .execute(conn)
+        .await
+        .context("recording sync failure")?;
+    Ok(())
+}
+
+/// Marks a customer's sync as pending again (dead-letter replay).
+pub async fn reset_sync_state(conn: &mut PgConnection, id: CustomerId) -> Result<Option<Customer>> {
+    let query = sqlx::query_as(concat!(
+        "update customers set sync_error = null, sync_state = case \
+         when stripe_synced_version >= version then 'synced' else 'pending' end \
+         where id = $1 returning ",
+        customer_columns!()
+    ))
+    .bind(id.as_uuid());
+    optional_customer(query, conn, "resetting sync state").await
+}
+
+/// How long the oldest local change still waiting for Stripe has waited, in seconds (0 when
+/// none waits). Failed customers are not waiting: they are in the dead-letter table.
+pub async fn oldest_pending_age(conn: &mut PgConnection) -> Result<f64> {
+    sqlx::query_scalar(
+        "select coalesce(extract(epoch from now() - min(updated_at)), 0)::float8 \
+         from customers where stripe_synced_version < version and sync_state = 'pending'",
+    )
+    .fetch_one(conn)
+    .await
+    .context("measuring the oldest unsynced change")
+}
