@@ -277,3 +277,72 @@ async fn a_burst_of_patches_through_kafka_ends_at_the_last_version(pool: PgPool)
     burst_of_patches_ends_at_the_last_version(&app).await;
     app.stop().await;
 }
+
+/// Stripe stalls every call, the pool has 4 connections and 8 customers are being synced at
+/// once: the API still answers, because no pooled connection waits on Stripe (a sync holds
+/// its lock on a connection of its own and commits in a short transaction).
+#[sqlx::test]
+async fn a_stalled_stripe_never_takes_the_connections_that_serve_the_api(pool: PgPool) {
+    let proxy = FaultProxy::start().await;
+    proxy
+        .set_plan(vec![Some(Fault::Stall(Duration::from_secs(10)))])
+        .await;
+    let small_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    // Eight changes already committed, so the worker claims them in one batch.
+    for i in 0..8 {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query("insert into customers (id, email) values ($1, $2)")
+            .bind(id)
+            .bind(unique_email(&format!("stalled{i}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "insert into outbox (id, customer_id, op, version) values ($1, $2, 'create', 1)",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let mut settings = crate::support::app::syncing_settings(&proxy.base_url);
+    settings.outbound.as_mut().unwrap().concurrency = 8;
+    settings.stripe.as_mut().unwrap().api.timeout = Duration::from_secs(30);
+    let app = TestApp::spawn_settings(small_pool, settings).await;
+    wait_for(
+        "8 Stripe calls stalled in flight",
+        SYNC_DEADLINE,
+        || async {
+            match proxy.requests() {
+                n if n >= 8 => Ok(()),
+                n => Err(format!("{n} calls")),
+            }
+        },
+    )
+    .await;
+    for i in 0..10 {
+        let list = app
+            .request(Method::GET, "/v1/customers")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), StatusCode::OK, "list {i}");
+        app.create_customer(&unique_email(&format!("meanwhile{i}")))
+            .await;
+    }
+    // The API answered while every sync was still waiting on Stripe.
+    let synced: i64 =
+        sqlx::query_scalar("select count(*) from customers where sync_state = 'synced'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(synced, 0, "the stall was over before the API was tried");
+    proxy.set_plan(Vec::new()).await;
+    app.stop().await;
+}
