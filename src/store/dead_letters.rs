@@ -1,8 +1,8 @@
 //! Messages that could not be handled: kept with their error until replayed.
 //!
-//! Recording a dead letter must never fail on what the message holds (DESIGN invariant 7): the
-//! payload is stored as bytes, and the key and error, which may quote the message, are made
-//! storable (NUL, which PostgreSQL `text` cannot hold, becomes U+FFFD).
+//! Recording a dead letter must never fail on what the message holds (a bad message never stops
+//! a queue): the payload is stored as bytes, and the key and error, which may quote the
+//! message, are made storable (NUL, which PostgreSQL `text` cannot hold, becomes U+FFFD).
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,7 +1,8 @@
 //! PostgreSQL access: one module per table, each function a query or one unit of work.
 //!
 //! Functions take `&mut PgConnection` so the caller decides the transaction: a customer write
-//! and its outbox row always commit together (DESIGN.md §2, no dual write).
+//! and its outbox row always commit together (no dual write: a change is in the outbox if and
+//! only if it is committed).
 
 pub mod customers;
 pub mod dead_letters;

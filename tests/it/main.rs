@@ -5,8 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod auth;
-mod bench;
-mod bench_inbound;
 mod binary;
 mod contract;
 mod customers;
@@ -17,5 +15,7 @@ mod layout;
 mod ops;
 mod outbound;
 mod poison;
+// Shared with the benchmark program, which uses parts the tests do not.
+#[allow(dead_code)]
 mod support;
 mod webhooks;

@@ -1,4 +1,5 @@
-//! The JSON envelope of every paysync Kafka message (DESIGN.md §6).
+//! The JSON envelope of every paysync Kafka message: `{schema, id, kind, customer_id | event,
+//! occurred_at}`, versioned so a consumer refuses (dead-letters) what it does not understand.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Outbound benchmark (DESIGN.md §12), run by `scripts/bench`, never by the test suite: it
+//! Outbound benchmark (`cargo test --test bench`, which `scripts/bench` runs; never part of the tests): it
 //! reports numbers and asserts only that the run was valid (no failures, no 429s).
 //!
 //! A recording proxy in front of localstripe timestamps every Stripe call, so latency is
@@ -185,15 +185,11 @@ async fn run(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
     app.stop().await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_outbound_postgres_transport(pool: PgPool) {
+pub async fn outbound_postgres_transport(pool: PgPool) {
     run(pool, "PostgreSQL", None).await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_outbound_kafka_mock_cluster(pool: PgPool) {
+pub async fn outbound_kafka_mock_cluster(pool: PgPool) {
     let kafka = MockKafka::start().await;
     let target = KafkaTarget {
         brokers: kafka.bootstrap.clone(),
@@ -208,9 +204,7 @@ async fn bench_outbound_kafka_mock_cluster(pool: PgPool) {
     run(pool, "Kafka (librdkafka mock cluster)", Some(&target)).await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_outbound_kafka_tansu(pool: PgPool) {
+pub async fn outbound_kafka_tansu(pool: PgPool) {
     let target = KafkaTarget {
         brokers: "127.0.0.1:19092".to_owned(),
         topic_prefix: format!("paysync-bench-{}", uuid::Uuid::now_v7().simple()),

@@ -1,4 +1,4 @@
-//! Inbound benchmarks (DESIGN.md §12), run by `scripts/bench`, never by the test suite; they
+//! Inbound benchmarks (`cargo test --test bench`, which `scripts/bench` runs; never part of the tests); they
 //! report numbers and assert only that a run was valid (every request answered 200, every
 //! event applied).
 //!
@@ -307,15 +307,11 @@ fn kafka_env(brokers: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_ingest_postgres_transport(pool: PgPool) {
+pub async fn ingest_postgres_transport(pool: PgPool) {
     ingest(pool, "PostgreSQL", Vec::new()).await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_ingest_kafka_mock_cluster(pool: PgPool) {
+pub async fn ingest_kafka_mock_cluster(pool: PgPool) {
     let kafka = MockKafka::start().await;
     let mut env = kafka_env(&kafka.bootstrap);
     // The mock has only the default topics (it cannot create them on request).
@@ -323,9 +319,7 @@ async fn bench_ingest_kafka_mock_cluster(pool: PgPool) {
     ingest(pool, "Kafka (librdkafka mock cluster)", env).await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_ingest_kafka_tansu(pool: PgPool) {
+pub async fn ingest_kafka_tansu(pool: PgPool) {
     ingest(pool, "Kafka (tansu)", kafka_env(TANSU)).await;
 }
 
@@ -461,17 +455,13 @@ async fn apply(pool: PgPool, transport: &str, kafka: Option<(&str, &str)>, event
     app.stop().await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_apply_postgres_transport(pool: PgPool) {
+pub async fn apply_postgres_transport(pool: PgPool) {
     linked_customers(&pool).await;
     queue_in_inbox(&pool, &apply_events(APPLY_EVENTS)).await;
     apply(pool, "PostgreSQL", None, APPLY_EVENTS).await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_apply_kafka_mock_cluster(pool: PgPool) {
+pub async fn apply_kafka_mock_cluster(pool: PgPool) {
     let kafka = MockKafka::start().await;
     linked_customers(&pool).await;
     let events = apply_events(APPLY_EVENTS_MOCK);
@@ -486,9 +476,7 @@ async fn bench_apply_kafka_mock_cluster(pool: PgPool) {
     .await;
 }
 
-#[sqlx::test]
-#[ignore = "benchmark: run with scripts/bench"]
-async fn bench_apply_kafka_tansu(pool: PgPool) {
+pub async fn apply_kafka_tansu(pool: PgPool) {
     let prefix = format!("paysync-bench-{}", uuid::Uuid::now_v7().simple());
     linked_customers(&pool).await;
     let mut kafka = kafka_settings(TANSU);

@@ -1,0 +1,99 @@
+//! The benchmarks, as a program that prints its own tables (docs/BENCHMARKS.md): run by
+//! `scripts/bench`, or `cargo test --test bench -- [outbound] [ingest] [apply]`. Not part of
+//! `cargo test` (the target is `test = false`); built with the tests' profile, so it reuses
+//! their build. Each benchmark runs in a fresh database against the local services.
+
+// Test code fails by panicking; the production lints do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod inbound;
+mod outbound;
+#[allow(dead_code)]
+#[path = "../it/support/mod.rs"]
+mod support;
+
+use std::future::Future;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection as _, PgConnection, PgPool};
+
+/// Runs `bench` in a database of its own, created and migrated first, dropped after.
+async fn in_fresh_database<F, Fut>(bench: F)
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let admin_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("paysync_bench_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = admin_url.parse().unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect_with(options.database(&name))
+        .await
+        .unwrap();
+    paysync::store::MIGRATOR.run(&pool).await.unwrap();
+    bench(pool.clone()).await;
+    pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {name} with (force)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+async fn outbound_tables() {
+    println!("Outbound\n");
+    println!(
+        "| transport | changes | commit→call p50 | commit→call p99 | commit→applied p50 | commit→applied p99 | sustained Stripe calls | share of budget |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    in_fresh_database(outbound::outbound_postgres_transport).await;
+    in_fresh_database(outbound::outbound_kafka_mock_cluster).await;
+    in_fresh_database(outbound::outbound_kafka_tansu).await;
+}
+
+async fn ingest_tables() {
+    println!("\nInbound ingest (verified and durably queued before the 200)\n");
+    println!(
+        "| | transport | connections | rate | p50 | p99 | max | load client CPU | paysync CPU | PostgreSQL CPU | machine busy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    in_fresh_database(inbound::ingest_postgres_transport).await;
+    in_fresh_database(inbound::ingest_kafka_mock_cluster).await;
+    in_fresh_database(inbound::ingest_kafka_tansu).await;
+}
+
+async fn apply_tables() {
+    println!("\nInbound apply\n");
+    println!("| | transport | queued | rate |");
+    println!("|---|---|---|---|");
+    in_fresh_database(inbound::apply_postgres_transport).await;
+    in_fresh_database(inbound::apply_kafka_mock_cluster).await;
+    in_fresh_database(inbound::apply_kafka_tansu).await;
+}
+
+#[tokio::main]
+async fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let all = wanted.is_empty();
+    let run = |name: &str| all || wanted.iter().any(|w| w == name);
+    if run("outbound") {
+        outbound_tables().await;
+    }
+    if run("ingest") {
+        ingest_tables().await;
+    }
+    if run("apply") {
+        apply_tables().await;
+    }
+}
