@@ -81,6 +81,14 @@ async fn apply_tables() {
 
 #[tokio::main]
 async fn main() {
+    // The tables go to stdout; the in-process apps log to stderr, warnings only unless
+    // RUST_LOG says otherwise.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
