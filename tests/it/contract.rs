@@ -51,14 +51,10 @@ async fn the_api_honours_its_openapi_document_under_fuzzing(pool: PgPool) {
     let run = Command::new(schemathesis())
         .args(["--config-file", config, "run"])
         .arg(app.url("/openapi.json"))
-        .args([
-            "--checks",
-            "all",
-            "--max-examples",
-            MAX_EXAMPLES,
-            "--workers",
-            "2",
-        ])
+        // One worker: hypothesis 6.170's lambda-description cache is not thread-safe (a
+        // second worker thread now and then fails the run with an internal AST error).
+        .args(["--checks", "all", "--max-examples", MAX_EXAMPLES])
+        .args(["--workers", "1"])
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
         .args(["--warnings", "off"])
         .env("NO_COLOR", "1")
