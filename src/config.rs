@@ -64,6 +64,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print the OpenAPI document of the HTTP API (JSON) to stdout.
     Openapi,
+    /// Print the SyncPolicy CustomResourceDefinition (YAML) to stdout.
+    Crd,
     /// Inspect and replay changes that could not be synced.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use paysync::config::{Cli, Command};
-use paysync::{app, http, telemetry};
+use paysync::{app, crd, http, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => app::serve(*args).await,
         Command::Migrate(args) => app::migrate(args).await,
         Command::Openapi => print_openapi(),
+        Command::Crd => print_crd(),
         Command::DeadLetters(command) => app::dead_letters(command).await,
         Command::Customers(command) => app::customers(command).await,
     };
@@ -24,6 +25,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_crd() -> anyhow::Result<()> {
+    print!("{}", crd::crd_yaml()?);
+    Ok(())
 }
 
 fn print_openapi() -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ const MAX_FN_LINES: usize = 50;
 /// (`backoff`, `metrics`, `telemetry`) may be used by anyone and use no one.
 const LAYERS: &[(&str, &[&str])] = &[
     ("domain", &[]),
+    ("crd", &[]),
     ("backoff", &[]),
     ("metrics", &[]),
     ("telemetry", &[]),
