@@ -10,6 +10,7 @@ pub mod crd;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod policy;
 pub mod store;
 pub mod stripe;
 pub mod sync;

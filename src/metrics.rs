@@ -44,6 +44,54 @@ pub fn count(family: &Outcomes, outcome: &str) {
         .inc();
 }
 
+/// Labels of a sync counter: the policy (Stripe account) and what happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyOutcomeLabels {
+    pub policy: String,
+    pub outcome: String,
+}
+
+/// A counter family by policy and outcome.
+pub type PolicyOutcomes = Family<PolicyOutcomeLabels, Counter>;
+
+/// Counts one outcome of one policy.
+pub fn count_for(family: &PolicyOutcomes, policy: &str, outcome: &str) {
+    add_for(family, policy, outcome, 1);
+}
+
+/// Counts `n` outcomes of one policy.
+pub fn add_for(family: &PolicyOutcomes, policy: &str, outcome: &str, n: u64) {
+    family
+        .get_or_create(&PolicyOutcomeLabels {
+            policy: policy.to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .inc_by(n);
+}
+
+/// Labels naming the policy (Stripe account) a measurement is of.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+/// A histogram family by policy.
+pub type PolicyHistograms = Family<PolicyLabels, Histogram, fn() -> Histogram>;
+
+/// Histograms by policy, each with `buckets` (e.g. [`lag_histogram`]).
+pub fn policy_histograms(buckets: fn() -> Histogram) -> PolicyHistograms {
+    Family::new_with_constructor(buckets)
+}
+
+/// Observes `value` for one policy.
+pub fn observe_for(family: &PolicyHistograms, policy: &str, value: f64) {
+    family
+        .get_or_create(&PolicyLabels {
+            policy: policy.to_owned(),
+        })
+        .observe(value);
+}
+
 /// Labels naming one side of the sync (`outbound` or `inbound`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {

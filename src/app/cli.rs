@@ -56,6 +56,7 @@ pub async fn customers(command: CustomerCommand) -> anyhow::Result<()> {
     let CustomerCommand::List {
         database,
         sync_state,
+        account,
         limit,
     } = command;
     let pool = connect_to_schema(&database).await?;
@@ -69,14 +70,13 @@ pub async fn customers(command: CustomerCommand) -> anyhow::Result<()> {
     let mut printed = 0;
     while printed < limit {
         let filter = store::customers::ListFilter {
+            account: account.as_deref(),
             after,
             email: None,
             sync_state,
         };
         let page_size = (limit - printed).min(CLI_PAGE);
-        let page =
-            store::customers::list_live(&mut conn, store::DEFAULT_ACCOUNT, filter, page_size)
-                .await?;
+        let page = store::customers::list_live(&mut conn, filter, page_size).await?;
         let Some(last) = page.last().map(|customer| customer.id) else {
             break;
         };

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use cli::{customers, dead_letters, migrate};
-pub use settings::{InboundSettings, Settings, StripeAccount, serve};
+pub use settings::{PolicySource, Settings, StripeCalls, serve};
 
 use crate::http::{self, ServerLimits};
 use crate::store::locks::LockPool;

@@ -2,7 +2,7 @@
 //! the application builds.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,12 +12,12 @@ use tracing::{info, warn};
 use super::Application;
 use super::cli::connect;
 use crate::backoff::Backoff;
-use crate::config::{InboundArgs, KafkaArgs, OutboundArgs, ServeArgs, StripeArgs};
+use crate::config::{InboundArgs, KafkaArgs, OutboundArgs, ServeArgs};
+use crate::crd::Resolution;
 use crate::domain::ConflictPolicy;
 use crate::http::{ApiAuth, ServerLimits};
+use crate::policy::{ImplicitPolicy, PolicyDefinition};
 use crate::store;
-use crate::stripe::StripeSettings;
-use crate::stripe::webhook::WebhookVerifier;
 use crate::transport::kafka::KafkaSettings;
 use crate::transport::kafka::relay::RelaySettings;
 use crate::transport::pg::{InboxSettings, WorkerSettings};
@@ -30,36 +30,41 @@ pub struct Settings {
     /// Timeouts and connection/request limits of the HTTP server.
     pub http: ServerLimits,
     pub shutdown_timeout: Duration,
-    /// The Stripe account paysync talks to; `None` without an API key.
-    pub stripe: Option<StripeAccount>,
-    /// Sync local changes to Stripe (with `stripe`); `None` leaves them queued in the outbox.
+    /// Where the policies (one per Stripe account) come from.
+    pub policies: PolicySource,
+    /// How every policy's client calls Stripe: timeouts and retries.
+    pub stripe_calls: StripeCalls,
+    /// How far a webhook's signed timestamp may be from now (every policy's verifier).
+    pub webhook_tolerance: Duration,
+    /// Sync local changes to Stripe; `None` leaves them queued in the outbox.
     pub outbound: Option<WorkerSettings>,
-    /// Apply Stripe events to PostgreSQL; `None` leaves them queued.
-    pub inbound: Option<InboundSettings>,
-    /// Read the Events API this often for events missed as webhooks (with `stripe`).
+    /// Apply Stripe events to PostgreSQL; `None` leaves them queued. The batch size also
+    /// bounds a Kafka batch.
+    pub inbound: Option<InboxSettings>,
+    /// Read each policy's Events API this often for events missed as webhooks.
     pub catch_up: Option<Duration>,
     /// The Kafka transport; `None` runs the workers over PostgreSQL.
     pub kafka: Option<KafkaSettings>,
     /// Publish the outbox to Kafka from this process (Kafka transport only).
     pub relay: Option<RelaySettings>,
-    /// Accept Stripe webhooks signed with one of these secrets.
-    pub webhooks: Option<WebhookVerifier>,
 }
 
-/// A Stripe account and the request budget paysync keeps to with it.
+/// Where the policies come from.
 #[derive(Debug, Clone)]
-pub struct StripeAccount {
-    pub api: StripeSettings,
-    pub rate: NonZeroU32,
-    pub burst: NonZeroU32,
+pub enum PolicySource {
+    /// A fixed set: the implicit `default` policy of the `STRIPE_*` settings (or a test's).
+    Fixed(Vec<PolicyDefinition>),
+    /// `PAYSYNC_POLICIES`: a file or directory of manifests, watched for changes.
+    File(PathBuf),
 }
 
-/// The inbound side: how Stripe events are applied.
+/// How a Stripe client calls Stripe, the same for every policy (the policy gives the key, the
+/// API base and the rate).
 #[derive(Debug, Clone, Copy)]
-pub struct InboundSettings {
-    /// Batches and workers; the batch size also bounds a Kafka batch.
-    pub inbox: InboxSettings,
-    pub policy: ConflictPolicy,
+pub struct StripeCalls {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
 }
 
 /// `paysync serve`.
@@ -77,7 +82,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store::migrate(&pool).await?;
         info!("database schema is up to date");
     }
-    let stripe = stripe_account(&args.stripe);
     let settings = Settings {
         listen: args.listen,
         auth,
@@ -89,12 +93,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_requests: args.http.http_max_requests as usize,
         },
         shutdown_timeout: args.shutdown_timeout,
-        outbound: outbound_settings(stripe.is_some(), &args.outbound),
+        policies: policy_source(&args),
+        stripe_calls: StripeCalls {
+            timeout: args.stripe.stripe_timeout,
+            max_attempts: args.stripe.stripe_max_attempts,
+            backoff: Backoff {
+                base: args.stripe.stripe_backoff_base,
+                max: args.stripe.stripe_backoff_max,
+            },
+        },
+        webhook_tolerance: args.stripe.stripe_webhook_tolerance,
+        outbound: outbound_settings(&args.outbound),
         inbound: inbound_settings(&args.inbound, &args.outbound),
-        catch_up: catch_up_interval(stripe.is_some(), &args.inbound),
-        stripe,
+        catch_up: catch_up_interval(&args.inbound),
         kafka: kafka_settings(&args.kafka),
-        webhooks: webhook_verifier(&args.stripe),
         relay: (!args.outbound.no_relay).then_some(RelaySettings {
             batch_size: args.outbound.outbox_batch,
             poll_interval: args.outbound.outbox_poll_interval,
@@ -104,17 +116,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone())?;
     app.run(shutdown).await
-}
-
-fn webhook_verifier(stripe: &StripeArgs) -> Option<WebhookVerifier> {
-    if stripe.stripe_webhook_secrets.is_empty() {
-        warn!("STRIPE_WEBHOOK_SECRETS is not set: POST /webhooks/stripe answers 503");
-        return None;
-    }
-    Some(WebhookVerifier::new(
-        stripe.stripe_webhook_secrets.clone(),
-        stripe.stripe_webhook_tolerance,
-    ))
 }
 
 fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {
@@ -132,67 +133,70 @@ fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {
     })
 }
 
-fn stripe_account(stripe: &StripeArgs) -> Option<StripeAccount> {
-    let Some(api_key) = stripe.stripe_api_key.clone() else {
-        warn!("STRIPE_API_KEY is not set: local changes stay queued in the outbox");
-        return None;
-    };
-    let rate = NonZeroU32::new(stripe.stripe_rate_limit).unwrap_or(NonZeroU32::MIN);
-    let burst = stripe
-        .stripe_rate_burst
-        .and_then(NonZeroU32::new)
-        .unwrap_or(rate);
-    info!(api_base = %stripe.stripe_api_base, rate = rate.get(), burst = burst.get(), "Stripe account configured");
-    Some(StripeAccount {
-        api: StripeSettings {
-            api_key,
-            api_base: stripe.stripe_api_base.clone(),
-            timeout: stripe.stripe_timeout,
-            max_attempts: stripe.stripe_max_attempts,
-            backoff: Backoff {
-                base: stripe.stripe_backoff_base,
-                max: stripe.stripe_backoff_max,
-            },
-        },
+/// `PAYSYNC_POLICIES`, else the one policy the `STRIPE_*` settings describe.
+fn policy_source(args: &ServeArgs) -> PolicySource {
+    if let Some(path) = &args.policies {
+        info!(path = %path.display(), "policies from PAYSYNC_POLICIES (watched)");
+        return PolicySource::File(path.clone());
+    }
+    let stripe = &args.stripe;
+    if stripe.stripe_api_key.is_none() {
+        warn!(
+            "STRIPE_API_KEY is not set: local changes wait as pending and nothing is sent to Stripe"
+        );
+    }
+    if stripe.stripe_webhook_secrets.is_empty() {
+        warn!("STRIPE_WEBHOOK_SECRETS is not set: POST /webhooks/stripe answers 503");
+    }
+    let rate = stripe.stripe_rate_limit;
+    let implicit = ImplicitPolicy {
+        api_key: stripe.stripe_api_key.clone(),
+        webhook_secrets: stripe.stripe_webhook_secrets.clone(),
+        api_base: stripe.stripe_api_base.clone(),
         rate,
-        burst,
-    })
+        burst: stripe.stripe_rate_burst.unwrap_or(rate),
+        conflict: resolution(args.inbound.conflict_policy),
+    };
+    info!(api_base = %implicit.api_base, rate, "one Stripe account from the STRIPE_* settings (policy `default`)");
+    PolicySource::Fixed(vec![implicit.definition()])
 }
 
-fn outbound_settings(has_stripe: bool, outbound: &OutboundArgs) -> Option<WorkerSettings> {
+/// `PAYSYNC_CONFLICT_POLICY` is the implicit policy's `conflict.default`.
+fn resolution(policy: ConflictPolicy) -> Resolution {
+    match policy {
+        ConflictPolicy::Newest => Resolution::Newest,
+        ConflictPolicy::LocalWins => Resolution::LocalWins,
+        ConflictPolicy::StripeWins => Resolution::StripeWins,
+    }
+}
+
+fn outbound_settings(outbound: &OutboundArgs) -> Option<WorkerSettings> {
     if outbound.no_outbound {
         info!("outbound sync disabled (--no-outbound)");
         return None;
     }
-    has_stripe.then_some(WorkerSettings {
+    Some(WorkerSettings {
         batch_size: outbound.outbox_batch,
         concurrency: outbound.outbound_concurrency as usize,
         poll_interval: outbound.outbox_poll_interval,
     })
 }
 
-fn inbound_settings(inbound: &InboundArgs, outbound: &OutboundArgs) -> Option<InboundSettings> {
+fn inbound_settings(inbound: &InboundArgs, outbound: &OutboundArgs) -> Option<InboxSettings> {
     if inbound.no_inbound {
         info!("inbound sync disabled (--no-inbound): Stripe events stay queued");
         return None;
     }
-    Some(InboundSettings {
-        inbox: InboxSettings {
-            batch_size: i64::from(inbound.inbound_batch),
-            concurrency: inbound.inbound_concurrency as usize,
-            poll_interval: outbound.outbox_poll_interval,
-        },
-        policy: inbound.conflict_policy,
+    Some(InboxSettings {
+        batch_size: i64::from(inbound.inbound_batch),
+        concurrency: inbound.inbound_concurrency as usize,
+        poll_interval: outbound.outbox_poll_interval,
     })
 }
 
-fn catch_up_interval(has_stripe: bool, inbound: &InboundArgs) -> Option<Duration> {
+fn catch_up_interval(inbound: &InboundArgs) -> Option<Duration> {
     if inbound.no_catch_up {
         info!("catch-up disabled (--no-catch-up)");
-        return None;
-    }
-    if !has_stripe {
-        warn!("STRIPE_API_KEY is not set: no catch-up of missed Stripe events");
         return None;
     }
     Some(inbound.catch_up_interval)

@@ -1,6 +1,7 @@
 //! Wiring: every part paysync runs, built from [`Settings`] on one metrics registry, and the
 //! tasks that run them. Nothing here starts a task; [`super::Application::run`] does.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +11,12 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tracing::info;
 
-use super::{Settings, Task, janitor};
+use super::{PolicySource, Settings, StripeCalls, Task, janitor};
 use crate::http::{AppState, HttpMetrics, RejectionLog, WebhookIngress, WebhookMetrics};
 use crate::metrics::{self, Registry};
+use crate::policy::{self, PolicyRegistry, StripeFactory};
 use crate::store::locks::LockPool;
-use crate::stripe::{HttpStripe, RateLimit, StripeApi, StripeMetrics};
+use crate::stripe::{HttpStripe, RateLimit, StripeMetrics, StripeSettings};
 use crate::sync::catch_up::{CatchUp, CatchUpMetrics};
 use crate::sync::dead_letters::{DeadLetterMetrics, DeadLetters};
 use crate::sync::inbound::InboundMetrics;
@@ -46,7 +48,7 @@ struct Parts<'a> {
     locks: LockPool,
     registry: Registry,
     dead_letters: DeadLetters,
-    stripe: Option<Arc<dyn StripeApi>>,
+    policies: Arc<PolicyRegistry>,
     kafka: Option<KafkaRuntime>,
     health: Arc<QueueHealth>,
     tasks: Vec<Task>,
@@ -66,23 +68,22 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
         pool: pool.clone(),
         locks: lock_pool(settings, pool),
         dead_letters: DeadLetters::new(pool.clone(), Arc::new(dead_letter_metrics)),
-        stripe: stripe_client(settings, &mut registry)?,
+        policies: load_policies(settings, pool, &mut registry).await?,
         kafka: connect_kafka(settings.kafka.as_ref()).await?,
         health: Arc::new(QueueHealth::default()),
         registry,
         tasks: Vec::new(),
     };
     parts.add_housekeeping();
+    parts.add_policy_watch();
     let queue = parts.inbound_queue();
     parts.add_outbound()?;
     parts.add_inbound()?;
     parts.add_catch_up(&queue);
-    let webhooks = settings.webhooks.clone().map(|verifier| {
-        Arc::new(WebhookIngress {
-            verifier,
-            queue: Arc::new(queue) as Arc<dyn EventQueue>,
-            rejections: RejectionLog::default(),
-        })
+    let webhooks = Arc::new(WebhookIngress {
+        policies: parts.policies.clone(),
+        queue: Arc::new(queue) as Arc<dyn EventQueue>,
+        rejections: RejectionLog::default(),
     });
     Ok(parts.finish(webhooks))
 }
@@ -90,7 +91,7 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
 /// Connections held while waiting on Stripe or Kafka, apart from the pool serving requests.
 fn lock_pool(settings: &Settings, pool: &PgPool) -> LockPool {
     let syncs = settings.outbound.map_or(1, |o| o.concurrency);
-    let inbox = settings.inbound.map_or(0, |i| i.inbox.concurrency);
+    let inbox = settings.inbound.map_or(0, |i| i.concurrency);
     let size = u32::try_from(syncs + inbox)
         .unwrap_or(u32::MAX)
         .saturating_add(LOCK_POOL_BASE);
@@ -101,18 +102,43 @@ fn lock_pool(settings: &Settings, pool: &PgPool) -> LockPool {
     LockPool::new(held)
 }
 
-/// One client per account: its token bucket is shared by every caller.
-fn stripe_client(
+/// The registry, with the policies of the source in effect. A policies file that does not
+/// load stops start-up (there are no last good policies yet).
+async fn load_policies(
     settings: &Settings,
+    pool: &PgPool,
     registry: &mut Registry,
-) -> anyhow::Result<Option<Arc<dyn StripeApi>>> {
-    let metrics = Arc::new(StripeMetrics::register(registry));
-    let Some(account) = &settings.stripe else {
-        return Ok(None);
+) -> anyhow::Result<Arc<PolicyRegistry>> {
+    let factory = stripe_factory(settings.stripe_calls, registry);
+    let policies = Arc::new(PolicyRegistry::new(factory, settings.webhook_tolerance));
+    let definitions = match &settings.policies {
+        PolicySource::Fixed(definitions) => definitions.clone(),
+        PolicySource::File(path) => policy::file::load(path)?,
     };
-    let limit = RateLimit::new(account.rate, account.burst);
-    let client = HttpStripe::new(account.api.clone(), limit, metrics)?;
-    Ok(Some(Arc::new(client)))
+    policy::apply(&policies, pool, definitions);
+    Ok(policies)
+}
+
+/// Makes each policy's client: its key, API base and token bucket (shared by every caller of
+/// that account), the same timeouts and retries for all.
+fn stripe_factory(calls: StripeCalls, registry: &mut Registry) -> StripeFactory {
+    let metrics = Arc::new(StripeMetrics::register(registry));
+    Arc::new(move |name, key, spec| {
+        let rate = &spec.rate_limit;
+        let limit = RateLimit::new(
+            NonZeroU32::new(rate.requests_per_second).unwrap_or(NonZeroU32::MIN),
+            NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN),
+        );
+        let settings = StripeSettings {
+            api_key: key.clone(),
+            api_base: spec.api_base.clone(),
+            timeout: calls.timeout,
+            max_attempts: calls.max_attempts,
+            backoff: calls.backoff,
+        };
+        let client = HttpStripe::new(settings, limit, Arc::new(metrics.for_policy(name)))?;
+        Ok(Arc::new(client) as Arc<dyn crate::stripe::StripeApi>)
+    })
 }
 
 async fn connect_kafka(settings: Option<&KafkaSettings>) -> anyhow::Result<Option<KafkaRuntime>> {
@@ -144,6 +170,15 @@ impl Parts<'_> {
         self.task(move |shutdown| queue_health::run(pool, health, metrics, shutdown).boxed());
     }
 
+    /// Applies every change of the policies file without a restart.
+    fn add_policy_watch(&mut self) {
+        let PolicySource::File(path) = &self.settings.policies else {
+            return;
+        };
+        let (path, policies, pool) = (path.clone(), self.policies.clone(), self.pool.clone());
+        self.task(move |shutdown| policy::file::watch(path, policies, pool, shutdown).boxed());
+    }
+
     /// Where webhooks and catch-up put Stripe events.
     fn inbound_queue(&mut self) -> InboundQueue {
         let writer_metrics = Arc::new(InboxWriterMetrics::register(&mut self.registry));
@@ -163,19 +198,17 @@ impl Parts<'_> {
     fn add_outbound(&mut self) -> anyhow::Result<()> {
         let metrics = Arc::new(OutboundMetrics::register(&mut self.registry));
         self.add_relay();
-        let (Some(worker), Some(stripe), Some(account)) =
-            (self.settings.outbound, &self.stripe, &self.settings.stripe)
-        else {
+        let Some(worker) = self.settings.outbound else {
             return Ok(());
         };
         let create_retry = CreateRetry {
-            max_attempts: account.api.max_attempts,
-            backoff: account.api.backoff,
+            max_attempts: self.settings.stripe_calls.max_attempts,
+            backoff: self.settings.stripe_calls.backoff,
         };
         let handler: Arc<dyn OutboundHandler> = Arc::new(OutboundSync::new(
             self.pool.clone(),
             self.locks.clone(),
-            stripe.clone(),
+            self.policies.clone(),
             self.dead_letters.clone(),
             metrics,
             create_retry,
@@ -221,12 +254,11 @@ impl Parts<'_> {
         };
         let handler: Arc<dyn InboundHandler> = Arc::new(InboundSync::new(
             self.pool.clone(),
-            self.stripe.clone(),
+            self.policies.clone(),
             self.dead_letters.clone(),
             metrics,
-            inbound.policy,
         ));
-        let (pool, locks, inbox) = (self.pool.clone(), self.locks.clone(), inbound.inbox);
+        let (pool, locks, inbox) = (self.pool.clone(), self.locks.clone(), inbound);
         let inbox_handler = handler.clone();
         self.task(move |shutdown| {
             pg::inbox::run(pool, locks, inbox_handler, inbox, shutdown).boxed()
@@ -238,9 +270,7 @@ impl Parts<'_> {
         let consumer = kafka::inbound::inbound_consumer(&kafka.settings)?;
         info!(group = %kafka.settings.group("inbound"), "applying Stripe events (Kafka transport)");
         let health = self.health.clone();
-        let batch = usize::try_from(inbound.inbox.batch_size)
-            .unwrap_or(1)
-            .max(1);
+        let batch = usize::try_from(inbound.batch_size).unwrap_or(1).max(1);
         self.task(move |shutdown| {
             kafka::inbound::run_inbound(consumer, handler, health, batch, shutdown).boxed()
         });
@@ -249,21 +279,21 @@ impl Parts<'_> {
 
     fn add_catch_up(&mut self, queue: &InboundQueue) {
         let metrics = Arc::new(CatchUpMetrics::register(&mut self.registry));
-        let (Some(interval), Some(stripe)) = (self.settings.catch_up, &self.stripe) else {
+        let Some(interval) = self.settings.catch_up else {
             return;
         };
-        info!(interval = ?interval, "catching up on missed Stripe events (Events API)");
+        info!(interval = ?interval, "catching up on missed Stripe events (Events API, per policy)");
         let catch_up = CatchUp {
             pool: self.pool.clone(),
             locks: self.locks.clone(),
-            stripe: stripe.clone(),
+            policies: self.policies.clone(),
             queue: Arc::new(queue.clone()),
             metrics,
         };
         self.task(move |shutdown| catch_up.run(interval, shutdown).boxed());
     }
 
-    fn finish(mut self, webhooks: Option<Arc<WebhookIngress>>) -> Wired {
+    fn finish(mut self, webhooks: Arc<WebhookIngress>) -> Wired {
         let http = Arc::new(HttpMetrics::register(&mut self.registry));
         let webhook_metrics = Arc::new(WebhookMetrics::register(&mut self.registry));
         let state = AppState {
@@ -274,6 +304,7 @@ impl Parts<'_> {
             queue_health: self.health,
             kafka: self.kafka.map(|k| KafkaProbe::new(k.producer)),
             webhooks,
+            policies: self.policies,
         };
         Wired {
             state,

@@ -14,10 +14,6 @@ use serde::{Deserialize, Serialize};
 
 pub use status::{CustomerCounts, LastReconcile, SyncPolicyStatus, condition_types, reasons};
 
-/// The name of the policy of the `STRIPE_*` settings, and of customers created without an
-/// account.
-pub const DEFAULT_POLICY: &str = "default";
-
 #[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[kube(
     group = "paysync.dev",
@@ -139,6 +135,22 @@ pub struct ConflictRules {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(f, f in ['email', 'name', 'phone', 'description', 'metadata'] || (f.startsWith('metadata.') && size(f) > 9 && size(f) <= 49))").message("fields may be email, name, phone, description, metadata or metadata.<key> (key up to 40 characters)"))]
     pub fields: BTreeMap<String, Resolution>,
+}
+
+impl ConflictRules {
+    /// Who wins `field` (`email`, `name`, `phone`, `description` or `metadata.<key>`): its own
+    /// rule, else (for a metadata key) the rule for all metadata, else the default.
+    pub fn for_field(&self, field: &str) -> Resolution {
+        if let Some(rule) = self.fields.get(field) {
+            return *rule;
+        }
+        if field.starts_with("metadata.")
+            && let Some(rule) = self.fields.get("metadata")
+        {
+            return *rule;
+        }
+        self.default
+    }
 }
 
 /// What a deletion on one side does to the other.

@@ -39,6 +39,9 @@ pub struct CustomerCounts {
     pub synced: i64,
     pub pending: i64,
     pub failed: i64,
+    /// Kept after a deletion on the other side under `deletion: Orphan`.
+    #[serde(default)]
+    pub orphaned: i64,
 }
 
 /// The condition types paysync sets.

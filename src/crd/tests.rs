@@ -100,3 +100,19 @@ fn the_committed_crd_is_what_the_types_generate() {
         "crds/syncpolicy.yaml is stale: run `make generate`"
     );
 }
+
+#[test]
+fn a_field_rule_falls_back_to_metadata_then_to_the_default() {
+    let rules = ConflictRules {
+        default: Resolution::Newest,
+        fields: BTreeMap::from([
+            ("email".to_owned(), Resolution::LocalWins),
+            ("metadata".to_owned(), Resolution::StripeWins),
+            ("metadata.plan".to_owned(), Resolution::LocalWins),
+        ]),
+    };
+    assert_eq!(rules.for_field("email"), Resolution::LocalWins);
+    assert_eq!(rules.for_field("name"), Resolution::Newest);
+    assert_eq!(rules.for_field("metadata.plan"), Resolution::LocalWins);
+    assert_eq!(rules.for_field("metadata.seats"), Resolution::StripeWins);
+}

@@ -15,6 +15,8 @@ pub enum SyncState {
     Synced,
     /// The last attempt failed for good; `sync_error` says why (see dead letters).
     Failed,
+    /// Under `deletion: Orphan`, the other side's record was deleted: this one stays, unlinked.
+    Orphaned,
 }
 
 impl SyncState {
@@ -23,6 +25,7 @@ impl SyncState {
             Self::Pending => "pending",
             Self::Synced => "synced",
             Self::Failed => "failed",
+            Self::Orphaned => "orphaned",
         }
     }
 
@@ -31,6 +34,7 @@ impl SyncState {
             "pending" => Ok(Self::Pending),
             "synced" => Ok(Self::Synced),
             "failed" => Ok(Self::Failed),
+            "orphaned" => Ok(Self::Orphaned),
             other => Err(ValidationError::new(
                 "sync_state",
                 format!("unknown state {other:?}"),
@@ -311,7 +315,12 @@ mod tests {
 
     #[test]
     fn sync_state_round_trips() {
-        for state in [SyncState::Pending, SyncState::Synced, SyncState::Failed] {
+        for state in [
+            SyncState::Pending,
+            SyncState::Synced,
+            SyncState::Failed,
+            SyncState::Orphaned,
+        ] {
             assert_eq!(SyncState::parse(state.as_str()).unwrap(), state);
         }
         assert!(SyncState::parse("lost").is_err());

@@ -19,6 +19,9 @@ pub use ids::{CustomerId, StripeCustomerId};
 pub use metadata::{MAX_USER_KEYS, Metadata, MetadataPatch, RESERVED_PREFIX};
 pub use text::{Description, MULTI_LINE_PATTERN, Name, Phone, SINGLE_LINE_PATTERN};
 
+/// The account (SyncPolicy) of the `STRIPE_*` settings, and of customers created without one.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
 /// A value that breaks a domain rule; `field` names the input the caller must fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]

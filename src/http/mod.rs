@@ -6,6 +6,7 @@ mod dead_letters;
 mod error;
 mod extract;
 mod ops;
+mod policies;
 mod schemas;
 pub mod server;
 mod webhooks;
@@ -37,6 +38,7 @@ pub use server::ServerLimits;
 pub use webhooks::{MAX_WEBHOOK_BYTES, RejectionLog, WebhookIngress, WebhookMetrics};
 
 use crate::metrics::{Registry, latency_histogram};
+use crate::policy::PolicyRegistry;
 use crate::sync::queue_health::QueueHealth;
 use crate::transport::kafka::KafkaProbe;
 
@@ -58,8 +60,10 @@ pub struct AppState {
     pub queue_health: Arc<QueueHealth>,
     /// Checked by `/readyz` when the Kafka transport is configured.
     pub kafka: Option<KafkaProbe>,
-    /// The Stripe webhook ingress, when webhook secrets are configured.
-    pub webhooks: Option<Arc<WebhookIngress>>,
+    /// The Stripe webhook ingress.
+    pub webhooks: Arc<WebhookIngress>,
+    /// The effective policies: the account of a new customer, `GET /v1/policies`.
+    pub policies: Arc<PolicyRegistry>,
 }
 
 #[derive(OpenApi)]
@@ -75,6 +79,7 @@ pub struct AppState {
     tags(
         (name = "customers", description = "Customers, synced to Stripe"),
         (name = "dead letters", description = "Changes that could not be synced, and their replay"),
+        (name = "policies", description = "The SyncPolicies in effect: one per Stripe account"),
         (name = "webhooks", description = "Signed Stripe deliveries (the signature is the credential)"),
         (name = "operations", description = "Health, readiness and metrics (no authentication)")
     )
@@ -106,7 +111,9 @@ fn documented_routes(
 
 /// Every /v1 route (all behind the bearer token).
 fn v1_routes() -> OpenApiRouter<AppState> {
-    customers::router().merge(dead_letters::router())
+    customers::router()
+        .merge(dead_letters::router())
+        .merge(policies::router())
 }
 
 /// The OpenAPI document of the API (`paysync openapi`, `/openapi.json`).

@@ -34,6 +34,22 @@ pub fn email() -> Object {
         .build()
 }
 
+/// A policy (Stripe account) name: a DNS label, as Kubernetes names are.
+pub const ACCOUNT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// `account`: the SyncPolicy a customer syncs with.
+pub fn account() -> Object {
+    text(false)
+        .max_length(Some(63))
+        .pattern(Some(ACCOUNT_PATTERN))
+        .description(Some(
+            "The SyncPolicy (Stripe account) the customer syncs with. Chosen at creation \
+             (default: `default`, or the only policy) and never changed.",
+        ))
+        .examples(["default"])
+        .build()
+}
+
 fn bounded(max: usize, pattern: &str, description: &str) -> Object {
     text(true)
         .max_length(Some(max))

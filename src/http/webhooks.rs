@@ -1,12 +1,14 @@
-//! `POST /webhooks/stripe`: the signed ingress for Stripe events (no bearer token: the
-//! signature is the credential). A verified customer event is durably queued before the 2xx,
-//! so an acknowledged delivery is never lost; if it cannot be queued, Stripe gets a 503 and
-//! delivers it again.
+//! `POST /webhooks/stripe/{policy}` (and `POST /webhooks/stripe`, the `default` policy's):
+//! the signed ingress for Stripe events (no bearer token: the signature is the credential,
+//! checked with the secrets of the policy the route names, so a delivery signed for one
+//! account is refused on another's route). A verified customer event is tagged with its
+//! account and durably queued before the 2xx, so an acknowledged delivery is never lost; if it
+//! cannot be queued, Stripe gets a 503 and delivers it again.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use serde::Serialize;
@@ -23,7 +25,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::server::Peer;
 use super::{ApiError, AppState, ErrorBody};
-use crate::metrics::{Outcomes, Registry};
+use crate::domain::DEFAULT_ACCOUNT;
+use crate::metrics::{PolicyOutcomes, Registry};
+use crate::policy::PolicyRegistry;
 use crate::stripe::event::StripeEvent;
 use crate::stripe::webhook::{VerifyError, WebhookVerifier};
 use crate::sync::EventQueue;
@@ -35,13 +39,14 @@ pub const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(receive_stripe_webhook))
+        .routes(routes!(receive_policy_webhook))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
 }
 
-/// The ingress: verification and the queue.
+/// The ingress: the policies (whose secrets verify deliveries) and the queue.
 #[derive(Clone)]
 pub struct WebhookIngress {
-    pub verifier: WebhookVerifier,
+    pub policies: Arc<PolicyRegistry>,
     pub queue: Arc<dyn EventQueue>,
     pub rejections: RejectionLog,
 }
@@ -49,18 +54,19 @@ pub struct WebhookIngress {
 /// `paysync_webhooks_total{outcome}`.
 #[derive(Debug)]
 pub struct WebhookMetrics {
-    deliveries: Outcomes,
+    deliveries: PolicyOutcomes,
 }
 
 impl WebhookMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
-            deliveries: Outcomes::default(),
+            deliveries: PolicyOutcomes::default(),
         };
         registry.register(
             "webhooks",
-            "Stripe webhook deliveries, by outcome (accepted, bad_signature, stale, oversized, \
-             malformed, ignored_type, unavailable)",
+            "Stripe webhook deliveries, by policy and outcome (accepted, bad_signature, stale, \
+             oversized, malformed, ignored_type, unavailable; unknown_policy with an empty \
+             policy label, so made-up names cannot grow the series)",
             metrics.deliveries.clone(),
         );
         metrics
@@ -108,9 +114,7 @@ impl RejectionLog {
 
 impl std::fmt::Debug for WebhookIngress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookIngress")
-            .field("verifier", &self.verifier)
-            .finish_non_exhaustive()
+        f.debug_struct("WebhookIngress").finish_non_exhaustive()
     }
 }
 
@@ -121,19 +125,20 @@ pub struct WebhookReceipt {
     pub ignored: bool,
 }
 
-fn count(metrics: &WebhookMetrics, outcome: &str) {
-    crate::metrics::count(&metrics.deliveries, outcome);
+fn count(metrics: &WebhookMetrics, policy: &str, outcome: &str) {
+    crate::metrics::count_for(&metrics.deliveries, policy, outcome);
 }
 
-/// Receive a Stripe webhook delivery.
+/// Receive a Stripe webhook delivery for the `default` policy.
 #[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks",
     request_body(content = String, description = "The event exactly as Stripe sent it", content_type = "application/json"),
     params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<HMAC-SHA256 hex>")),
     responses(
         (status = 200, description = "Queued (or ignored: a type paysync does not handle)", body = WebhookReceipt),
         (status = 400, description = "Missing, malformed, wrong or expired signature, or not an event", body = ErrorBody),
+        (status = 404, description = "There is no `default` policy", body = ErrorBody),
         (status = 413, description = "Body over 256 KiB", body = ErrorBody),
-        (status = 503, description = "Could not be queued (or webhooks are not configured); Stripe retries", body = ErrorBody),
+        (status = 503, description = "Could not be queued (or the policy has no webhook secret); Stripe retries", body = ErrorBody),
     ))]
 async fn receive_stripe_webhook(
     State(state): State<AppState>,
@@ -141,18 +146,47 @@ async fn receive_stripe_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WebhookReceipt>, ApiError> {
+    receive(&state, DEFAULT_ACCOUNT, peer, &headers, body).await
+}
+
+/// Receive a Stripe webhook delivery for the policy (Stripe account) `policy`.
+#[utoipa::path(post, path = "/webhooks/stripe/{policy}", tag = "webhooks",
+    request_body(content = String, description = "The event exactly as Stripe sent it", content_type = "application/json"),
+    params(
+        ("policy" = String, Path, description = "The SyncPolicy whose webhook secrets sign the delivery"),
+        ("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<HMAC-SHA256 hex>"),
+    ),
+    responses(
+        (status = 200, description = "Queued (or ignored: a type paysync does not handle)", body = WebhookReceipt),
+        (status = 400, description = "Missing, malformed, wrong or expired signature, or not an event", body = ErrorBody),
+        (status = 404, description = "No policy of that name", body = ErrorBody),
+        (status = 413, description = "Body over 256 KiB", body = ErrorBody),
+        (status = 503, description = "Could not be queued (or the policy has no webhook secret); Stripe retries", body = ErrorBody),
+    ))]
+async fn receive_policy_webhook(
+    State(state): State<AppState>,
+    Path(policy): Path<String>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WebhookReceipt>, ApiError> {
+    receive(&state, &policy, peer, &headers, body).await
+}
+
+async fn receive(
+    state: &AppState,
+    policy: &str,
+    peer: Peer,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WebhookReceipt>, ApiError> {
     let metrics = state.webhook_metrics.as_ref();
-    let Some(ingress) = state.webhooks.as_deref() else {
-        count(metrics, "unavailable");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "webhooks_disabled",
-            "no webhook secret is configured (STRIPE_WEBHOOK_SECRETS)",
-        ));
-    };
-    let event = verified_event(ingress, metrics, peer, &headers, body)?;
+    let ingress = state.webhooks.as_ref();
+    let verifier = policy_verifier(ingress, metrics, policy)?;
+    let event = verified_event(ingress, (policy, &verifier), metrics, peer, headers, body)?
+        .for_account(policy);
     if !event.is_handled() {
-        count(metrics, "ignored_type");
+        count(metrics, policy, "ignored_type");
         return Ok(Json(WebhookReceipt {
             received: true,
             ignored: true,
@@ -160,7 +194,7 @@ async fn receive_stripe_webhook(
     }
     let (event_id, event_type) = (event.id.clone(), event.kind.clone());
     if let Err(e) = ingress.queue.enqueue(vec![event]).await {
-        count(metrics, "unavailable");
+        count(metrics, policy, "unavailable");
         warn!(event_id, error = %error_chain(&e), "could not queue a Stripe event; answering 503 so Stripe retries");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -168,25 +202,51 @@ async fn receive_stripe_webhook(
             "the event could not be queued; retry later",
         ));
     }
-    count(metrics, "accepted");
-    debug!(event_id, event_type, "Stripe event queued");
+    count(metrics, policy, "accepted");
+    debug!(event_id, event_type, policy, "Stripe event queued");
     Ok(Json(WebhookReceipt {
         received: true,
         ignored: false,
     }))
 }
 
+/// The verifier of `policy`'s deliveries, as it is now (a rotated secret applies to the next
+/// delivery).
+fn policy_verifier(
+    ingress: &WebhookIngress,
+    metrics: &WebhookMetrics,
+    policy: &str,
+) -> Result<WebhookVerifier, ApiError> {
+    let Some(found) = ingress.policies.get(policy) else {
+        count(metrics, "", "unknown_policy");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_policy",
+            format!("there is no policy named {policy:?}"),
+        ));
+    };
+    found.webhooks.clone().ok_or_else(|| {
+        count(metrics, policy, "unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_disabled",
+            format!("the policy {policy:?} has no webhook secret (its Secret's webhookSecrets key, or STRIPE_WEBHOOK_SECRETS for `default`)"),
+        )
+    })
+}
+
 /// The delivery's event, once its body is read and its signature verified; every refusal
 /// is counted and logged (rate-limited).
 fn verified_event(
     ingress: &WebhookIngress,
+    (policy, verifier): (&str, &WebhookVerifier),
     metrics: &WebhookMetrics,
     peer: Peer,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StripeEvent, ApiError> {
     let refuse = |outcome: &'static str, reason: &str| {
-        count(metrics, outcome);
+        count(metrics, policy, outcome);
         ingress.rejections.refused(outcome, reason, peer);
     };
     let body = body.map_err(|rejection| {
@@ -205,10 +265,7 @@ fn verified_event(
     let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok());
-    if let Err(e) = ingress
-        .verifier
-        .verify(signature, &body, Utc::now().timestamp())
-    {
+    if let Err(e) = verifier.verify(signature, &body, Utc::now().timestamp()) {
         let outcome = match e {
             VerifyError::OutsideTolerance { .. } => "stale",
             _ => "bad_signature",

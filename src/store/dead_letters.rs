@@ -51,6 +51,8 @@ impl fmt::Display for Source {
 pub struct DeadLetter {
     pub id: Uuid,
     pub source: Source,
+    /// The policy (Stripe account) the message belongs to.
+    pub account: String,
     pub key: String,
     /// The message as it arrived.
     pub payload: Vec<u8>,
@@ -65,6 +67,7 @@ pub struct DeadLetter {
 struct DeadLetterRow {
     id: Uuid,
     source: String,
+    account: String,
     key: String,
     payload: Vec<u8>,
     error: String,
@@ -87,6 +90,7 @@ impl TryFrom<DeadLetterRow> for DeadLetter {
         Ok(Self {
             id: row.id,
             source,
+            account: row.account,
             key: row.key,
             payload: row.payload,
             error: row.error,
@@ -102,6 +106,7 @@ impl TryFrom<DeadLetterRow> for DeadLetter {
 #[derive(Debug, Clone, Copy)]
 pub struct NewDeadLetter<'a> {
     pub source: Source,
+    pub account: &'a str,
     pub key: &'a str,
     pub payload: &'a [u8],
     pub error: &'a str,
@@ -140,8 +145,8 @@ pub async fn record(conn: &mut PgConnection, letter: NewDeadLetter<'_>) -> Resul
     }
     let id = Uuid::now_v7();
     sqlx::query(
-        "insert into dead_letters (id, source, key, payload, error, attempts) \
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into dead_letters (id, source, key, payload, error, attempts, account) \
+         values ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id)
     .bind(letter.source.as_str())
@@ -149,6 +154,7 @@ pub async fn record(conn: &mut PgConnection, letter: NewDeadLetter<'_>) -> Resul
     .bind(letter.payload)
     .bind(error.as_ref())
     .bind(letter.attempts.max(1))
+    .bind(storable(letter.account).as_ref())
     .execute(conn)
     .await
     .context("inserting dead letter")?;
@@ -162,8 +168,8 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<DeadLetter>> {
     let rows: Vec<DeadLetterRow> = sqlx::query_as(
-        "select id, source, key, payload, error, attempts, first_failed_at, last_failed_at, \
-         replayed_at from dead_letters where ($1 or replayed_at is null) \
+        "select id, source, account, key, payload, error, attempts, first_failed_at, \
+         last_failed_at, replayed_at from dead_letters where ($1 or replayed_at is null) \
          order by id desc limit $2",
     )
     .bind(include_replayed)
@@ -177,8 +183,8 @@ pub async fn list(
 /// Locks one dead letter for replay.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<DeadLetter>> {
     let row: Option<DeadLetterRow> = sqlx::query_as(
-        "select id, source, key, payload, error, attempts, first_failed_at, last_failed_at, \
-         replayed_at from dead_letters where id = $1 for update",
+        "select id, source, account, key, payload, error, attempts, first_failed_at, \
+         last_failed_at, replayed_at from dead_letters where id = $1 for update",
     )
     .bind(id)
     .fetch_optional(conn)

@@ -28,8 +28,7 @@ use crate::domain::{CustomerId, ValidationError};
 /// The schema, embedded in the binary so `paysync migrate` needs no files at run time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// The account every customer belongs to until multi-account policies land.
-pub const DEFAULT_ACCOUNT: &str = "default";
+pub use crate::domain::DEFAULT_ACCOUNT;
 
 /// How long a request may wait for a pooled connection before it fails (503/500 rather than
 /// hanging while PostgreSQL is down).

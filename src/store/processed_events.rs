@@ -184,6 +184,8 @@ pub async fn finish(conn: &mut PgConnection, event_id: &str, outcome: &str) -> R
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InboxRow {
     pub event_id: String,
+    /// The policy the event came for.
+    pub account: String,
     pub payload: Option<String>,
     /// A replayed dead letter: decide on Stripe's current state of the customer.
     pub refetch: bool,
@@ -193,7 +195,7 @@ pub struct InboxRow {
 /// another worker holds are skipped, so any number of workers and replicas can drain it.
 pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<InboxRow>> {
     sqlx::query_as(
-        "select event_id, payload::text as payload, refetch from processed_events \
+        "select event_id, account, payload::text as payload, refetch from processed_events \
          where processed_at is null \
          order by received_at limit $1 for update skip locked",
     )
@@ -206,7 +208,7 @@ pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<Inb
 /// Claims one waiting event, if no other worker holds it.
 pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option<InboxRow>> {
     sqlx::query_as(
-        "select event_id, payload::text as payload, refetch from processed_events \
+        "select event_id, account, payload::text as payload, refetch from processed_events \
          where event_id = $1 and processed_at is null for update skip locked",
     )
     .bind(event_id)

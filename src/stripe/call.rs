@@ -185,7 +185,7 @@ impl Caller {
     async fn wait_for_budget(&self) {
         let waited = self.limit.acquire().await;
         if !waited.is_zero() {
-            self.metrics.rate_limit_wait.observe(waited.as_secs_f64());
+            self.metrics.rate_limit_waited(waited.as_secs_f64());
         }
     }
 

@@ -193,6 +193,19 @@ impl StripeApi for HttpStripe {
         }
     }
 
+    async fn check_key(&self) -> Result<()> {
+        let _: StripeList<StripeCustomer> = self
+            .caller
+            .send(
+                "check_key",
+                ListCustomer::new().limit(1).build(),
+                None,
+                Repeat::AnyTransient,
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn list_events(
         &self,
         kind: &str,

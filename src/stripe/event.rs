@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::domain::StripeCustomerId;
+use crate::domain::{DEFAULT_ACCOUNT, StripeCustomerId};
 
 /// The customer events paysync applies; other types are acknowledged and ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,9 @@ pub struct StripeEvent {
     pub customer_id: Option<String>,
     /// The event's JSON exactly as received.
     pub raw: String,
+    /// The policy (Stripe account) the event came for: its webhook route, or the account
+    /// catch-up read; not part of the JSON.
+    pub account: String,
 }
 
 /// The content of an event, read when the worker applies it.
@@ -123,7 +126,14 @@ impl StripeEvent {
             created: head.created,
             customer_id,
             raw,
+            account: DEFAULT_ACCOUNT.to_owned(),
         })
+    }
+
+    /// The same event, for the policy `account`.
+    pub fn for_account(mut self, account: &str) -> Self {
+        account.clone_into(&mut self.account);
+        self
     }
 
     /// [`Self::parse`] of bytes as they came over HTTP.

@@ -62,6 +62,18 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Exhausted { .. } | Self::Ambiguous { .. })
     }
+
+    /// Stripe refused the API key itself (401, or 403 for a restricted key without the
+    /// permission): no change of this account can succeed until the key changes.
+    pub fn is_key_rejected(&self) -> bool {
+        matches!(
+            self,
+            Self::Rejected {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
 }
 
 /// The Stripe operations paysync needs, for one Stripe account.
@@ -97,6 +109,10 @@ pub trait StripeApi: Send + Sync {
     /// The customer as Stripe holds it now; `None` once deleted (Stripe answers with
     /// `deleted: true`, localstripe with 404).
     async fn retrieve_customer(&self, stripe_id: &str) -> Result<Option<StripeCustomer>>;
+
+    /// Checks that Stripe accepts the API key (a cheap read); `Rejected` with 401 or 403 when
+    /// it does not.
+    async fn check_key(&self) -> Result<()>;
 
     /// One page of events of type `kind` created at or after `created_gte` (Unix seconds),
     /// after the event `starting_after`, as raw JSON (exactly what a webhook would carry).

@@ -1,5 +1,5 @@
-//! Catch-up: reads the Stripe Events API from a cursor per account and queues the customer
-//! events paysync never received as webhooks (an endpoint down, a delivery lost), so missed
+//! Catch-up: reads each policy's Stripe Events API from its own cursor (under its own lock)
+//! and queues the customer events paysync never received as webhooks, tagged with the account (an endpoint down, a delivery lost), so missed
 //! changes arrive without a full reconciliation. Events are deduplicated by id, so whatever
 //! both paths deliver is applied once, and an event already dead-lettered is not queued again.
 
@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::queue::{EventQueue, QueueError};
-use crate::metrics::{Outcomes, count};
+use crate::metrics::{PolicyOutcomes, add_for, count_for};
+use crate::policy::{Policy, PolicyRegistry};
 use crate::store::locks::LockPool;
-use crate::store::{self, DEFAULT_ACCOUNT, processed_events, sync_cursors};
+use crate::store::{self, processed_events, sync_cursors};
 use crate::stripe::event::{EventKind, StripeEvent};
 use crate::stripe::{self as stripe_api, StripeApi};
 use crate::telemetry::error_chain;
@@ -47,40 +47,45 @@ pub enum CatchUpRun {
     Done { queued: usize },
     /// Another replica holds the account's catch-up lock.
     Skipped,
+    /// The policy is suspended, or has no usable API key.
+    Idle,
 }
 
 /// `paysync_catch_up_*`.
 #[derive(Debug)]
 pub struct CatchUpMetrics {
-    runs: Outcomes,
-    events: Counter,
+    runs: PolicyOutcomes,
+    /// Outcome `queued`: one label set, so it reads as a count per policy.
+    events: PolicyOutcomes,
 }
 
 impl CatchUpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
-            runs: Outcomes::default(),
-            events: Counter::default(),
+            runs: PolicyOutcomes::default(),
+            events: PolicyOutcomes::default(),
         };
         registry.register(
             "catch_up_events",
-            "Stripe events found by catch-up (Events API) that paysync had not received",
+            "Stripe events found by catch-up (Events API) that paysync had not received, by policy",
             metrics.events.clone(),
         );
         registry.register(
             "catch_up_runs",
-            "Catch-up runs, by outcome (done, skipped: another replica ran it, failed)",
+            "Catch-up runs, by outcome (done, skipped: another replica ran it, idle: the \
+             policy is suspended or has no usable key, failed)",
             metrics.runs.clone(),
         );
         metrics
     }
 }
 
-/// Catch-up of one Stripe account.
+/// Catch-up of every policy's Stripe account.
 pub struct CatchUp {
     pub pool: PgPool,
     pub locks: LockPool,
-    pub stripe: Arc<dyn StripeApi>,
+    /// Read at every run, so a policy added or changed is caught up without a restart.
+    pub policies: Arc<PolicyRegistry>,
     pub queue: Arc<dyn EventQueue>,
     pub metrics: Arc<CatchUpMetrics>,
 }
@@ -95,51 +100,61 @@ impl CatchUp {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let run = tokio::select! {
-                () = shutdown.cancelled() => break,
-                run = self.once() => run,
-            };
-            self.report(run);
+            for policy in self.policies.all() {
+                let run = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    run = self.once(&policy) => run,
+                };
+                self.report(&policy.name, run);
+            }
         }
     }
 
-    fn report(&self, run: Result<CatchUpRun, CatchUpError>) {
+    fn report(&self, policy: &str, run: Result<CatchUpRun, CatchUpError>) {
         match run {
             Ok(CatchUpRun::Done { queued }) => {
-                count(&self.metrics.runs, "done");
-                self.metrics.events.inc_by(queued as u64);
+                count_for(&self.metrics.runs, policy, "done");
+                add_for(&self.metrics.events, policy, "queued", queued as u64);
                 if queued > 0 {
                     info!(
-                        queued,
-                        "catch-up found Stripe events that never arrived as webhooks"
+                        policy,
+                        queued, "catch-up found Stripe events that never arrived as webhooks"
                     );
                 }
             }
-            Ok(CatchUpRun::Skipped) => count(&self.metrics.runs, "skipped"),
+            Ok(CatchUpRun::Skipped) => count_for(&self.metrics.runs, policy, "skipped"),
+            Ok(CatchUpRun::Idle) => count_for(&self.metrics.runs, policy, "idle"),
             Err(e) => {
-                count(&self.metrics.runs, "failed");
-                warn!(error = %error_chain(&e), "catch-up failed; the next run starts from the same cursor");
+                count_for(&self.metrics.runs, policy, "failed");
+                warn!(policy, error = %error_chain(&e), "catch-up failed; the next run starts from the same cursor");
             }
         }
     }
 
-    /// One pass over the Events API from the account's cursor, on one replica at a time. The
+    /// One pass over the policy's Events API from its cursor, on one replica at a time. The
     /// cursor moves only once every event found is queued, so a failed run loses nothing: the
     /// next one reads the same window.
-    pub async fn once(&self) -> Result<CatchUpRun, CatchUpError> {
-        let Some(lock) = self.locks.try_lock_catch_up(DEFAULT_ACCOUNT).await? else {
+    pub async fn once(&self, policy: &Policy) -> Result<CatchUpRun, CatchUpError> {
+        let (false, Some(stripe)) = (policy.spec.suspend, policy.stripe()) else {
+            return Ok(CatchUpRun::Idle);
+        };
+        let Some(lock) = self.locks.try_lock_catch_up(&policy.name).await? else {
             return Ok(CatchUpRun::Skipped);
         };
-        let run = self.read_from_cursor().await;
+        let account = Account {
+            name: &policy.name,
+            stripe: stripe.as_ref(),
+        };
+        let run = self.read_from_cursor(account).await;
         lock.release().await?;
         run
     }
 
-    async fn read_from_cursor(&self) -> Result<CatchUpRun, CatchUpError> {
+    async fn read_from_cursor(&self, account: Account<'_>) -> Result<CatchUpRun, CatchUpError> {
         let mut conn = store::acquire(&self.pool).await?;
-        let Some(cursor) = sync_cursors::load(&mut conn, DEFAULT_ACCOUNT).await? else {
+        let Some(cursor) = sync_cursors::load(&mut conn, account.name).await? else {
             // First run: what happened before paysync was installed is the reconciler's job.
-            sync_cursors::save(&mut conn, DEFAULT_ACCOUNT, None, Utc::now()).await?;
+            sync_cursors::save(&mut conn, account.name, None, Utc::now()).await?;
             return Ok(CatchUpRun::Done { queued: 0 });
         };
         drop(conn);
@@ -147,13 +162,13 @@ impl CatchUp {
         let mut newest = Newest::default();
         let mut queued = 0;
         for kind in EventKind::ALL {
-            queued += self.read_type(kind, since, &mut newest).await?;
+            queued += self.read_type(account, kind, since, &mut newest).await?;
         }
         if let Some((created, event_id)) = newest.0
             && created > cursor
         {
             let mut conn = store::acquire(&self.pool).await?;
-            sync_cursors::save(&mut conn, DEFAULT_ACCOUNT, Some(&event_id), created).await?;
+            sync_cursors::save(&mut conn, account.name, Some(&event_id), created).await?;
         }
         Ok(CatchUpRun::Done { queued })
     }
@@ -161,6 +176,7 @@ impl CatchUp {
     /// Pages through the events of one type since `since`; returns how many were queued.
     async fn read_type(
         &self,
+        account: Account<'_>,
         kind: EventKind,
         since: i64,
         newest: &mut Newest,
@@ -169,11 +185,11 @@ impl CatchUp {
         let mut previous_page: HashSet<String> = HashSet::new();
         let mut queued = 0;
         for _ in 0..MAX_PAGES_PER_TYPE {
-            let page = self
+            let page = account
                 .stripe
                 .list_events(kind.as_str(), since, starting_after.as_deref())
                 .await?;
-            let events = readable(page.data);
+            let events = readable(page.data, account.name);
             if events.iter().any(|e| previous_page.contains(&e.id)) {
                 warn!(
                     kind = kind.as_str(),
@@ -212,6 +228,13 @@ impl CatchUp {
     }
 }
 
+/// The account a run reads.
+#[derive(Clone, Copy)]
+struct Account<'a> {
+    name: &'a str,
+    stripe: &'a dyn StripeApi,
+}
+
 /// The newest event a run has seen: where the cursor moves once the run is done.
 #[derive(Default)]
 struct Newest(Option<(DateTime<Utc>, String)>);
@@ -227,7 +250,7 @@ impl Newest {
 }
 
 /// The events of a page, as a webhook would carry them; anything else is logged and skipped.
-fn readable(page: Vec<serde_json::Value>) -> Vec<StripeEvent> {
+fn readable(page: Vec<serde_json::Value>, account: &str) -> Vec<StripeEvent> {
     page.into_iter()
         .filter_map(|event| {
             StripeEvent::parse(event.to_string())
@@ -238,6 +261,7 @@ fn readable(page: Vec<serde_json::Value>) -> Vec<StripeEvent> {
                     );
                 })
                 .ok()
+                .map(|event| event.for_account(account))
         })
         .collect()
 }

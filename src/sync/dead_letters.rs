@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -17,7 +18,6 @@ use uuid::Uuid;
 
 use super::inbound::{Delivery, Received};
 use crate::domain::{CustomerId, Op};
-use crate::metrics::SourceLabels;
 use crate::store::dead_letters::{DeadLetter, NewDeadLetter, Source};
 use crate::store::processed_events::{self, EventRef, Seen};
 use crate::store::{self, customers, dead_letters, outbox};
@@ -26,8 +26,15 @@ use crate::telemetry::error_chain;
 /// `paysync_dead_letters_total{source}` and `paysync_set_aside_total{source}`.
 #[derive(Debug)]
 pub struct DeadLetterMetrics {
-    recorded: Family<SourceLabels, Counter>,
-    set_aside: Family<SourceLabels, Counter>,
+    recorded: Family<DeadLetterLabels, Counter>,
+    set_aside: Family<DeadLetterLabels, Counter>,
+}
+
+/// Labels of a dead letter: which side (`outbound`, `inbound`) and which policy (account).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub source: String,
+    pub policy: String,
 }
 
 impl DeadLetterMetrics {
@@ -38,22 +45,23 @@ impl DeadLetterMetrics {
         };
         registry.register(
             "dead_letters",
-            "Messages moved to the dead-letter table, by source",
+            "Messages moved to the dead-letter table, by source and policy",
             metrics.recorded.clone(),
         );
         registry.register(
             "set_aside",
             "Messages set aside without a dead letter because the database refused even that, \
-             by source (an error is logged for each; should stay 0)",
+             by source and policy (an error is logged for each; should stay 0)",
             metrics.set_aside.clone(),
         );
         metrics
     }
 
-    fn count(family: &Family<SourceLabels, Counter>, source: Source) {
+    fn count(family: &Family<DeadLetterLabels, Counter>, letter: &NewDeadLetter<'_>) {
         family
-            .get_or_create(&SourceLabels {
-                source: source.as_str().to_owned(),
+            .get_or_create(&DeadLetterLabels {
+                source: letter.source.as_str().to_owned(),
+                policy: letter.account.to_owned(),
             })
             .inc();
     }
@@ -80,7 +88,7 @@ impl DeadLetters {
     ) -> store::Result<()> {
         dead_letters::record(conn, letter).await?;
         warn!(source = %letter.source, key = letter.key, error = letter.error, "dead-lettered");
-        DeadLetterMetrics::count(&self.metrics.recorded, letter.source);
+        DeadLetterMetrics::count(&self.metrics.recorded, &letter);
         Ok(())
     }
 
@@ -142,7 +150,7 @@ impl DeadLetters {
         processed_events::finish(&mut tx, event.event_id, DEAD_LETTERED).await?;
         store::commit(tx).await?;
         warn!(source = %letter.source, key = letter.key, error = letter.error, "dead-lettered");
-        DeadLetterMetrics::count(&self.metrics.recorded, letter.source);
+        DeadLetterMetrics::count(&self.metrics.recorded, &letter);
         Ok(true)
     }
 
@@ -167,7 +175,7 @@ impl DeadLetters {
         error!(source = %letter.source, key = %dead_letters::storable(letter.key),
             error = %error_chain(e), message_error = letter.error,
             "the dead letter could not be stored; the message is set aside without one");
-        DeadLetterMetrics::count(&self.metrics.set_aside, letter.source);
+        DeadLetterMetrics::count(&self.metrics.set_aside, &letter);
     }
 }
 
@@ -233,7 +241,7 @@ async fn requeue_event(tx: &mut PgConnection, letter: &DeadLetter) -> Result<(),
     };
     let raw = String::from_utf8(letter.payload.clone())
         .map_err(|_| not_replayable("the message is not UTF-8 text".to_owned()))?;
-    let received = Received::from_raw(raw).map_err(not_replayable)?;
+    let received = Received::from_raw(raw, &letter.account).map_err(not_replayable)?;
     processed_events::requeue(tx, received.event_ref(), &received.event.raw).await?;
     Ok(())
 }

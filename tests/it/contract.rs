@@ -10,8 +10,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::process::Command;
 
-use crate::support::app::{TOKEN, TestApp, settings};
-use crate::support::webhooks::verifier;
+use crate::support::app::{TOKEN, TestApp, settings, with_webhooks};
 
 /// Examples per operation and phase: enough to find shape mismatches, bounded for CI
 /// (about 15 s here).
@@ -41,9 +40,7 @@ fn schemathesis() -> PathBuf {
 
 #[sqlx::test]
 async fn the_api_honours_its_openapi_document_under_fuzzing(pool: PgPool) {
-    let mut settings = settings();
-    settings.webhooks = Some(verifier());
-    let app = TestApp::spawn_settings(pool, settings).await;
+    let app = TestApp::spawn_settings(pool, with_webhooks(settings())).await;
     let config = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/contract/schemathesis.toml"

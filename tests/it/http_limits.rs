@@ -9,8 +9,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::app::{TOKEN, TestApp, error_code, settings};
-use crate::support::webhooks::verifier;
+use crate::support::app::{TOKEN, TestApp, error_code, settings, with_webhooks};
 
 /// Far above every limit under test, so a hang fails the test instead of stalling it.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -18,8 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn spawn(pool: PgPool, limits: ServerLimits) -> TestApp {
     let mut settings = settings();
     settings.http = limits;
-    settings.webhooks = Some(verifier());
-    TestApp::spawn_settings(pool, settings).await
+    TestApp::spawn_settings(pool, with_webhooks(settings)).await
 }
 
 fn short_limits() -> ServerLimits {

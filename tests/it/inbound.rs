@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::support::app::{TestApp, inbound_settings, syncing_settings, wait_for};
+use crate::support::app::{TestApp, inbound_settings, syncing_settings, wait_for, with_webhooks};
 use crate::support::customers::wait_synced;
 use crate::support::events::{
     DEADLINE, customer_object, deliver_signed, event, inbound_app_settings, insert_linked,
@@ -17,7 +17,7 @@ use crate::support::events::{
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::mock_kafka::MockKafka;
 use crate::support::stripe::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
-use crate::support::webhooks::{SECRET, deliver, now, signature, verifier};
+use crate::support::webhooks::{SECRET, deliver, now, signature};
 
 async fn spawn(pool: PgPool, kafka: Option<&MockKafka>, stripe: Option<&str>) -> TestApp {
     TestApp::spawn_settings(pool, inbound_app_settings(kafka, stripe)).await
@@ -128,7 +128,7 @@ async fn duplicates_and_stale_events_change_nothing(app: &TestApp) {
     );
     let metrics = app.metrics_text().await;
     assert!(
-        metrics.contains(r#"paysync_inbound_events_total{outcome="stale"} 1"#),
+        metrics.contains(r#"paysync_inbound_events_total{policy="default",outcome="stale"} 1"#),
         "{metrics}"
     );
 }
@@ -156,7 +156,7 @@ async fn duplicates_and_stale_events_change_nothing_kafka_transport(pool: PgPool
     // Every Kafka redelivery reached the worker and was recognised.
     let metrics = app.metrics_text().await;
     assert!(
-        metrics.contains(r#"paysync_inbound_events_total{outcome="duplicate"} 5"#),
+        metrics.contains(r#"paysync_inbound_events_total{policy="default",outcome="duplicate"} 5"#),
         "{metrics}"
     );
     app.stop().await;
@@ -201,8 +201,7 @@ async fn a_same_second_tie_ends_in_stripes_current_state(pool: PgPool) {
 #[sqlx::test]
 async fn paysync_own_changes_coming_back_are_not_applied_again(pool: PgPool) {
     let proxy = FaultProxy::start().await;
-    let mut settings = syncing_settings(&proxy.base_url);
-    settings.webhooks = Some(verifier());
+    let mut settings = with_webhooks(syncing_settings(&proxy.base_url));
     settings.inbound = Some(inbound_settings());
     let app = TestApp::spawn_settings(pool, settings).await;
     let endpoint = WebhookEndpoint::register(&app.url("/webhooks/stripe"), SECRET).await;
@@ -454,10 +453,17 @@ async fn catch_up_applies_events_that_never_arrived_as_webhooks(pool: PgPool) {
             let metrics = app.metrics_text().await;
             let found: u64 = metrics
                 .lines()
-                .find_map(|line| line.strip_prefix("paysync_catch_up_events_total "))
+                .find_map(|line| {
+                    line.strip_prefix(
+                        r#"paysync_catch_up_events_total{policy="default",outcome="queued"} "#,
+                    )
+                })
                 .and_then(|value| value.trim().parse().ok())
                 .unwrap_or_default();
-            if found >= 2 && metrics.contains(r#"paysync_catch_up_runs_total{outcome="done"}"#) {
+            if found >= 2
+                && metrics
+                    .contains(r#"paysync_catch_up_runs_total{policy="default",outcome="done"}"#)
+            {
                 Ok(())
             } else {
                 Err(format!("{found} events counted"))
@@ -475,7 +481,7 @@ async fn catch_up_applies_events_that_never_arrived_as_webhooks(pool: PgPool) {
 async fn stripe_down_during_a_refetch_dead_letters_then_replays(pool: PgPool) {
     let proxy = FaultProxy::start().await;
     let mut settings = inbound_app_settings(None, Some(&proxy.base_url));
-    settings.stripe.as_mut().unwrap().api.max_attempts = 2;
+    settings.stripe_calls.max_attempts = 2;
     let app = TestApp::spawn_settings(pool, settings).await;
     let stripe = Localstripe::new();
     let email = unique_email("refetch-down");

@@ -21,9 +21,23 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("stripe", &["domain", "backoff", "metrics", "telemetry"]),
     ("config", &["domain", "telemetry"]),
     (
+        "policy",
+        &[
+            "domain",
+            "crd",
+            "store",
+            "stripe",
+            "backoff",
+            "metrics",
+            "telemetry",
+        ],
+    ),
+    (
         "sync",
         &[
             "domain",
+            "crd",
+            "policy",
             "store",
             "stripe",
             "backoff",
@@ -47,6 +61,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         "http",
         &[
             "domain",
+            "crd",
+            "policy",
             "store",
             "stripe",
             "sync",

@@ -313,7 +313,7 @@ async fn a_stalled_stripe_never_takes_the_connections_that_serve_the_api(pool: P
     }
     let mut settings = crate::support::app::syncing_settings(&proxy.base_url);
     settings.outbound.as_mut().unwrap().concurrency = 8;
-    settings.stripe.as_mut().unwrap().api.timeout = Duration::from_secs(30);
+    settings.stripe_calls.timeout = Duration::from_secs(30);
     let app = TestApp::spawn_settings(small_pool, settings).await;
     wait_for(
         "8 Stripe calls stalled in flight",

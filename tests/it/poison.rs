@@ -220,7 +220,9 @@ async fn catch_up_runs(app: &TestApp) -> u64 {
     app.metrics_text()
         .await
         .lines()
-        .find_map(|line| line.strip_prefix(r#"paysync_catch_up_runs_total{outcome="done"} "#))
+        .find_map(|line| {
+            line.strip_prefix(r#"paysync_catch_up_runs_total{policy="default",outcome="done"} "#)
+        })
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_default()
 }
@@ -369,7 +371,7 @@ async fn a_refused_dead_letter_still_sets_the_event_aside(app: &TestApp) {
     assert_eq!(letters, 0);
     let metrics = app.metrics_text().await;
     assert!(
-        metrics.contains(r#"paysync_set_aside_total{source="inbound"} 1"#),
+        metrics.contains(r#"paysync_set_aside_total{source="inbound",policy="default"} 1"#),
         "{metrics}"
     );
 }

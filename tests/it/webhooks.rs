@@ -7,14 +7,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::support::app::{TestApp, error_code, kafka_settings, settings, wait_for};
+use crate::support::app::{TestApp, error_code, kafka_settings, settings, wait_for, with_webhooks};
 use crate::support::mock_kafka::MockKafka;
 use crate::support::stripe::{LOCALSTRIPE, unique_email};
-use crate::support::webhooks::{ROTATED_SECRET, SECRET, deliver, now, signature, verifier};
+use crate::support::webhooks::{ROTATED_SECRET, SECRET, deliver, now, signature};
 
 async fn spawn(pool: PgPool, kafka: Option<&MockKafka>) -> TestApp {
-    let mut settings = settings();
-    settings.webhooks = Some(verifier());
+    let mut settings = with_webhooks(settings());
     if let Some(kafka) = kafka {
         settings.kafka = Some(kafka_settings(&kafka.bootstrap));
     }
@@ -57,7 +56,7 @@ async fn a_verified_event_is_in_the_inbox_before_the_2xx_and_stored_once(pool: P
     }
     let metrics = app.metrics_text().await;
     assert!(
-        metrics.contains(r#"paysync_webhooks_total{outcome="accepted"} 5"#),
+        metrics.contains(r#"paysync_webhooks_total{policy="default",outcome="accepted"} 5"#),
         "{metrics}"
     );
 }
@@ -153,7 +152,9 @@ async fn forged_expired_oversized_and_malformed_deliveries_store_nothing(pool: P
         "ignored_type",
     ] {
         assert!(
-            metrics.contains(&format!(r#"paysync_webhooks_total{{outcome="{outcome}"}}"#)),
+            metrics.contains(&format!(
+                r#"paysync_webhooks_total{{policy="default",outcome="{outcome}"}}"#
+            )),
             "{outcome}: {metrics}"
         );
     }
@@ -253,8 +254,7 @@ async fn with_postgres_down_the_ingress_answers_503() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://postgres@127.0.0.1:1/none")
         .unwrap();
-    let mut settings = settings();
-    settings.webhooks = Some(verifier());
+    let settings = with_webhooks(settings());
     let app = paysync::app::Application::build(settings, pool)
         .await
         .unwrap();

@@ -18,6 +18,9 @@ use crate::domain::{
 pub struct CreateCustomerRequest {
     #[schema(schema_with = schemas::email)]
     pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schemas::account, required = false)]
+    pub account: Option<String>,
     #[serde(default)]
     #[schema(schema_with = schemas::name, required = false)]
     pub name: Option<String>,
@@ -52,6 +55,10 @@ impl TryFrom<CreateCustomerRequest> for NewCustomer {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCustomerRequest {
+    /// Only the customer's own account is accepted: a customer cannot move accounts.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = schemas::account, required = false)]
+    pub account: Option<Option<String>>,
     /// The email cannot be removed: `null` is refused.
     #[serde(default, deserialize_with = "present")]
     #[schema(schema_with = schemas::email, required = false)]
@@ -128,6 +135,8 @@ pub enum SyncStateBody {
     Pending,
     Synced,
     Failed,
+    /// Deleted in Stripe while its policy keeps the local row (`deletion: orphan`).
+    Orphaned,
 }
 
 impl From<SyncStateBody> for SyncState {
@@ -136,6 +145,7 @@ impl From<SyncStateBody> for SyncState {
             SyncStateBody::Pending => Self::Pending,
             SyncStateBody::Synced => Self::Synced,
             SyncStateBody::Failed => Self::Failed,
+            SyncStateBody::Orphaned => Self::Orphaned,
         }
     }
 }
@@ -146,6 +156,7 @@ impl From<SyncState> for SyncStateBody {
             SyncState::Pending => Self::Pending,
             SyncState::Synced => Self::Synced,
             SyncState::Failed => Self::Failed,
+            SyncState::Orphaned => Self::Orphaned,
         }
     }
 }
@@ -166,6 +177,8 @@ pub struct SyncBody {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CustomerBody {
     pub id: Uuid,
+    /// The SyncPolicy (Stripe account) the customer syncs with.
+    pub account: String,
     pub email: String,
     pub name: Option<String>,
     pub phone: Option<String>,
@@ -182,6 +195,7 @@ impl From<Customer> for CustomerBody {
     fn from(customer: Customer) -> Self {
         Self {
             id: customer.id.as_uuid(),
+            account: customer.account,
             email: customer.fields.email,
             name: customer.fields.name,
             phone: customer.fields.phone,
@@ -222,8 +236,12 @@ pub struct ListQuery {
     #[param(min_length = 1, max_length = 512)]
     pub email: Option<String>,
     /// Only customers in this sync state: `pending` (a change not yet in Stripe), `synced`,
-    /// or `failed` (see `sync.error` and the dead letters).
+    /// `failed` (see `sync.error` and the dead letters) or `orphaned` (unlinked by a deletion
+    /// under `deletion: Orphan`).
     pub sync_state: Option<SyncStateBody>,
+    /// Only customers of this account (SyncPolicy); every account when absent.
+    #[param(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
+    pub account: Option<String>,
 }
 
 #[cfg(test)]

@@ -16,13 +16,14 @@ use uuid::Uuid;
 use super::extract::{ApiJson, ApiQuery, etag, idempotency_key, if_match_version};
 use super::{ApiError, AppState, ErrorBody};
 use crate::domain::{Customer, CustomerId, CustomerPatch, MAX_EMAIL_CHARS, NewCustomer, SyncState};
-use crate::store::{self, DEFAULT_ACCOUNT, customers, idempotency};
+use crate::store::{self, customers, idempotency};
 
 /// Page size when `limit` is not given.
 const DEFAULT_PAGE_SIZE: u32 = 20;
 /// Largest page a client may ask for.
 const MAX_PAGE_SIZE: u32 = 100;
 
+mod accounts;
 mod bodies;
 
 pub use bodies::{
@@ -110,10 +111,10 @@ fn fingerprint(request: &CreateCustomerRequest) -> Result<Vec<u8>, ApiError> {
          headers(("ETag" = String), ("Location" = String))),
         (status = 400, description = "Malformed JSON or header", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 409, description = "Email already used by a live customer, or the Idempotency-Key was used for another request", body = ErrorBody),
+        (status = 409, description = "Email already used by a live customer of the account, the Idempotency-Key was used for another request, or the account's policy syncs StripeToLocal (`policy_read_only`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 422, description = "Invalid or unknown field", body = ErrorBody),
+        (status = 422, description = "Invalid or unknown field, or no policy of that account", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -124,6 +125,7 @@ async fn create_customer(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let fingerprint = fingerprint(&request)?;
+    let requested_account = request.account.clone();
     let new = NewCustomer::try_from(request)?;
 
     let mut tx = store::begin(&state.pool).await?;
@@ -149,7 +151,8 @@ async fn create_customer(
             }
         }
     }
-    let customer = customers::insert(&mut tx, DEFAULT_ACCOUNT, new).await?;
+    let account = accounts::for_new_customer(&state.policies, requested_account.as_deref())?;
+    let customer = customers::insert(&mut tx, &account, new).await?;
     let rendered = RenderedCustomer::new(customer)?;
     if let Some(key) = &key {
         idempotency::record(&mut tx, key, StatusCode::CREATED.as_u16(), &rendered.json).await?;
@@ -212,14 +215,14 @@ async fn list_customers(
         }));
     }
     let filter = customers::ListFilter {
+        account: accounts::filter(query.account.as_deref())?,
         after,
         email,
         sync_state: query.sync_state.map(SyncState::from),
     };
     let mut conn = store::acquire(&state.pool).await?;
     // One extra row tells whether another page exists.
-    let mut customers =
-        customers::list_live(&mut conn, DEFAULT_ACCOUNT, filter, i64::from(limit) + 1).await?;
+    let mut customers = customers::list_live(&mut conn, filter, i64::from(limit) + 1).await?;
     let more = customers.len() > limit as usize;
     customers.truncate(limit as usize);
     let next_cursor = more
@@ -287,11 +290,11 @@ fn decode_cursor(cursor: &str) -> Result<CustomerId, ApiError> {
         (status = 400, description = "Malformed JSON, id or header", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such customer, or deleted", body = ErrorBody),
-        (status = 409, description = "Email already used by a live customer, or the merged metadata would exceed 48 keys", body = ErrorBody),
+        (status = 409, description = "Email already used by a live customer of the account, the merged metadata would exceed 48 keys, or the account's policy syncs StripeToLocal (`policy_read_only`)", body = ErrorBody),
         (status = 412, description = "If-Match names an older version", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 422, description = "Invalid or unknown field", body = ErrorBody),
+        (status = 422, description = "Invalid or unknown field, or another account than the customer's", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -303,8 +306,12 @@ async fn update_customer(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let expected_version = if_match_version(&headers)?;
+    let requested_account = request.account.clone();
     let patch = CustomerPatch::try_from(request)?;
     let mut tx = store::begin(&state.pool).await?;
+    let account = account_of(&mut tx, id).await?;
+    accounts::unchanged(&account, requested_account.as_ref().map(Option::as_deref))?;
+    accounts::writable(&state.policies, &account)?;
     let customer = customers::update(&mut tx, id, expected_version, &patch).await?;
     store::commit(tx).await?;
     Ok(RenderedCustomer::new(customer)?.into_response(StatusCode::OK))
@@ -325,6 +332,7 @@ async fn update_customer(
         (status = 400, description = "Not a customer id, or bad header", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such customer, or already deleted", body = ErrorBody),
+        (status = 409, description = "The account's policy syncs StripeToLocal (`policy_read_only`)", body = ErrorBody),
         (status = 412, description = "If-Match names an older version", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -337,9 +345,19 @@ async fn delete_customer(
     let id = parse_id(&id)?;
     let expected_version = if_match_version(&headers)?;
     let mut tx = store::begin(&state.pool).await?;
+    let account = account_of(&mut tx, id).await?;
+    accounts::writable(&state.policies, &account)?;
     customers::soft_delete(&mut tx, id, expected_version).await?;
     store::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The account of a live customer (404 when there is none).
+async fn account_of(conn: &mut sqlx::PgConnection, id: CustomerId) -> Result<String, ApiError> {
+    let customer = customers::find_live(conn, id)
+        .await?
+        .ok_or(store::Error::CustomerNotFound(id))?;
+    Ok(customer.account)
 }
 
 #[cfg(test)]

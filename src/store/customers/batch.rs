@@ -11,6 +11,7 @@ use crate::store::{Error, Result};
 #[derive(Default)]
 struct Columns<'a> {
     ids: Vec<uuid::Uuid>,
+    stripe_ids: Vec<Option<&'a str>>,
     emails: Vec<&'a str>,
     names: Vec<Option<&'a str>>,
     phones: Vec<Option<&'a str>>,
@@ -31,6 +32,7 @@ impl<'a> Columns<'a> {
         let metadata = serde_json::to_string(fields.metadata.as_map())
             .map_err(|e| Error::Corrupt(format!("customer {} metadata: {e}", customer.id)))?;
         self.ids.push(customer.id.as_uuid());
+        self.stripe_ids.push(customer.stripe_id.as_deref());
         self.emails.push(fields.email.as_str());
         self.names.push(fields.name.as_deref());
         self.phones.push(fields.phone.as_deref());
@@ -66,12 +68,13 @@ pub async fn write_back(conn: &mut PgConnection, customers: &[(&Customer, bool)]
          sync_error = case when u.changed then null else c.sync_error end, \
          stripe_event_at = u.event_at, stripe_synced_hash = u.hash, \
          updated_at = case when u.changed then now() else c.updated_at end, \
-         deleted_at = case when u.deleted then coalesce(c.deleted_at, now()) else null end \
+         deleted_at = case when u.deleted then coalesce(c.deleted_at, now()) else null end, \
+         stripe_id = u.stripe_id \
          from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                      $7::int8[], $8::int8[], $9::text[], $10::timestamptz[], $11::bytea[], \
-                     $12::bool[], $13::bool[]) \
+                     $12::bool[], $13::bool[], $14::text[]) \
               as u(id, email, name, phone, description, metadata, version, synced, state, \
-                   event_at, hash, changed, deleted) \
+                   event_at, hash, changed, deleted, stripe_id) \
          where c.id = u.id",
     )
     .bind(&columns.ids)
@@ -87,6 +90,7 @@ pub async fn write_back(conn: &mut PgConnection, customers: &[(&Customer, bool)]
     .bind(&columns.hashes)
     .bind(&columns.changed)
     .bind(&columns.deleted)
+    .bind(&columns.stripe_ids)
     .execute(conn)
     .await
     .map_err(email_conflict("writing Stripe changes"))?;

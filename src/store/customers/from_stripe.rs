@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::{BindFields as _, Customer, CustomerRow, email_conflict};
-use crate::domain::{CustomerFields, CustomerId};
-use crate::store::{DbContext, Result};
+use crate::domain::{CustomerFields, CustomerId, Op};
+use crate::store::{DbContext, Result, outbox};
 
 /// Records which Stripe customer a local one is (found by `paysync_id` or email).
 pub async fn link_stripe_id(
@@ -110,4 +110,48 @@ pub async fn adopt(
     .await
     .map_err(email_conflict("adopting a Stripe customer"))?;
     Customer::try_from(row)
+}
+
+/// Writes the fields a conflict settled field by field: a new local version that Stripe does
+/// not hold yet (pending), with the outbox row that sends the local-won fields to Stripe.
+pub async fn merge_from_stripe(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    fields: &CustomerFields,
+    event_at: DateTime<Utc>,
+) -> Result<Customer> {
+    let row: CustomerRow = sqlx::query_as(concat!(
+        "update customers set email = $2, name = $3, phone = $4, description = $5, \
+         metadata = $6, version = version + 1, sync_state = 'pending', sync_error = null, \
+         updated_at = now(), stripe_event_at = greatest(stripe_event_at, $7) \
+         where id = $1 returning ",
+        customer_columns!()
+    ))
+    .bind(id.as_uuid())
+    .bind_fields(fields)
+    .bind(event_at)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(email_conflict("merging a Stripe change"))?;
+    let customer = Customer::try_from(row)?;
+    outbox::insert(conn, id, Op::Update, customer.version).await?;
+    Ok(customer)
+}
+
+/// A customer deleted in Stripe under `deletion: Orphan`: kept, unlinked, `orphaned`.
+pub async fn orphan_from_stripe(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    event_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "update customers set stripe_id = null, sync_state = 'orphaned', \
+         stripe_event_at = greatest(stripe_event_at, $2) where id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(event_at)
+    .execute(conn)
+    .await
+    .context("orphaning a customer deleted in Stripe")?;
+    Ok(())
 }

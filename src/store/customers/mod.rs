@@ -37,11 +37,13 @@ mod sync_state;
 
 pub use batch::write_back;
 pub use from_stripe::{
-    adopt, apply_from_stripe, delete_from_stripe, link_stripe_id, note_stripe_event,
+    adopt, apply_from_stripe, delete_from_stripe, link_stripe_id, merge_from_stripe,
+    note_stripe_event, orphan_from_stripe,
 };
 pub use locking::{lock_for_sync, lock_linked, lock_stripe_customer, lock_stripe_customers};
 pub use sync_state::{
-    SyncedWrite, oldest_pending_age, record_sync_failure, record_synced, reset_sync_state,
+    SyncedWrite, count_by_state, mark_orphaned, oldest_pending_age, record_sync_failure,
+    record_synced, requeue_pending, reset_sync_state,
 };
 
 #[derive(FromRow)]
@@ -273,6 +275,8 @@ pub async fn soft_delete(
 /// Which live customers a page lists.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListFilter<'a> {
+    /// Only customers of this account (policy); all accounts when `None`.
+    pub account: Option<&'a str>,
     /// Only customers created after this one (the cursor).
     pub after: Option<CustomerId>,
     /// Only this email, ignoring case.
@@ -280,23 +284,22 @@ pub struct ListFilter<'a> {
     pub sync_state: Option<SyncState>,
 }
 
-/// One page of live customers of `account` in id (= creation) order.
+/// One page of live customers in id (= creation) order.
 pub async fn list_live(
     conn: &mut PgConnection,
-    account: &str,
     filter: ListFilter<'_>,
     limit: i64,
 ) -> Result<Vec<Customer>> {
     let rows: Vec<CustomerRow> = sqlx::query_as(concat!(
         "select ",
         customer_columns!(),
-        " from customers where account = $1 and deleted_at is null \
+        " from customers where ($1::text is null or account = $1) and deleted_at is null \
           and ($2::uuid is null or id > $2) \
           and ($3::text is null or lower(email) = lower($3)) \
           and ($4::text is null or sync_state = $4) \
           order by id limit $5"
     ))
-    .bind(account)
+    .bind(filter.account)
     .bind(filter.after.map(|id| id.as_uuid()))
     .bind(filter.email)
     .bind(filter.sync_state.map(SyncState::as_str))

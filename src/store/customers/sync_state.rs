@@ -4,8 +4,8 @@
 use sqlx::PgConnection;
 
 use super::optional_customer;
-use crate::domain::{ContentHash, Customer, CustomerId, WriteWindow};
-use crate::store::{DbContext, Result};
+use crate::domain::{ContentHash, Customer, CustomerId, Op, WriteWindow};
+use crate::store::{DbContext, Result, outbox};
 
 /// What paysync wrote to Stripe for one customer: which version, as which Stripe customer,
 /// when, and the hash of the content written.
@@ -42,6 +42,17 @@ pub async fn record_synced(
     .execute(conn)
     .await
     .context("recording sync result")?;
+    Ok(())
+}
+
+/// A local delete under `deletion: Orphan`: Stripe's customer stays, linked, and the row
+/// says so (`sync.state = orphaned`).
+pub async fn mark_orphaned(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
+    sqlx::query("update customers set sync_state = 'orphaned' where id = $1")
+        .bind(id.as_uuid())
+        .execute(conn)
+        .await
+        .context("marking a customer orphaned")?;
     Ok(())
 }
 
@@ -82,4 +93,37 @@ pub async fn oldest_pending_age(conn: &mut PgConnection) -> Result<f64> {
     .fetch_one(conn)
     .await
     .context("measuring the oldest unsynced change")
+}
+
+/// Queues every customer of `account` with a change not yet in Stripe and no message still on
+/// its way (a policy that now writes to Stripe sends what waited); returns how many.
+pub async fn requeue_pending(conn: &mut PgConnection, account: &str) -> Result<u64> {
+    let pending: Vec<(uuid::Uuid, i64, bool)> = sqlx::query_as(
+        "select c.id, c.version, c.deleted_at is not null from customers c \
+         where c.account = $1 and c.stripe_synced_version < c.version \
+           and c.sync_state = 'pending' \
+           and not exists (select 1 from outbox o \
+                           where o.customer_id = c.id and o.published_at is null) \
+         order by c.id",
+    )
+    .bind(account)
+    .fetch_all(&mut *conn)
+    .await
+    .context("finding a policy's pending customers")?;
+    for (id, version, deleted) in &pending {
+        let op = if *deleted { Op::Delete } else { Op::Update };
+        outbox::insert(conn, CustomerId::from_uuid(*id), op, *version).await?;
+    }
+    Ok(pending.len() as u64)
+}
+
+/// Live customers by account and sync state: `(account, state, count)`.
+pub async fn count_by_state(conn: &mut PgConnection) -> Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "select account, sync_state, count(*) from customers where deleted_at is null \
+         group by account, sync_state",
+    )
+    .fetch_all(conn)
+    .await
+    .context("counting customers by sync state")
 }

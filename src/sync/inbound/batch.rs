@@ -11,8 +11,8 @@ use tracing::debug;
 
 use super::event::IncomingEvent;
 use super::rules::{self, Decision, Skip};
-use super::write::log_conflict;
-use super::{Delivery, Failure, InboundSync, Outcome, Received};
+use super::write::{log_conflict, refetch};
+use super::{Context, Delivery, Failure, InboundSync, Outcome, Received};
 use crate::domain::{Customer, CustomerId, Op};
 use crate::store::processed_events::{self, Seen};
 use crate::store::{customers, outbox};
@@ -39,15 +39,21 @@ impl InboundSync {
         let pending = self
             .first_deliveries(conn, events, delivery, &mut outcomes)
             .await?;
-        let stripe_ids: Vec<&str> = pending.iter().map(|(_, e)| e.stripe_id.as_str()).collect();
+        let stripe_ids: Vec<&str> = pending
+            .iter()
+            .map(|(_, e, _)| e.stripe_id.as_str())
+            .collect();
         customers::lock_stripe_customers(conn, &stripe_ids).await?;
         let mut linked = lock_linked(conn, &stripe_ids).await?;
         let now = Utc::now();
         let mut requeued: Vec<(CustomerId, i64)> = Vec::new();
-        for (index, event) in pending {
+        for (index, event, context) in pending {
             let outcome = match linked.get_mut(&event.stripe_id) {
-                Some(state) => self.decide_linked(state, event, now, &mut requeued).await?,
-                None => self.decide_and_write(conn, event).await?,
+                Some(state) => {
+                    self.decide_linked(state, event, &context, now, &mut requeued)
+                        .await?
+                }
+                None => self.decide_and_write(conn, event, &context).await?,
             };
             outcomes[index] = Some(outcome);
         }
@@ -67,15 +73,16 @@ impl InboundSync {
             .collect())
     }
 
-    /// The events of the batch seen for the first time, with their index; duplicates (already
-    /// processed, or twice in the batch) are marked as such in `outcomes`.
+    /// The events of the batch seen for the first time, with their index and their policy's
+    /// rules; duplicates (already processed, or twice in the batch), and events their policy
+    /// does not apply, get their outcome in `outcomes` at once.
     async fn first_deliveries(
         &self,
         conn: &mut PgConnection,
         events: &[Received],
         delivery: Delivery,
         outcomes: &mut [Option<Outcome>],
-    ) -> Result<Vec<(usize, IncomingEvent)>, Failure> {
+    ) -> Result<Vec<(usize, IncomingEvent, Context)>, Failure> {
         let seen = match delivery {
             Delivery::Kafka => {
                 let references: Vec<_> = events.iter().map(Received::event_ref).collect();
@@ -92,7 +99,13 @@ impl InboundSync {
                 outcomes[index] = Some(Outcome::Duplicate);
                 continue;
             }
-            pending.push((index, self.incoming(received).await?));
+            match self.context(&received.event.account) {
+                Ok(context) => {
+                    let event = self.incoming(received, &context).await?;
+                    pending.push((index, event, context));
+                }
+                Err(instead) => outcomes[index] = Some(instead),
+            }
         }
         Ok(pending)
     }
@@ -102,12 +115,13 @@ impl InboundSync {
         &self,
         state: &mut Linked,
         mut event: IncomingEvent,
+        context: &Context,
         now: DateTime<Utc>,
         requeued: &mut Vec<(CustomerId, i64)>,
     ) -> Result<Outcome, Failure> {
         let decision = loop {
-            match rules::decide(Some(&state.customer), &event, self.policy) {
-                Decision::Refetch if !event.current => event = self.refetch(event).await?,
+            match rules::decide(Some(&state.customer), &event, &context.rules) {
+                Decision::Refetch if !event.current => event = refetch(event, context).await?,
                 // Stripe's current state is never in doubt; this cannot happen.
                 Decision::Refetch => break Decision::Skip(Skip::NoChange),
                 decision => break decision,
@@ -117,6 +131,8 @@ impl InboundSync {
             Decision::Apply(_) => Outcome::Applied,
             Decision::Delete => Outcome::Deleted,
             Decision::KeepLocal { .. } => Outcome::KeptLocal,
+            Decision::Merge(_) => Outcome::Merged,
+            Decision::Orphan => Outcome::Orphaned,
             Decision::Skip(skip) => Outcome::Skipped(*skip),
             Decision::Refetch | Decision::Adopt(_) => {
                 return Err(Failure::Permanent(format!(
@@ -125,14 +141,21 @@ impl InboundSync {
             }
         };
         log_conflict(&state.customer, &event, &decision);
-        if let Decision::KeepLocal { requeue: true } = decision {
-            requeued.push((state.customer.id, state.customer.version));
-        }
         debug!(event_id = %event.id, customer_id = %state.customer.id, outcome = outcome.label(), "Stripe event decided");
         let before = state.customer.clone();
         state.customer = rules::after(before.clone(), &decision, event.created, now);
         state.touched |= state.customer != before;
-        state.changed |= matches!(decision, Decision::Apply(_) | Decision::Delete);
+        state.changed |= matches!(
+            decision,
+            Decision::Apply(_) | Decision::Delete | Decision::Merge(_)
+        );
+        // A local win, or the local-won fields of a merge, must still reach Stripe.
+        if matches!(
+            decision,
+            Decision::KeepLocal { requeue: true } | Decision::Merge(_)
+        ) {
+            requeued.push((state.customer.id, state.customer.version));
+        }
         Ok(outcome)
     }
 }

@@ -7,9 +7,10 @@ use tracing::info;
 
 use super::event::IncomingEvent;
 use super::rules::{self, Link};
-use super::{Failure, InboundSync};
+use super::{Context, Failure, InboundSync};
+use crate::crd::Adoption;
 use crate::domain::Customer;
-use crate::store::{self, DEFAULT_ACCOUNT, customers};
+use crate::store::{self, customers};
 use crate::stripe::event::EventKind;
 
 impl InboundSync {
@@ -20,6 +21,7 @@ impl InboundSync {
         &self,
         conn: &mut PgConnection,
         event: &IncomingEvent,
+        context: &Context,
     ) -> Result<Option<Customer>, Failure> {
         if let Some(linked) = customers::find_by_stripe_id(conn, &event.stripe_id).await? {
             return Ok(lock(conn, &linked).await?);
@@ -43,13 +45,24 @@ impl InboundSync {
                 }
             }
         }
-        if deleting {
+        // Linking by email is adoption; `adoption: None` leaves unknown customers alone.
+        if deleting || context.rules.adoption == Adoption::None {
             return Ok(None);
         }
+        self.find_by_email(conn, event, context).await
+    }
+
+    /// A live customer of the account with the event's email, linked to it now.
+    async fn find_by_email(
+        &self,
+        conn: &mut PgConnection,
+        event: &IncomingEvent,
+        context: &Context,
+    ) -> Result<Option<Customer>, Failure> {
         let Some(email) = &event.fields.email else {
             return Ok(None);
         };
-        let Some(same_email) = customers::find_live_by_email(conn, DEFAULT_ACCOUNT, email).await?
+        let Some(same_email) = customers::find_live_by_email(conn, &context.account, email).await?
         else {
             return Ok(None);
         };

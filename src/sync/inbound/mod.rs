@@ -10,30 +10,32 @@
 mod batch;
 pub mod event;
 mod find;
+mod metrics;
 pub mod rules;
 mod write;
+
+pub use metrics::InboundMetrics;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 use sqlx::{PgConnection, PgPool};
 use tracing::{debug, instrument, warn};
 
 use super::dead_letters::{DEAD_LETTERED, DeadLetters};
 use crate::backoff::Backoff;
-use crate::domain::ConflictPolicy;
-use crate::metrics::{Outcomes, count, lag_histogram};
+use crate::crd::{Direction, Mode};
+use crate::metrics::{count_for, observe_for};
+use crate::policy::PolicyRegistry;
+use crate::store;
 use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::store::processed_events::{self, EventRef, Seen};
-use crate::store::{self, DEFAULT_ACCOUNT};
 use crate::stripe::StripeApi;
 use crate::stripe::event::StripeEvent;
 use crate::telemetry::error_chain;
-use rules::Skip;
+use rules::{Rules, Skip};
 
 /// Attempts of one event (alone, after its batch failed) before it is dead-lettered.
 const MAX_ATTEMPTS: u32 = 5;
@@ -53,9 +55,9 @@ pub struct Received {
 }
 
 impl Received {
-    pub fn from_raw(raw: String) -> Result<Self, String> {
+    pub fn from_raw(raw: String, account: &str) -> Result<Self, String> {
         Ok(Self {
-            event: StripeEvent::parse(raw)?,
+            event: StripeEvent::parse(raw)?.for_account(account),
             refetch: false,
         })
     }
@@ -64,7 +66,7 @@ impl Received {
         EventRef {
             event_id: &self.event.id,
             kind: &self.event.kind,
-            account: DEFAULT_ACCOUNT,
+            account: &self.event.account,
             stripe_customer_id: self.event.customer_id.as_deref(),
         }
     }
@@ -87,10 +89,22 @@ pub enum Outcome {
     Adopted,
     Deleted,
     KeptLocal,
+    /// A conflict settled field by field: some fields from each side.
+    Merged,
+    /// Deleted in Stripe; kept locally, unlinked (`deletion: Orphan`).
+    Orphaned,
     Skipped(Skip),
     /// Already applied before (a redelivery).
     Duplicate,
     DeadLettered,
+    /// No policy of that name (removed): nothing applied; the reconciler reports it.
+    NoPolicy,
+    /// The policy is suspended: nothing applied.
+    Suspended,
+    /// The policy syncs LocalToStripe: recorded and counted as drift, never applied.
+    Drift,
+    /// The policy is in Observe mode: counted, not applied.
+    Observed,
 }
 
 impl Outcome {
@@ -100,9 +114,15 @@ impl Outcome {
             Self::Adopted => "adopted",
             Self::Deleted => "deleted",
             Self::KeptLocal => "kept_local",
+            Self::Merged => "merged",
+            Self::Orphaned => "orphaned",
             Self::Skipped(skip) => skip.label(),
             Self::Duplicate => "duplicate",
             Self::DeadLettered => DEAD_LETTERED,
+            Self::NoPolicy => "no_policy",
+            Self::Suspended => "suspended",
+            Self::Drift => "drift",
+            Self::Observed => "observed",
         }
     }
 }
@@ -153,60 +173,57 @@ pub trait InboundHandler: Send + Sync {
     fn dead_letters(&self) -> &DeadLetters;
 }
 
-/// `paysync_inbound_*`.
-#[derive(Debug)]
-pub struct InboundMetrics {
-    events: Outcomes,
-    lag: Histogram,
-}
-
-impl InboundMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            events: Outcomes::default(),
-            lag: lag_histogram(),
-        };
-        registry.register(
-            "inbound_events",
-            "Stripe events handled by the inbound worker, by outcome (applied, adopted, deleted, \
-             kept_local, duplicate, stale, superseded, echo, no_change, already_deleted, \
-             not_linked, dead_lettered)",
-            metrics.events.clone(),
-        );
-        registry.register(
-            "inbound_lag_seconds",
-            "From a Stripe event being created to paysync having handled it",
-            metrics.lag.clone(),
-        );
-        metrics
-    }
-}
-
 pub struct InboundSync {
     pool: PgPool,
     dead_letters: DeadLetters,
+    /// Each event is applied by the rules of its account's policy, looked up when it is.
+    registry: Arc<PolicyRegistry>,
+    metrics: Arc<InboundMetrics>,
+}
+
+/// What the event's policy says, looked up when the event is applied.
+pub(super) struct Context {
+    pub account: String,
+    pub rules: Rules,
     /// Asked for a customer's current state when an event's order is in doubt; without it
     /// the event itself is applied.
-    stripe: Option<Arc<dyn StripeApi>>,
-    metrics: Arc<InboundMetrics>,
-    policy: ConflictPolicy,
+    pub stripe: Option<Arc<dyn StripeApi>>,
 }
 
 impl InboundSync {
     pub fn new(
         pool: PgPool,
-        stripe: Option<Arc<dyn StripeApi>>,
+        registry: Arc<PolicyRegistry>,
         dead_letters: DeadLetters,
         metrics: Arc<InboundMetrics>,
-        policy: ConflictPolicy,
     ) -> Self {
         Self {
             pool,
             dead_letters,
-            stripe,
+            registry,
             metrics,
-            policy,
         }
+    }
+
+    /// The rules of `account`'s policy, or the outcome that stands instead of applying.
+    pub(super) fn context(&self, account: &str) -> Result<Context, Outcome> {
+        let Some(policy) = self.registry.get(account) else {
+            return Err(Outcome::NoPolicy);
+        };
+        if policy.spec.suspend {
+            return Err(Outcome::Suspended);
+        }
+        if policy.spec.direction == Direction::LocalToStripe {
+            return Err(Outcome::Drift);
+        }
+        if policy.spec.mode == Mode::Observe {
+            return Err(Outcome::Observed);
+        }
+        Ok(Context {
+            account: account.to_owned(),
+            rules: Rules::of(&policy.spec),
+            stripe: policy.stripe(),
+        })
     }
 
     /// Applies `events` in `tx` and commits; if that fails, one by one.
@@ -237,10 +254,11 @@ impl InboundSync {
     fn record<'a>(&self, handled: impl Iterator<Item = (&'a Received, Outcome)>) {
         let now = Utc::now().timestamp();
         for (received, outcome) in handled {
-            count(&self.metrics.events, outcome.label());
+            let policy = received.event.account.as_str();
+            count_for(&self.metrics.events, policy, outcome.label());
             if outcome != Outcome::Duplicate {
                 let lag = (now - received.event.created).max(0);
-                self.metrics.lag.observe(lag as f64);
+                observe_for(&self.metrics.lag, policy, lag as f64);
             }
         }
     }
@@ -284,6 +302,7 @@ impl InboundSync {
     ) -> store::Result<()> {
         let letter = NewDeadLetter {
             source: Source::Inbound,
+            account: &received.event.account,
             key: &received.event.id,
             payload: received.event.raw.as_bytes(),
             error,
@@ -313,8 +332,13 @@ impl InboundSync {
         {
             return Ok(Outcome::Duplicate);
         }
-        let incoming = self.incoming(received).await?;
-        let outcome = self.decide_and_write(conn, incoming).await?;
+        let outcome = match self.context(&received.event.account) {
+            Ok(context) => {
+                let incoming = self.incoming(received, &context).await?;
+                self.decide_and_write(conn, incoming, &context).await?
+            }
+            Err(instead) => instead,
+        };
         processed_events::finish(conn, &received.event.id, outcome.label()).await?;
         Ok(outcome)
     }

@@ -8,9 +8,31 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use std::collections::BTreeMap;
+
 use super::event::IncomingEvent;
-use crate::domain::{ConflictPolicy, Customer, CustomerFields, SyncState};
+use crate::crd::{Adoption, ConflictRules, Deletion, Resolution, SyncPolicySpec};
+use crate::domain::{Customer, CustomerFields, Metadata, SyncState};
 use crate::stripe::event::EventKind;
+
+/// What a policy says about Stripe events: who wins a conflict, field by field, what a
+/// Stripe deletion does, and whether unknown Stripe customers are adopted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub conflict: ConflictRules,
+    pub deletion: Deletion,
+    pub adoption: Adoption,
+}
+
+impl Rules {
+    pub fn of(spec: &SyncPolicySpec) -> Self {
+        Self {
+            conflict: spec.conflict.clone(),
+            deletion: spec.deletion,
+            adoption: spec.adoption,
+        }
+    }
+}
 
 /// The prefix of every Idempotency-Key paysync sends to Stripe.
 pub const OWN_IDEMPOTENCY_PREFIX: &str = "paysync:";
@@ -59,6 +81,9 @@ pub enum Skip {
     NotLinked,
     /// A Stripe customer without an email cannot be adopted (paysync requires one).
     NoEmail,
+    /// A Stripe customer paysync does not know, not adopted by the policy (`adoption`); it is
+    /// drift for the reconciler to report.
+    NotAdopted,
 }
 
 impl Skip {
@@ -71,6 +96,7 @@ impl Skip {
             Self::AlreadyDeleted => "already_deleted",
             Self::NotLinked => "not_linked",
             Self::NoEmail => "no_email",
+            Self::NotAdopted => "not_adopted",
         }
     }
 }
@@ -93,11 +119,17 @@ pub enum Decision {
     KeepLocal { requeue: bool },
     /// A customer created in Stripe that paysync does not know: create it locally, linked.
     Adopt(CustomerFields),
+    /// Both sides changed and the conflict rules took some fields from each: write these as a
+    /// new local version that Stripe does not hold yet (an outbox row sends the local-winning
+    /// fields to Stripe).
+    Merge(CustomerFields),
+    /// Deleted in Stripe under `deletion: Orphan`: the local customer stays, unlinked.
+    Orphan,
 }
 
 /// Decides what `event` does to `local`: the customer linked to the event's Stripe customer,
 /// or just linked to it (found by `paysync_id` or email); `None` when there is none.
-pub fn decide(local: Option<&Customer>, event: &IncomingEvent, policy: ConflictPolicy) -> Decision {
+pub fn decide(local: Option<&Customer>, event: &IncomingEvent, rules: &Rules) -> Decision {
     let own_write = event
         .idempotency_key
         .as_deref()
@@ -106,6 +138,7 @@ pub fn decide(local: Option<&Customer>, event: &IncomingEvent, policy: ConflictP
         return match (event.kind, &event.fields.email) {
             (EventKind::Deleted, _) => Decision::Skip(Skip::NotLinked),
             _ if own_write => Decision::Skip(Skip::Echo),
+            _ if rules.adoption != Adoption::All => Decision::Skip(Skip::NotAdopted),
             (_, None) => Decision::Skip(Skip::NoEmail),
             (_, Some(email)) => Decision::Adopt(event.fields.to_local(email)),
         };
@@ -115,16 +148,19 @@ pub fn decide(local: Option<&Customer>, event: &IncomingEvent, policy: ConflictP
     }
     // Deletion is final in Stripe: whatever the order, the customer is gone.
     if event.kind == EventKind::Deleted {
-        return Decision::Delete;
+        return match rules.deletion {
+            Deletion::Orphan => Decision::Orphan,
+            Deletion::Propagate | Deletion::SoftDelete => Decision::Delete,
+        };
     }
     if own_write {
         return Decision::Skip(Skip::Echo);
     }
-    decide_change(local, event, policy)
+    decide_change(local, event, &rules.conflict)
 }
 
 /// A customer changed in Stripe (not paysync's own write) that is linked and live.
-fn decide_change(local: &Customer, event: &IncomingEvent, policy: ConflictPolicy) -> Decision {
+fn decide_change(local: &Customer, event: &IncomingEvent, conflict: &ConflictRules) -> Decision {
     let wanted = event.fields.to_local(&local.fields.email);
     // Equal content changes nothing whichever order the events came in.
     if wanted == local.fields {
@@ -141,20 +177,76 @@ fn decide_change(local: &Customer, event: &IncomingEvent, policy: ConflictPolicy
     {
         return doubt;
     }
-    let local_pending = local.stripe_synced_version < local.version;
-    let stripe_wins = !local_pending
-        || match policy {
-            ConflictPolicy::StripeWins => true,
-            ConflictPolicy::LocalWins => false,
-            ConflictPolicy::Newest => event.created > local.updated_at,
-        };
-    if stripe_wins {
+    // Only Stripe changed: Stripe wins.
+    if local.stripe_synced_version >= local.version {
+        return Decision::Apply(wanted);
+    }
+    let stripe_newer = event.created > local.updated_at;
+    let merged = resolve_conflict(&local.fields, &wanted, conflict, stripe_newer);
+    if merged == wanted {
         Decision::Apply(wanted)
-    } else {
+    } else if merged == local.fields {
         Decision::KeepLocal {
             requeue: local.sync_state != SyncState::Pending,
         }
+    } else {
+        Decision::Merge(merged)
     }
+}
+
+/// Both sides changed: each field that differs goes to the side its rule names.
+pub fn resolve_conflict(
+    local: &CustomerFields,
+    stripe: &CustomerFields,
+    rules: &ConflictRules,
+    stripe_newer: bool,
+) -> CustomerFields {
+    let stripe_wins = |field: &str| match rules.for_field(field) {
+        Resolution::StripeWins => true,
+        Resolution::LocalWins => false,
+        Resolution::Newest => stripe_newer,
+    };
+    let pick = |field: &str, l: &Option<String>, s: &Option<String>| {
+        if l != s && stripe_wins(field) {
+            s.clone()
+        } else {
+            l.clone()
+        }
+    };
+    let email = if local.email != stripe.email && stripe_wins("email") {
+        stripe.email.clone()
+    } else {
+        local.email.clone()
+    };
+    CustomerFields {
+        email,
+        name: pick("name", &local.name, &stripe.name),
+        phone: pick("phone", &local.phone, &stripe.phone),
+        description: pick("description", &local.description, &stripe.description),
+        metadata: merge_metadata(&local.metadata, &stripe.metadata, &stripe_wins),
+    }
+}
+
+/// Metadata key by key: a key that differs takes the side `metadata.<key>` says.
+fn merge_metadata(
+    local: &Metadata,
+    stripe: &Metadata,
+    stripe_wins: &dyn Fn(&str) -> bool,
+) -> Metadata {
+    let (local, stripe) = (local.as_map(), stripe.as_map());
+    let mut merged: BTreeMap<String, String> = BTreeMap::new();
+    for key in local.keys().chain(stripe.keys()) {
+        let (l, s) = (local.get(key), stripe.get(key));
+        let value = if l != s && stripe_wins(&format!("metadata.{key}")) {
+            s
+        } else {
+            l
+        };
+        if let Some(value) = value {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    Metadata::from_stored(merged)
 }
 
 /// The local row after `decision`, as the database will hold it once written, so a batch can
@@ -186,6 +278,18 @@ pub fn after(
             customer.updated_at = now;
             customer.stripe_event_at = seen(customer.stripe_event_at);
         }
+        Decision::Merge(fields) => {
+            customer.version += 1;
+            customer.sync_state = SyncState::Pending;
+            customer.fields = fields.clone();
+            customer.updated_at = now;
+            customer.stripe_event_at = seen(customer.stripe_event_at);
+        }
+        Decision::Orphan => {
+            customer.stripe_id = None;
+            customer.sync_state = SyncState::Orphaned;
+            customer.stripe_event_at = seen(customer.stripe_event_at);
+        }
         Decision::Skip(Skip::Echo | Skip::NoChange) | Decision::KeepLocal { .. } => {
             customer.stripe_event_at = seen(customer.stripe_event_at);
         }
@@ -214,8 +318,6 @@ fn ordering_doubt(local: &Customer, created: DateTime<Utc>) -> Option<Decision> 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use chrono::TimeZone;
 
     use super::*;
@@ -266,7 +368,17 @@ mod tests {
     }
 
     fn newest(local: &Customer, event: &IncomingEvent) -> Decision {
-        decide(Some(local), event, ConflictPolicy::Newest)
+        decide(Some(local), event, &Rules::default())
+    }
+
+    fn with_default(resolution: Resolution) -> Rules {
+        Rules {
+            conflict: ConflictRules {
+                default: resolution,
+                fields: BTreeMap::new(),
+            },
+            ..Rules::default()
+        }
     }
 
     #[test]
@@ -377,7 +489,7 @@ mod tests {
             decide(
                 Some(&failed),
                 &event(EventKind::Updated, 25, "x"),
-                ConflictPolicy::LocalWins
+                &with_default(Resolution::LocalWins)
             ),
             Decision::KeepLocal { requeue: true }
         );
@@ -389,16 +501,17 @@ mod tests {
         let pending = seen_event_at(local(4, 3, 20), 1);
         let earlier = event(EventKind::Updated, 15, "from Stripe");
         let later = event(EventKind::Updated, 25, "from Stripe");
-        let with = |policy, event: &IncomingEvent| decide(Some(&pending), event, policy);
+        let with =
+            |policy, event: &IncomingEvent| decide(Some(&pending), event, &with_default(policy));
         let kept = Decision::KeepLocal { requeue: false };
-        assert_eq!(with(ConflictPolicy::Newest, &earlier), kept);
+        assert_eq!(with(Resolution::Newest, &earlier), kept);
         assert_eq!(
-            with(ConflictPolicy::Newest, &later),
+            with(Resolution::Newest, &later),
             Decision::Apply(fields("from Stripe"))
         );
-        assert_eq!(with(ConflictPolicy::LocalWins, &later), kept);
+        assert_eq!(with(Resolution::LocalWins, &later), kept);
         assert_eq!(
-            with(ConflictPolicy::StripeWins, &earlier),
+            with(Resolution::StripeWins, &earlier),
             Decision::Apply(fields("from Stripe"))
         );
     }
@@ -419,7 +532,7 @@ mod tests {
             newest(&gone, &event(EventKind::Updated, 10, "Ada L.")),
             Decision::Skip(Skip::AlreadyDeleted)
         );
-        let unknown = |event: &IncomingEvent| decide(None, event, ConflictPolicy::Newest);
+        let unknown = |event: &IncomingEvent| decide(None, event, &Rules::default());
         assert_eq!(
             unknown(&event(EventKind::Created, 10, "New")),
             Decision::Adopt(remote("New").to_local("ada@example.com"))
@@ -488,5 +601,102 @@ mod tests {
         let mut unlinked = customer;
         unlinked.stripe_id = None;
         assert_eq!(link(&unlinked, "cus_2"), Link::LinkNow);
+    }
+
+    #[test]
+    fn a_conflict_is_settled_field_by_field() {
+        // Local changed the email (not synced yet); Stripe changed the name, later.
+        let mut pending = seen_event_at(local(4, 3, 20), 1);
+        pending.fields.email = "local@example.com".into();
+        let mut stripe = event(EventKind::Updated, 25, "Stripe name");
+        stripe.fields.email = Some("stripe@example.com".into());
+        let rules = Rules {
+            conflict: ConflictRules {
+                default: Resolution::StripeWins,
+                fields: BTreeMap::from([("email".to_owned(), Resolution::LocalWins)]),
+            },
+            ..Rules::default()
+        };
+        let Decision::Merge(merged) = decide(Some(&pending), &stripe, &rules) else {
+            panic!("expected a merge");
+        };
+        assert_eq!(merged.email, "local@example.com");
+        assert_eq!(merged.name.as_deref(), Some("Stripe name"));
+        // The merge is a new local version that Stripe does not hold yet.
+        let after = after(
+            pending.clone(),
+            &Decision::Merge(merged.clone()),
+            at(25),
+            at(30),
+        );
+        assert_eq!(after.version, 5);
+        assert_eq!(after.stripe_synced_version, 3);
+        assert_eq!(after.sync_state, SyncState::Pending);
+        assert_eq!(after.fields, merged);
+    }
+
+    #[test]
+    fn metadata_keys_follow_their_own_rules() {
+        let local_side = Metadata::from_stored(BTreeMap::from([
+            ("plan".to_owned(), "local-plan".to_owned()),
+            ("seats".to_owned(), "3".to_owned()),
+        ]));
+        let stripe_side = Metadata::from_stored(BTreeMap::from([
+            ("plan".to_owned(), "stripe-plan".to_owned()),
+            ("seats".to_owned(), "5".to_owned()),
+            ("region".to_owned(), "eu".to_owned()),
+        ]));
+        let base = fields("Ada");
+        let (mut l, mut s) = (base.clone(), base);
+        l.metadata = local_side;
+        s.metadata = stripe_side;
+        let rules = ConflictRules {
+            default: Resolution::LocalWins,
+            fields: BTreeMap::from([("metadata.plan".to_owned(), Resolution::StripeWins)]),
+        };
+        let merged = resolve_conflict(&l, &s, &rules, false);
+        assert_eq!(
+            merged.metadata.as_map(),
+            &BTreeMap::from([
+                ("plan".to_owned(), "stripe-plan".to_owned()),
+                ("seats".to_owned(), "3".to_owned()),
+            ])
+        );
+        // Newest with Stripe newer takes every differing key from Stripe.
+        let newest = ConflictRules::default();
+        assert_eq!(resolve_conflict(&l, &s, &newest, true).metadata, s.metadata);
+    }
+
+    #[test]
+    fn adoption_and_deletion_follow_the_policy() {
+        let created = event(EventKind::Created, 10, "New");
+        for adoption in [Adoption::None, Adoption::MatchEmail] {
+            let rules = Rules {
+                adoption,
+                ..Rules::default()
+            };
+            assert_eq!(
+                decide(None, &created, &rules),
+                Decision::Skip(Skip::NotAdopted)
+            );
+        }
+        let deleted = event(EventKind::Deleted, 10, "Ada");
+        let linked = local(2, 2, 5);
+        let orphan = Rules {
+            deletion: Deletion::Orphan,
+            ..Rules::default()
+        };
+        assert_eq!(decide(Some(&linked), &deleted, &orphan), Decision::Orphan);
+        let orphaned = after(linked.clone(), &Decision::Orphan, at(10), at(11));
+        assert_eq!(orphaned.stripe_id, None);
+        assert_eq!(orphaned.sync_state, SyncState::Orphaned);
+        assert_eq!(orphaned.deleted_at, None);
+        for deletion in [Deletion::Propagate, Deletion::SoftDelete] {
+            let rules = Rules {
+                deletion,
+                ..Rules::default()
+            };
+            assert_eq!(decide(Some(&linked), &deleted, &rules), Decision::Delete);
+        }
     }
 }

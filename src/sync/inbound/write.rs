@@ -6,18 +6,22 @@ use tracing::{debug, info, warn};
 
 use super::event::IncomingEvent;
 use super::rules::{self, Decision, Skip};
-use super::{Failure, InboundSync, Outcome, Received};
+use super::{Context, Failure, InboundSync, Outcome, Received};
 use crate::domain::{Customer, Op};
-use crate::store::{DEFAULT_ACCOUNT, customers, outbox};
+use crate::store::{customers, outbox};
 use crate::stripe as stripe_api;
 
 impl InboundSync {
     /// What the event says, checked against the customer domain; for a replay, what Stripe
     /// holds now in its place.
-    pub(super) async fn incoming(&self, received: &Received) -> Result<IncomingEvent, Failure> {
-        if received.refetch && self.stripe.is_some() {
+    pub(super) async fn incoming(
+        &self,
+        received: &Received,
+        context: &Context,
+    ) -> Result<IncomingEvent, Failure> {
+        if received.refetch && context.stripe.is_some() {
             let head = IncomingEvent::head(&received.event).map_err(Failure::Permanent)?;
-            return self.refetch(head).await;
+            return refetch(head, context).await;
         }
         IncomingEvent::from_stripe(&received.event).map_err(Failure::Permanent)
     }
@@ -26,52 +30,71 @@ impl InboundSync {
         &self,
         conn: &mut PgConnection,
         mut event: IncomingEvent,
+        context: &Context,
     ) -> Result<Outcome, Failure> {
         customers::lock_stripe_customer(conn, &event.stripe_id).await?;
-        let local = self.find_local(conn, &event).await?;
+        let local = self.find_local(conn, &event, context).await?;
         loop {
-            match rules::decide(local.as_ref(), &event, self.policy) {
+            match rules::decide(local.as_ref(), &event, &context.rules) {
                 Decision::Refetch if !event.current => {
-                    event = self.refetch(event).await?;
+                    event = refetch(event, context).await?;
                 }
                 // Stripe's current state is never in doubt; this cannot happen.
                 Decision::Refetch => return Ok(Outcome::Skipped(Skip::NoChange)),
-                decision => return self.write(conn, local.as_ref(), &event, decision).await,
+                decision => {
+                    return self
+                        .write(conn, local.as_ref(), &event, decision, context)
+                        .await;
+                }
             }
         }
     }
+}
 
-    /// What Stripe holds now for the event's customer, in place of the event.
-    pub(super) async fn refetch(&self, event: IncomingEvent) -> Result<IncomingEvent, Failure> {
-        let Some(stripe) = &self.stripe else {
-            debug!(event_id = %event.id, "order in doubt but no Stripe API key to ask; applying the event");
-            let mut trusted = event;
-            trusted.current = true;
-            return Ok(trusted);
-        };
-        match stripe.retrieve_customer(&event.stripe_id).await {
-            Ok(current) => event
-                .refetched(current.as_ref())
-                .map_err(Failure::Permanent),
-            Err(e) if e.is_transient() => Err(Failure::Transient(e.to_string())),
-            Err(e @ stripe_api::Error::Rejected { .. })
-            | Err(e @ stripe_api::Error::Unreadable { .. }) => {
-                Err(Failure::Permanent(e.to_string()))
-            }
-            Err(e) => Err(Failure::Transient(e.to_string())),
-        }
+/// What Stripe holds now for the event's customer, in place of the event.
+pub(super) async fn refetch(
+    event: IncomingEvent,
+    context: &Context,
+) -> Result<IncomingEvent, Failure> {
+    let Some(stripe) = &context.stripe else {
+        debug!(event_id = %event.id, "order in doubt but no Stripe API key to ask; applying the event");
+        let mut trusted = event;
+        trusted.current = true;
+        return Ok(trusted);
+    };
+    match stripe.retrieve_customer(&event.stripe_id).await {
+        Ok(current) => event
+            .refetched(current.as_ref())
+            .map_err(Failure::Permanent),
+        Err(e) if e.is_transient() => Err(Failure::Transient(e.to_string())),
+        Err(e @ stripe_api::Error::Rejected { .. })
+        | Err(e @ stripe_api::Error::Unreadable { .. }) => Err(Failure::Permanent(e.to_string())),
+        Err(e) => Err(Failure::Transient(e.to_string())),
     }
+}
 
+impl InboundSync {
     async fn write(
         &self,
         conn: &mut PgConnection,
         local: Option<&Customer>,
         event: &IncomingEvent,
         decision: Decision,
+        context: &Context,
     ) -> Result<Outcome, Failure> {
         let created = event.created;
         match (decision, local) {
             (Decision::Skip(skip), local) => self.skip(conn, local, event, skip).await,
+            (Decision::Merge(fields), Some(local)) => {
+                log_conflict(local, event, &Decision::Merge(fields.clone()));
+                customers::merge_from_stripe(conn, local.id, &fields, created).await?;
+                Ok(Outcome::Merged)
+            }
+            (Decision::Orphan, Some(local)) => {
+                customers::orphan_from_stripe(conn, local.id, created).await?;
+                info!(customer_id = %local.id, stripe_id = %event.stripe_id, "deleted in Stripe; kept here, unlinked (deletion: Orphan)");
+                Ok(Outcome::Orphaned)
+            }
             (Decision::Apply(fields), Some(local)) => {
                 log_conflict(local, event, &Decision::Apply(fields.clone()));
                 let applied =
@@ -84,16 +107,11 @@ impl InboundSync {
                 Ok(Outcome::Deleted)
             }
             (Decision::KeepLocal { requeue }, Some(local)) => {
-                log_conflict(local, event, &Decision::KeepLocal { requeue });
-                customers::note_stripe_event(conn, local.id, created).await?;
-                if requeue {
-                    outbox::insert(conn, local.id, Op::Update, local.version).await?;
-                }
-                Ok(Outcome::KeptLocal)
+                keep_local(conn, local, event, requeue).await
             }
             (Decision::Adopt(fields), None) => {
                 let adopted =
-                    customers::adopt(conn, DEFAULT_ACCOUNT, &event.stripe_id, &fields, created)
+                    customers::adopt(conn, &context.account, &event.stripe_id, &fields, created)
                         .await?;
                 info!(customer_id = %adopted.id, stripe_id = %event.stripe_id, "adopted a customer created in Stripe");
                 Ok(Outcome::Adopted)
@@ -103,7 +121,25 @@ impl InboundSync {
             ))),
         }
     }
+}
 
+/// The local side won: the event's time is recorded, and the local version is sent again when
+/// Stripe may not hold it.
+async fn keep_local(
+    conn: &mut PgConnection,
+    local: &Customer,
+    event: &IncomingEvent,
+    requeue: bool,
+) -> Result<Outcome, Failure> {
+    log_conflict(local, event, &Decision::KeepLocal { requeue });
+    customers::note_stripe_event(conn, local.id, event.created).await?;
+    if requeue {
+        outbox::insert(conn, local.id, Op::Update, local.version).await?;
+    }
+    Ok(Outcome::KeptLocal)
+}
+
+impl InboundSync {
     /// An event that changes no field: its time is recorded (older events are then stale),
     /// and a Stripe customer paysync cannot adopt is a dead letter.
     async fn skip(
@@ -142,6 +178,10 @@ pub(super) fn log_conflict(local: &Customer, event: &IncomingEvent, decision: &D
         Decision::KeepLocal { .. } => {
             warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
                 "conflict: a local change wins over a Stripe change; Stripe will be corrected");
+        }
+        Decision::Merge(_) => {
+            warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
+                "conflict settled field by field; Stripe gets the fields local won");
         }
         _ => {}
     }

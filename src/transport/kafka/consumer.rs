@@ -8,6 +8,7 @@ use tracing::warn;
 
 use super::{Error, KafkaSettings, Result};
 use crate::backoff::DEPENDENCY_BACKOFF;
+use crate::domain::DEFAULT_ACCOUNT;
 use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::sync::dead_letters::DeadLetters;
 
@@ -62,8 +63,10 @@ pub(super) async fn dead_letter_unreadable(
     shutdown: &CancellationToken,
 ) -> bool {
     let at = MessageAt::of(message);
+    // An unreadable message names no account; it is filed under the default one.
     let letter = NewDeadLetter {
         source,
+        account: DEFAULT_ACCOUNT,
         key: &at.0,
         payload: message.payload().unwrap_or_default(),
         error: reason,

@@ -16,6 +16,9 @@ pub const INBOUND_KIND: &str = "stripe.event";
 pub struct InboundMessage<'a> {
     pub schema: u32,
     pub kind: &'a str,
+    /// The policy the event came for (absent in messages from before policies: `default`).
+    #[serde(borrow, default)]
+    account: Option<&'a str>,
     #[serde(borrow, default)]
     event: Option<&'a serde_json::value::RawValue>,
 }
@@ -40,6 +43,11 @@ impl<'a> InboundMessage<'a> {
             return Err("the envelope carries no event".to_owned());
         }
         Ok(message)
+    }
+
+    /// The policy the event came for.
+    pub fn account(&self) -> &'a str {
+        self.account.unwrap_or(crate::domain::DEFAULT_ACCOUNT)
     }
 
     /// The event's JSON, as it was received.
@@ -86,10 +94,12 @@ impl Envelope {
 
     /// The message of a verified Stripe event for the inbound topic. `raw_event` must be
     /// valid JSON (a verified delivery is); it is embedded byte for byte, not re-encoded.
-    pub fn inbound(raw_event: &[u8], occurred_at: DateTime<Utc>) -> Vec<u8> {
+    pub fn inbound(raw_event: &[u8], account: &str, occurred_at: DateTime<Utc>) -> Vec<u8> {
+        // A policy name is a DNS label (letters, digits, `-`): nothing to escape in JSON.
         let head = format!(
-            r#"{{"schema":{SCHEMA_VERSION},"id":"{}","kind":"{INBOUND_KIND}","occurred_at":"{}","event":"#,
+            r#"{{"schema":{SCHEMA_VERSION},"id":"{}","kind":"{INBOUND_KIND}","account":"{}","occurred_at":"{}","event":"#,
             Uuid::now_v7(),
+            account.escape_default(),
             occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
         let mut message = Vec::with_capacity(head.len() + raw_event.len() + 1);
@@ -133,9 +143,10 @@ mod tests {
     #[test]
     fn inbound_envelopes_carry_the_event_byte_for_byte() {
         let raw = br#"{"id": "evt_1", "type": "customer.updated", "name": "\u00e9 \"q\""}"#;
-        let bytes = Envelope::inbound(raw, Utc::now());
+        let bytes = Envelope::inbound(raw, "eu", Utc::now());
         let message = InboundMessage::parse(&bytes).unwrap();
         assert_eq!(message.event().as_bytes(), raw);
+        assert_eq!(message.account(), "eu");
         let read = Envelope::parse(&bytes).unwrap();
         assert_eq!(read.kind, INBOUND_KIND);
         assert_eq!(read.event.unwrap()["id"], "evt_1");

@@ -129,7 +129,7 @@ async fn handle(
 /// A message of the inbound topic: an envelope around a verified Stripe event.
 fn read(payload: &[u8]) -> std::result::Result<Received, String> {
     let message = InboundMessage::parse(payload)?;
-    Received::from_raw(message.event().to_owned())
+    Received::from_raw(message.event().to_owned(), message.account())
 }
 
 /// Produces a verified event to the inbound topic, keyed by its Stripe customer, and waits
@@ -144,7 +144,7 @@ pub async fn produce(
         reason,
     };
     let occurred_at = chrono::DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
-    let message = Envelope::inbound(event.raw.as_bytes(), occurred_at);
+    let message = Envelope::inbound(event.raw.as_bytes(), &event.account, occurred_at);
     let key = event.customer_id.as_deref().unwrap_or(&event.id);
     let record = FutureRecord::to(topic).key(key).payload(&message);
     match tokio::time::timeout(ENQUEUE_TIMEOUT, producer.send(record, ENQUEUE_TIMEOUT)).await {
@@ -168,7 +168,7 @@ mod tests {
     fn reads_envelopes_of_stripe_events_only() {
         let event = json!({"id": "evt_1", "type": "customer.created", "created": 1,
                            "data": {"object": {"id": "cus_1", "object": "customer"}}});
-        let bytes = Envelope::inbound(event.to_string().as_bytes(), Utc::now());
+        let bytes = Envelope::inbound(event.to_string().as_bytes(), "default", Utc::now());
         assert_eq!(read(&bytes).unwrap().event.id, "evt_1");
         let outbound = Envelope::outbound(
             uuid::Uuid::now_v7(),

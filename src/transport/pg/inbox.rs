@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::super::worker::{self, Waiting, WorkerSettings};
+use crate::store;
 use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::store::locks::LockPool;
 use crate::store::processed_events::{self, EventRef, InboxRow};
-use crate::store::{self, DEFAULT_ACCOUNT};
 use crate::sync::{Delivery, InboundHandler, Received};
 
 /// The inbox workers take their work as every worker does.
@@ -63,7 +63,11 @@ async fn drain_batch(
     let mut events = Vec::with_capacity(claimed);
     let mut unreadable = Vec::new();
     for row in rows {
-        match row.payload.clone().map(Received::from_raw) {
+        match row
+            .payload
+            .clone()
+            .map(|raw| Received::from_raw(raw, &row.account))
+        {
             Some(Ok(mut received)) => {
                 received.refetch = row.refetch;
                 events.push(received);
@@ -95,11 +99,12 @@ async fn dead_letter_unreadable(
     let event = EventRef {
         event_id: &row.event_id,
         kind: "",
-        account: DEFAULT_ACCOUNT,
+        account: &row.account,
         stripe_customer_id: None,
     };
     let letter = NewDeadLetter {
         source: Source::Inbound,
+        account: &row.account,
         key: &row.event_id,
         payload: row.payload.as_deref().unwrap_or_default().as_bytes(),
         error: reason,

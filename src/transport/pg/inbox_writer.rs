@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics::latency_histogram;
+use crate::store;
 use crate::store::processed_events::{self, EventRef};
-use crate::store::{self, DEFAULT_ACCOUNT};
 use crate::stripe::event::StripeEvent;
 use crate::sync::QueueError;
 use crate::telemetry::error_chain;
@@ -167,7 +167,7 @@ async fn write_inbox(pool: &PgPool, batch: &[PendingWrite]) -> Result<(), String
             let reference = EventRef {
                 event_id: &event.id,
                 kind: &event.kind,
-                account: DEFAULT_ACCOUNT,
+                account: &event.account,
                 stripe_customer_id: event.customer_id.as_deref(),
             };
             (reference, event.raw.as_str())

@@ -4,13 +4,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use std::num::NonZeroU32;
-
-use paysync::app::{Application, InboundSettings, Settings, StripeAccount};
+use paysync::app::{Application, PolicySource, Settings, StripeCalls};
 use paysync::backoff::Backoff;
-use paysync::domain::ConflictPolicy;
 use paysync::http::{ApiAuth, ServerLimits};
-use paysync::stripe::StripeSettings;
+use paysync::policy::{Credentials, PolicyDefinition};
+use paysync::stripe::webhook::DEFAULT_TOLERANCE;
 use paysync::transport::kafka::KafkaSettings;
 use paysync::transport::kafka::relay::RelaySettings;
 use paysync::transport::pg::InboxSettings;
@@ -206,41 +204,96 @@ impl TestApp {
     }
 }
 
-/// The API alone: no Stripe account, no workers, no webhooks.
+/// The API alone: the `default` policy without a Stripe key or webhook secrets, no workers.
 pub fn settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         auth: ApiAuth::tokens(&[TOKEN.into(), ROTATED_TOKEN.into()]),
         http: ServerLimits::default(),
         shutdown_timeout: Duration::from_secs(5),
-        stripe: None,
+        policies: PolicySource::Fixed(vec![policy("default", None, &[], json!({}))]),
+        stripe_calls: stripe_calls(),
+        webhook_tolerance: DEFAULT_TOLERANCE,
         outbound: None,
         inbound: None,
         catch_up: None,
         kafka: None,
         relay: None,
-        webhooks: None,
     }
 }
 
 /// The API and the outbound worker syncing to the Stripe at `stripe_base`.
 pub fn syncing_settings(stripe_base: &str) -> Settings {
     Settings {
-        stripe: Some(stripe_account(stripe_base)),
+        policies: PolicySource::Fixed(vec![policy("default", Some(stripe_base), &[], json!({}))]),
         outbound: Some(worker_settings()),
         ..settings()
     }
 }
 
+/// A policy as a source would give it: `spec` (SyncPolicy spec JSON, camelCase) over test
+/// defaults (a generous rate); with `stripe_base`, an API key for it; `webhook_secrets` sign
+/// its deliveries.
+pub fn policy(
+    name: &str,
+    stripe_base: Option<&str>,
+    webhook_secrets: &[&str],
+    spec: Value,
+) -> PolicyDefinition {
+    let mut merged = json!({
+        "stripeSecretRef": {"name": name},
+        "apiBase": stripe_base.unwrap_or("https://api.stripe.com"),
+        "rateLimit": {"requestsPerSecond": 200, "burst": 50},
+    });
+    if let (Some(merged), Some(spec)) = (merged.as_object_mut(), spec.as_object()) {
+        merged.extend(spec.clone());
+    }
+    PolicyDefinition {
+        name: name.to_owned(),
+        spec: serde_json::from_value(merged).expect("a valid test policy spec"),
+        credentials: Ok(Credentials {
+            api_key: stripe_base.map(|_| "sk_test_paysync".into()),
+            webhook_secrets: webhook_secrets.iter().map(|s| (*s).into()).collect(),
+        }),
+    }
+}
+
+/// Gives every fixed policy of `settings` the test webhook secrets (the current and the
+/// previous one, as during a rotation).
+pub fn with_webhooks(mut settings: Settings) -> Settings {
+    if let PolicySource::Fixed(policies) = &mut settings.policies {
+        for policy in policies {
+            if let Ok(credentials) = &mut policy.credentials {
+                credentials.webhook_secrets = vec![
+                    super::webhooks::SECRET.into(),
+                    super::webhooks::ROTATED_SECRET.into(),
+                ];
+            }
+        }
+    }
+    settings
+}
+
+/// Changes the spec of every fixed policy of `settings` (`spec`: SyncPolicy spec JSON).
+pub fn with_spec(mut settings: Settings, spec: Value) -> Settings {
+    if let PolicySource::Fixed(policies) = &mut settings.policies {
+        for policy in policies {
+            let mut current = serde_json::to_value(&policy.spec).unwrap();
+            if let (Some(current), Some(spec)) = (current.as_object_mut(), spec.as_object()) {
+                current.extend(spec.clone());
+            }
+            policy.spec = serde_json::from_value(current).expect("a valid test policy spec");
+        }
+    }
+    settings
+}
+
 /// The inbound worker with test-friendly batches and polls.
-pub fn inbound_settings() -> InboundSettings {
-    InboundSettings {
-        inbox: InboxSettings {
-            batch_size: 100,
-            concurrency: 2,
-            poll_interval: Duration::from_millis(500),
-        },
-        policy: ConflictPolicy::Newest,
+pub fn inbound_settings() -> InboxSettings {
+    InboxSettings {
+        batch_size: 100,
+        concurrency: 2,
+        poll_interval: Duration::from_millis(500),
     }
 }
 
@@ -261,22 +314,16 @@ pub fn kafka_settings(brokers: &str) -> KafkaSettings {
     }
 }
 
-/// A Stripe account for tests: a generous rate, short backoffs and a 2 s request timeout, so
-/// fault tests retry quickly.
-pub fn stripe_account(stripe_base: &str) -> StripeAccount {
-    StripeAccount {
-        api: StripeSettings {
-            api_key: "sk_test_paysync".into(),
-            api_base: stripe_base.to_owned(),
-            timeout: Duration::from_secs(2),
-            max_attempts: 10,
-            backoff: Backoff {
-                base: Duration::from_millis(20),
-                max: Duration::from_millis(500),
-            },
+/// Stripe calls for tests: short backoffs and a 2 s request timeout, so fault tests retry
+/// quickly.
+pub fn stripe_calls() -> StripeCalls {
+    StripeCalls {
+        timeout: Duration::from_secs(2),
+        max_attempts: 10,
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(500),
         },
-        rate: NonZeroU32::new(200).unwrap(),
-        burst: NonZeroU32::new(50).unwrap(),
     }
 }
 

@@ -8,9 +8,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::app::{TestApp, inbound_settings, kafka_settings, settings, stripe_account, wait_for};
+use super::app::{
+    TestApp, inbound_settings, kafka_settings, settings, syncing_settings, wait_for, with_webhooks,
+};
 use super::mock_kafka::MockKafka;
-use super::webhooks::{SECRET, deliver, now, signature, verifier};
+use super::webhooks::{SECRET, deliver, now, signature};
 
 /// localstripe delivers about a second after a change; generous for a loaded CI machine.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -18,13 +20,18 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// Webhook ingress and inbound worker; with `kafka`, over the mock cluster; with `stripe`,
 /// able to ask that Stripe for a customer's current state.
 pub fn inbound_app_settings(kafka: Option<&MockKafka>, stripe: Option<&str>) -> Settings {
-    Settings {
-        webhooks: Some(verifier()),
+    let base = match stripe {
+        Some(stripe) => Settings {
+            outbound: None,
+            ..syncing_settings(stripe)
+        },
+        None => settings(),
+    };
+    with_webhooks(Settings {
         inbound: Some(inbound_settings()),
-        stripe: stripe.map(stripe_account),
         kafka: kafka.map(|k| kafka_settings(&k.bootstrap)),
-        ..settings()
-    }
+        ..base
+    })
 }
 
 /// A local customer linked to `stripe_id` and in sync with it (as after a sync).

@@ -1,20 +1,12 @@
 //! Signed Stripe deliveries as Stripe makes them.
 
 use hmac::{Hmac, KeyInit, Mac};
-use paysync::stripe::webhook::{DEFAULT_TOLERANCE, WebhookVerifier};
 use sha2::Sha256;
 
 use super::app::TestApp;
 
 pub const SECRET: &str = "whsec_paysync_test";
 pub const ROTATED_SECRET: &str = "whsec_paysync_previous";
-
-pub fn verifier() -> WebhookVerifier {
-    WebhookVerifier::new(
-        vec![SECRET.into(), ROTATED_SECRET.into()],
-        DEFAULT_TOLERANCE,
-    )
-}
 
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()

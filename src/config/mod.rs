@@ -11,6 +11,10 @@ use secrecy::SecretString;
 use crate::domain::ConflictPolicy;
 use crate::telemetry::LogFormat;
 
+mod commands;
+
+pub use commands::{CustomerCommand, DeadLetterCommand};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "paysync",
@@ -72,47 +76,6 @@ pub enum Command {
     /// Inspect customers (e.g. the ones not in sync).
     #[command(subcommand)]
     Customers(CustomerCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum CustomerCommand {
-    /// List live customers, oldest first, as JSON lines (as `GET /v1/customers` shows them).
-    List {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        /// Only customers in this sync state: pending, synced or failed.
-        #[arg(long, value_parser = ["pending", "synced", "failed"])]
-        sync_state: Option<String>,
-        /// Most entries to print.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
-        limit: i64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DeadLetterCommand {
-    /// List dead letters (open ones unless --all), newest first, as JSON lines.
-    List {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        /// Include dead letters that were already replayed.
-        #[arg(long)]
-        all: bool,
-        /// Most entries to print.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-    },
-    /// Queue the change of a dead letter for another attempt (after fixing its cause).
-    Replay {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        /// Ids of the dead letters to replay.
-        #[arg(required_unless_present = "all_open")]
-        ids: Vec<uuid::Uuid>,
-        /// Replay every open dead letter.
-        #[arg(long = "all", conflicts_with = "ids")]
-        all_open: bool,
-    },
 }
 
 /// The Stripe account paysync writes to.
@@ -338,6 +301,12 @@ pub struct ServeArgs {
     /// Do not apply database migrations at start-up (run `paysync migrate` separately).
     #[arg(long, env = "PAYSYNC_NO_MIGRATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_migrate: bool,
+
+    /// A YAML file, or a directory of them, holding `SyncPolicy` manifests and the `Secret`s
+    /// they reference (what `kubectl apply` would take). Watched: changes apply without a
+    /// restart. Without it, the STRIPE_* settings define one policy named `default`.
+    #[arg(long, env = "PAYSYNC_POLICIES")]
+    pub policies: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub stripe: StripeArgs,

@@ -5,27 +5,37 @@
 //! (`stripe_synced_version >= version`), and the order of messages does not matter. One sync
 //! of a customer at a time (its sync lock, on a held connection, so no transaction and no
 //! pooled connection waits on Stripe); the result is committed in a short transaction.
+//!
+//! The customer's account (its policy) is looked up at each sync: a policy that does not
+//! write to Stripe now (Observe, StripeToLocal, suspended, removed, no usable key) leaves the
+//! change pending, and [`crate::policy::apply`] queues it again once the policy writes.
+
+mod stripe_write;
+
+pub use stripe_write::DELETED_AT_KEY;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 use super::dead_letters::DeadLetters;
-use super::mapping::{matches_write, write_for};
 use crate::backoff::Backoff;
+use crate::crd::{Direction, Mode};
 use crate::domain::{Customer, CustomerId, WriteWindow};
-use crate::metrics::{Outcomes, count, latency_histogram};
+use crate::metrics::{
+    PolicyHistograms, PolicyOutcomes, count_for, latency_histogram, observe_for, policy_histograms,
+};
+use crate::policy::{Policy, PolicyRegistry};
 use crate::store::customers::SyncedWrite;
 use crate::store::dead_letters::{NewDeadLetter, Source, storable};
 use crate::store::locks::LockPool;
 use crate::store::{self, customers};
-use crate::stripe::{self as stripe_api, CustomerWrite, StripeApi};
+use crate::stripe as stripe_api;
+use stripe_write::{StripeWriter, would_do};
 
 /// What one sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +46,26 @@ pub enum Outcome {
     Linked,
     Updated,
     Deleted,
+    /// Deleted locally; the Stripe customer was marked `paysync_deleted_at` (`SoftDelete`).
+    SoftDeleted,
+    /// Deleted locally; the Stripe customer stays (`Orphan`).
+    Orphaned,
     /// Stripe already matched this version (a redelivery or a collapsed burst).
     UpToDate,
     /// No such local customer.
     Missing,
     /// Could not be applied; recorded in the dead-letter table.
     DeadLettered,
+    /// Left pending: no policy of the customer's account (removed).
+    NoPolicy,
+    /// Left pending: the policy is suspended.
+    Suspended,
+    /// Left pending: the policy syncs StripeToLocal.
+    ReadOnly,
+    /// Left pending: the policy observes; what it would have done.
+    Observed(&'static str),
+    /// Left pending: the policy has no API key, or Stripe rejected it.
+    NotReady,
 }
 
 impl Outcome {
@@ -51,9 +75,16 @@ impl Outcome {
             Self::Linked => "link",
             Self::Updated => "update",
             Self::Deleted => "delete",
+            Self::SoftDeleted => "soft_delete",
+            Self::Orphaned => "orphan",
             Self::UpToDate => "noop",
             Self::Missing => "missing",
             Self::DeadLettered => "dead_letter",
+            Self::NoPolicy => "no_policy",
+            Self::Suspended => "suspended",
+            Self::ReadOnly => "read_only",
+            Self::Observed(would) => would,
+            Self::NotReady => "not_ready",
         }
     }
 }
@@ -80,24 +111,25 @@ pub struct CreateRetry {
 /// `paysync_outbound_*`.
 #[derive(Debug)]
 pub struct OutboundMetrics {
-    lag: Histogram,
-    synced: Outcomes,
+    lag: PolicyHistograms,
+    synced: PolicyOutcomes,
 }
 
 impl OutboundMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
-            lag: latency_histogram(),
-            synced: Outcomes::default(),
+            lag: policy_histograms(latency_histogram),
+            synced: PolicyOutcomes::default(),
         };
         registry.register(
             "outbound_lag_seconds",
-            "From a local change being committed to Stripe having applied it",
+            "From a local change being committed to Stripe having applied it, by policy",
             metrics.lag.clone(),
         );
         registry.register(
             "outbound_synced",
-            "Outbound messages handled, by what was done to Stripe",
+            "Outbound messages handled, by policy and what was done to Stripe (or why the change \
+             waits: no_policy, suspended, read_only, not_ready, observed_*)",
             metrics.synced.clone(),
         );
         metrics
@@ -107,7 +139,7 @@ impl OutboundMetrics {
 pub struct OutboundSync {
     pool: PgPool,
     locks: LockPool,
-    stripe: Arc<dyn StripeApi>,
+    policies: Arc<PolicyRegistry>,
     dead_letters: DeadLetters,
     metrics: Arc<OutboundMetrics>,
     create_retry: CreateRetry,
@@ -117,7 +149,7 @@ impl OutboundSync {
     pub fn new(
         pool: PgPool,
         locks: LockPool,
-        stripe: Arc<dyn StripeApi>,
+        policies: Arc<PolicyRegistry>,
         dead_letters: DeadLetters,
         metrics: Arc<OutboundMetrics>,
         create_retry: CreateRetry,
@@ -125,27 +157,45 @@ impl OutboundSync {
         Self {
             pool,
             locks,
-            stripe,
+            policies,
             dead_letters,
             metrics,
             create_retry,
         }
     }
 
-    async fn sync_locked(&self, id: CustomerId) -> store::Result<Outcome> {
+    /// Syncs the customer; returns the outcome and its account (none when missing).
+    async fn sync_locked(&self, id: CustomerId) -> store::Result<(Outcome, String)> {
         let mut conn = store::acquire(&self.pool).await?;
         let customer = customers::find_any(&mut conn, id).await?;
         drop(conn);
         let Some(customer) = customer else {
-            return Ok(Outcome::Missing);
+            return Ok((Outcome::Missing, String::new()));
         };
+        let outcome = self.sync_customer(&customer).await?;
+        Ok((outcome, customer.account))
+    }
+
+    async fn sync_customer(&self, customer: &Customer) -> store::Result<Outcome> {
         if customer.stripe_synced_version >= customer.version {
             return Ok(Outcome::UpToDate);
         }
+        let policy = match self.writing_policy(customer) {
+            Ok(policy) => policy,
+            Err(waits) => return Ok(waits),
+        };
+        let Some(stripe) = policy.stripe() else {
+            return Ok(Outcome::NotReady);
+        };
+        let writer = StripeWriter {
+            stripe: stripe.as_ref(),
+            deletion: policy.spec.deletion,
+            create_retry: self.create_retry,
+        };
         let started = Utc::now();
-        match self.apply(&customer).await {
+        match writer.apply(customer).await {
             Ok((outcome, stripe_id)) => {
-                self.record_synced(&customer, stripe_id.as_deref(), started)
+                self.record_synced(customer, stripe_id.as_deref(), started, outcome)
                     .await?;
                 info!(
                     stripe_id,
@@ -155,11 +205,33 @@ impl OutboundSync {
                 );
                 Ok(outcome)
             }
+            Err(error) if error.is_key_rejected() => {
+                policy.key_rejected(&error.to_string());
+                Ok(Outcome::NotReady)
+            }
             Err(error) => {
-                self.record_failure(&customer, &error).await?;
+                self.record_failure(customer, &error).await?;
                 Ok(Outcome::DeadLettered)
             }
         }
+    }
+
+    /// The customer's policy when it writes to Stripe now; else the outcome that leaves the
+    /// change pending.
+    fn writing_policy(&self, customer: &Customer) -> Result<Arc<Policy>, Outcome> {
+        let Some(policy) = self.policies.get(&customer.account) else {
+            return Err(Outcome::NoPolicy);
+        };
+        if policy.spec.suspend {
+            return Err(Outcome::Suspended);
+        }
+        if policy.spec.direction == Direction::StripeToLocal {
+            return Err(Outcome::ReadOnly);
+        }
+        if policy.spec.mode == Mode::Observe {
+            return Err(Outcome::Observed(would_do(customer, policy.spec.deletion)));
+        }
+        Ok(policy)
     }
 
     async fn record_synced(
@@ -167,6 +239,7 @@ impl OutboundSync {
         customer: &Customer,
         stripe_id: Option<&str>,
         started: DateTime<Utc>,
+        outcome: Outcome,
     ) -> store::Result<()> {
         let write = SyncedWrite {
             version: customer.version,
@@ -179,11 +252,14 @@ impl OutboundSync {
         };
         let mut tx = store::begin(&self.pool).await?;
         customers::record_synced(&mut tx, customer.id, write).await?;
+        if outcome == Outcome::Orphaned {
+            customers::mark_orphaned(&mut tx, customer.id).await?;
+        }
         store::commit(tx).await?;
         let lag = (Utc::now() - customer.updated_at)
             .to_std()
             .unwrap_or_default();
-        self.metrics.lag.observe(lag.as_secs_f64());
+        observe_for(&self.metrics.lag, &customer.account, lag.as_secs_f64());
         Ok(())
     }
 
@@ -205,6 +281,7 @@ impl OutboundSync {
             .to_string();
         let letter = NewDeadLetter {
             source: Source::Outbound,
+            account: &customer.account,
             key: &key,
             payload: payload.as_bytes(),
             error: &message,
@@ -215,88 +292,6 @@ impl OutboundSync {
         customers::record_sync_failure(&mut tx, customer.id, &storable(&message)).await?;
         store::commit(tx).await
     }
-
-    /// Calls Stripe; returns what was done and the Stripe id to record.
-    async fn apply(&self, customer: &Customer) -> stripe_api::Result<(Outcome, Option<String>)> {
-        let write = write_for(customer);
-        if customer.deleted_at.is_some() {
-            return self.delete(customer, &write).await;
-        }
-        match &customer.stripe_id {
-            Some(stripe_id) => {
-                let key = format!("paysync:update:{}:{}", customer.id, customer.version);
-                self.stripe.update_customer(stripe_id, &write, &key).await?;
-                Ok((Outcome::Updated, Some(stripe_id.clone())))
-            }
-            None => self.create_or_link(customer, &write).await,
-        }
-    }
-
-    async fn delete(
-        &self,
-        customer: &Customer,
-        write: &CustomerWrite,
-    ) -> stripe_api::Result<(Outcome, Option<String>)> {
-        let target = match &customer.stripe_id {
-            Some(stripe_id) => Some(stripe_id.clone()),
-            None => self
-                .stripe
-                .find_customer(&write.email, customer.id)
-                .await?
-                .map(|c| c.id),
-        };
-        if let Some(stripe_id) = &target {
-            self.stripe
-                .delete_customer(stripe_id, &format!("paysync:delete:{}", customer.id))
-                .await?;
-        }
-        Ok((Outcome::Deleted, target))
-    }
-
-    /// Creates the customer in Stripe exactly once: look it up first (a previous attempt may
-    /// have created it before a crash or a lost response), and after an ambiguous failure look
-    /// again before trying anew. Stripe's Idempotency-Key is sent too, but the lookup must
-    /// hold on its own (the emulator ignores keys).
-    async fn create_or_link(
-        &self,
-        customer: &Customer,
-        write: &CustomerWrite,
-    ) -> stripe_api::Result<(Outcome, Option<String>)> {
-        let key = format!("paysync:create:{}", customer.id);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            if let Some(found) = self.stripe.find_customer(&write.email, customer.id).await? {
-                if !matches_write(&found, write) {
-                    let update_key = format!("paysync:update:{}:{}", customer.id, customer.version);
-                    self.stripe
-                        .update_customer(&found.id, write, &update_key)
-                        .await?;
-                }
-                return Ok((Outcome::Linked, Some(found.id)));
-            }
-            match self.stripe.create_customer(write, &key).await {
-                Ok(created) => return Ok((Outcome::Created, Some(created.id))),
-                Err(stripe_api::Error::Ambiguous {
-                    cause, retry_after, ..
-                }) if attempt < self.create_retry.max_attempts => {
-                    let delay = self.create_retry.backoff.jittered(attempt, retry_after);
-                    warn!(attempt, error = %cause, "create outcome unknown; looking it up before retrying");
-                    tokio::time::sleep(delay.max(Duration::from_millis(50))).await;
-                }
-                Err(stripe_api::Error::Ambiguous {
-                    operation, cause, ..
-                }) => {
-                    return Err(stripe_api::Error::Exhausted {
-                        operation,
-                        attempts: attempt,
-                        last: cause,
-                    });
-                }
-                Err(other) => return Err(other),
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -306,8 +301,8 @@ impl OutboundHandler for OutboundSync {
         let lock = self.locks.lock_customer(id).await?;
         let outcome = self.sync_locked(id).await;
         lock.release().await?;
-        let outcome = outcome?;
-        count(&self.metrics.synced, outcome.label());
+        let (outcome, account) = outcome?;
+        count_for(&self.metrics.synced, &account, outcome.label());
         Ok(outcome)
     }
 

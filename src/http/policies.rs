@@ -1,0 +1,124 @@
+//! `/v1/policies`: the effective SyncPolicies (one per Stripe account), as the running
+//! process applies them: the spec (which names its Secret, never a secret's value or length),
+//! whether the policy can sync and why not, and its customers by sync state.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, AppState, ErrorBody};
+use crate::policy::{Policy, Readiness};
+use crate::store::{self, customers};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_policies))
+        .routes(routes!(get_policy))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyBody {
+    /// The policy's name: the `account` of its customers.
+    pub name: String,
+    /// The spec in effect (SyncPolicy `spec`, defaults applied).
+    #[schema(value_type = Object)]
+    pub spec: crate::crd::SyncPolicySpec,
+    pub readiness: Readiness,
+    /// Live customers of the account by sync state.
+    pub customers: CustomerCountsBody,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, ToSchema)]
+pub struct CustomerCountsBody {
+    pub pending: i64,
+    pub synced: i64,
+    pub failed: i64,
+    pub orphaned: i64,
+}
+
+impl CustomerCountsBody {
+    fn add(&mut self, state: &str, count: i64) {
+        match state {
+            "pending" => self.pending += count,
+            "synced" => self.synced += count,
+            "failed" => self.failed += count,
+            "orphaned" => self.orphaned += count,
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyList {
+    pub data: Vec<PolicyBody>,
+}
+
+fn body(policy: &Policy, counts: &BTreeMap<String, CustomerCountsBody>) -> PolicyBody {
+    PolicyBody {
+        name: policy.name.clone(),
+        spec: policy.spec.clone(),
+        readiness: policy.readiness(),
+        customers: counts.get(&policy.name).copied().unwrap_or_default(),
+    }
+}
+
+async fn counts(state: &AppState) -> Result<BTreeMap<String, CustomerCountsBody>, ApiError> {
+    let mut conn = store::acquire(&state.pool).await?;
+    let mut counts: BTreeMap<String, CustomerCountsBody> = BTreeMap::new();
+    for (account, sync_state, count) in customers::count_by_state(&mut conn).await? {
+        counts.entry(account).or_default().add(&sync_state, count);
+    }
+    Ok(counts)
+}
+
+/// List the effective policies, by name.
+#[utoipa::path(
+    get,
+    path = "/policies",
+    tag = "policies",
+    responses(
+        (status = 200, description = "Every effective policy", body = PolicyList),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_policies(State(state): State<AppState>) -> Result<Json<PolicyList>, ApiError> {
+    let counts = counts(&state).await?;
+    let data = state
+        .policies
+        .all()
+        .iter()
+        .map(|policy| body(policy, &counts))
+        .collect();
+    Ok(Json(PolicyList { data }))
+}
+
+/// Get one effective policy.
+#[utoipa::path(
+    get,
+    path = "/policies/{name}",
+    tag = "policies",
+    params(("name" = String, Path, description = "The policy's name")),
+    responses(
+        (status = 200, description = "The policy", body = PolicyBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No policy of that name", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_policy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PolicyBody>, ApiError> {
+    let policy = state
+        .policies
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no policy named {name:?}")))?;
+    let counts = counts(&state).await?;
+    Ok(Json(body(&policy, &counts)))
+}

@@ -1,0 +1,261 @@
+//! The file source (`PAYSYNC_POLICIES`): a YAML file, or a directory of them, holding the same
+//! manifests a user would `kubectl apply` — `SyncPolicy` objects and the `v1` `Secret`s they
+//! reference (`data` base64 or `stringData`). It is watched: a change applies without a
+//! restart; a file that does not load keeps the last good policies and says why, naming the
+//! document and the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use notify::{RecursiveMode, Watcher as _};
+use secrecy::SecretString;
+use serde::Deserialize as _;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{Credentials, NotReady, PolicyDefinition, PolicyRegistry};
+use crate::crd::{SyncPolicy, reasons};
+
+/// Changes arriving this close together are one reload (an editor writes in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Namespace of a manifest without one, as `kubectl apply` would use.
+const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The policies the file (or directory) at `path` defines.
+pub fn load(path: &Path) -> Result<Vec<PolicyDefinition>, LoadError> {
+    let mut manifests = Manifests::default();
+    for file in files(path)? {
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
+            path: file.display().to_string(),
+            source,
+        })?;
+        manifests.read(&file.display().to_string(), &text)?;
+    }
+    manifests.definitions()
+}
+
+fn files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(read_error)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The documents read so far.
+#[derive(Default)]
+struct Manifests {
+    policies: Vec<(String, SyncPolicy)>,
+    /// By namespace and name.
+    secrets: BTreeMap<(String, String), Secret>,
+}
+
+impl Manifests {
+    fn read(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let at = format!("{file}, document {}", index + 1);
+            let value = serde_yaml_ng::Value::deserialize(document)
+                .map_err(|e| LoadError::Invalid(format!("{at}: not YAML: {e}")))?;
+            if value.is_null() {
+                continue;
+            }
+            let json = serde_json::to_value(&value)
+                .map_err(|e| LoadError::Invalid(format!("{at}: {e}")))?;
+            self.read_document(&at, json)?;
+        }
+        Ok(())
+    }
+
+    fn read_document(&mut self, at: &str, json: serde_json::Value) -> Result<(), LoadError> {
+        let invalid = |message: String| LoadError::Invalid(format!("{at}: {message}"));
+        let kind = json["kind"].as_str().unwrap_or_default().to_owned();
+        let api_version = json["apiVersion"].as_str().unwrap_or_default().to_owned();
+        match (api_version.as_str(), kind.as_str()) {
+            ("paysync.dev/v1alpha1", "SyncPolicy") => {
+                let policy: SyncPolicy = serde_json::from_value(json)
+                    .map_err(|e| invalid(format!("SyncPolicy: {e}")))?;
+                let name = policy.metadata.name.clone().unwrap_or_default();
+                super::check(&policy).map_err(|problems| {
+                    invalid(format!("SyncPolicy {name}: {}", problems.join("; ")))
+                })?;
+                if self
+                    .policies
+                    .iter()
+                    .any(|(_, p)| p.metadata.name == policy.metadata.name)
+                {
+                    return Err(invalid(format!("SyncPolicy {name} is defined twice")));
+                }
+                self.policies.push((at.to_owned(), policy));
+            }
+            ("v1", "Secret") => {
+                let secret: Secret =
+                    serde_json::from_value(json).map_err(|e| invalid(format!("Secret: {e}")))?;
+                let key = (
+                    namespace(secret.metadata.namespace.as_deref()),
+                    secret.metadata.name.clone().unwrap_or_default(),
+                );
+                self.secrets.insert(key, secret);
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{api_version} {kind} is not a SyncPolicy (paysync.dev/v1alpha1) or a Secret (v1)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn definitions(self) -> Result<Vec<PolicyDefinition>, LoadError> {
+        Ok(self
+            .policies
+            .into_iter()
+            .map(|(_, policy)| {
+                let ns = namespace(policy.metadata.namespace.as_deref());
+                let reference = &policy.spec.stripe_secret_ref;
+                let credentials = match self.secrets.get(&(ns.clone(), reference.name.clone())) {
+                    None => Err(NotReady {
+                        reason: reasons::SECRET_NOT_FOUND,
+                        message: format!("Secret {ns}/{} is not in the file", reference.name),
+                    }),
+                    Some(secret) => Ok(credentials(
+                        secret,
+                        &reference.api_key_key,
+                        &reference.webhook_secrets_key,
+                    )),
+                };
+                PolicyDefinition {
+                    name: policy.metadata.name.clone().unwrap_or_default(),
+                    spec: policy.spec,
+                    credentials,
+                }
+            })
+            .collect())
+    }
+}
+
+fn namespace(namespace: Option<&str>) -> String {
+    namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned()
+}
+
+/// A Secret's value under `key`, from `stringData` or (decoded) `data`.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    if let Some(value) = secret.string_data.as_ref().and_then(|data| data.get(key)) {
+        return Some(value.clone());
+    }
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+/// The credentials a Secret holds for a policy.
+pub fn credentials(secret: &Secret, api_key_key: &str, webhook_secrets_key: &str) -> Credentials {
+    let api_key = secret_value(secret, api_key_key)
+        .map(|key| key.trim().to_owned())
+        .filter(|key| !key.is_empty())
+        .map(SecretString::from);
+    let webhook_secrets = secret_value(secret, webhook_secrets_key)
+        .map(|secrets| {
+            secrets
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| SecretString::from(s.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Credentials {
+        api_key,
+        webhook_secrets,
+    }
+}
+
+/// Watches `path` until `shutdown`, applying every change that loads; a change that does not
+/// load is logged and the last good policies stay.
+pub async fn watch(
+    path: PathBuf,
+    registry: Arc<PolicyRegistry>,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) {
+    let (tx, mut changed) = mpsc::unbounded_channel();
+    let watched = if path.is_dir() {
+        path.clone()
+    } else {
+        // Editors replace a file by renaming another over it: watch the folder.
+        path.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    };
+    let watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })
+    .and_then(|mut watcher| {
+        watcher
+            .watch(&watched, RecursiveMode::NonRecursive)
+            .map(|()| watcher)
+    });
+    let _watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            error!(path = %path.display(), error = %e, "cannot watch the policies file; changes need a restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = changed.recv() => if event.is_none() { return },
+        }
+        // Let the burst of events of one save settle.
+        tokio::time::sleep(DEBOUNCE).await;
+        while changed.try_recv().is_ok() {}
+        reload(&path, &registry, &pool).await;
+    }
+}
+
+async fn reload(path: &Path, registry: &PolicyRegistry, pool: &PgPool) {
+    match load(path) {
+        Ok(definitions) => {
+            let changes = super::apply(registry, pool, definitions);
+            info!(
+                added = ?changes.added, changed = ?changes.changed, removed = ?changes.removed,
+                "policies reloaded from {}", path.display()
+            );
+        }
+        Err(e) => {
+            error!(error = %e, "the policies file does not load; the last good policies stay in effect");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "file/tests.rs"]
+mod tests;
