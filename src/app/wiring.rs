@@ -14,6 +14,7 @@ use tracing::info;
 use super::{PolicySource, Settings, StripeCalls, Task, janitor};
 use crate::http::{AppState, HttpMetrics, RejectionLog, WebhookIngress, WebhookMetrics};
 use crate::metrics::{self, Registry};
+use crate::policy::file::ReloadMetrics;
 use crate::policy::{self, PolicyRegistry, StripeFactory};
 use crate::store::locks::LockPool;
 use crate::stripe::{HttpStripe, RateLimit, StripeMetrics, StripeSettings};
@@ -176,7 +177,10 @@ impl Parts<'_> {
             return;
         };
         let (path, policies, pool) = (path.clone(), self.policies.clone(), self.pool.clone());
-        self.task(move |shutdown| policy::file::watch(path, policies, pool, shutdown).boxed());
+        let metrics = Arc::new(ReloadMetrics::register(&mut self.registry));
+        self.task(move |shutdown| {
+            policy::file::watch(path, policies, pool, metrics, shutdown).boxed()
+        });
     }
 
     /// Where webhooks and catch-up put Stripe events.

@@ -20,6 +20,7 @@ use tracing::{error, info};
 
 use super::{Credentials, NotReady, PolicyDefinition, PolicyRegistry};
 use crate::crd::{SyncPolicy, reasons};
+use crate::metrics::{Outcomes, Registry, count};
 
 /// Changes arriving this close together are one reload (an editor writes in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -198,12 +199,34 @@ pub fn credentials(secret: &Secret, api_key_key: &str, webhook_secrets_key: &str
     }
 }
 
+/// `paysync_policy_reloads_total{outcome}`.
+#[derive(Debug)]
+pub struct ReloadMetrics {
+    reloads: Outcomes,
+}
+
+impl ReloadMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reloads: Outcomes::default(),
+        };
+        registry.register(
+            "policy_reloads",
+            "Reloads of the policies file (PAYSYNC_POLICIES), by outcome (applied; invalid: \
+             the last good policies stay)",
+            metrics.reloads.clone(),
+        );
+        metrics
+    }
+}
+
 /// Watches `path` until `shutdown`, applying every change that loads; a change that does not
-/// load is logged and the last good policies stay.
+/// load is logged and counted, and the last good policies stay.
 pub async fn watch(
     path: PathBuf,
     registry: Arc<PolicyRegistry>,
     pool: PgPool,
+    metrics: Arc<ReloadMetrics>,
     shutdown: CancellationToken,
 ) {
     let (tx, mut changed) = mpsc::unbounded_channel();
@@ -237,11 +260,12 @@ pub async fn watch(
         // Let the burst of events of one save settle.
         tokio::time::sleep(DEBOUNCE).await;
         while changed.try_recv().is_ok() {}
-        reload(&path, &registry, &pool).await;
+        let outcome = reload(&path, &registry, &pool);
+        count(&metrics.reloads, outcome);
     }
 }
 
-async fn reload(path: &Path, registry: &PolicyRegistry, pool: &PgPool) {
+fn reload(path: &Path, registry: &PolicyRegistry, pool: &PgPool) -> &'static str {
     match load(path) {
         Ok(definitions) => {
             let changes = super::apply(registry, pool, definitions);
@@ -249,9 +273,11 @@ async fn reload(path: &Path, registry: &PolicyRegistry, pool: &PgPool) {
                 added = ?changes.added, changed = ?changes.changed, removed = ?changes.removed,
                 "policies reloaded from {}", path.display()
             );
+            "applied"
         }
         Err(e) => {
             error!(error = %e, "the policies file does not load; the last good policies stay in effect");
+            "invalid"
         }
     }
 }

@@ -289,3 +289,7 @@ impl PolicyRegistry {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "registry/tests.rs"]
+mod tests;

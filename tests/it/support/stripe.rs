@@ -5,6 +5,8 @@ use serde_json::Value;
 
 /// The localstripe that `scripts/services up` starts.
 pub const LOCALSTRIPE: &str = "http://127.0.0.1:8420";
+/// The second one it starts: another Stripe account, for tests with two policies.
+pub const LOCALSTRIPE_B: &str = "http://127.0.0.1:8421";
 
 /// An email no other test uses (localstripe is shared by all tests).
 pub fn unique_email(tag: &str) -> String {
@@ -13,12 +15,19 @@ pub fn unique_email(tag: &str) -> String {
 
 pub struct Localstripe {
     http: reqwest::Client,
+    base: &'static str,
 }
 
 impl Localstripe {
     pub fn new() -> Self {
+        Self::at(LOCALSTRIPE)
+    }
+
+    /// The emulated account at `base` ([`LOCALSTRIPE`] or [`LOCALSTRIPE_B`]).
+    pub fn at(base: &'static str) -> Self {
         Self {
             http: reqwest::Client::new(),
+            base,
         }
     }
 
@@ -26,7 +35,7 @@ impl Localstripe {
     pub async fn customer(&self, id: &str) -> Option<Value> {
         let response = self
             .http
-            .get(format!("{LOCALSTRIPE}/v1/customers/{id}"))
+            .get(format!("{}/v1/customers/{id}", self.base))
             .bearer_auth("sk_test_paysync")
             .send()
             .await
@@ -51,7 +60,7 @@ impl Localstripe {
     pub async fn delete_customer(&self, id: &str) {
         let response = self
             .http
-            .delete(format!("{LOCALSTRIPE}/v1/customers/{id}"))
+            .delete(format!("{}/v1/customers/{id}", self.base))
             .bearer_auth("sk_test_paysync")
             .send()
             .await
@@ -62,7 +71,7 @@ impl Localstripe {
     async fn write(&self, path: &str, form: &[(&str, &str)]) -> Value {
         let response = self
             .http
-            .post(format!("{LOCALSTRIPE}{path}"))
+            .post(format!("{}{path}", self.base))
             .bearer_auth("sk_test_paysync")
             .form(form)
             .send()
@@ -76,7 +85,7 @@ impl Localstripe {
     pub async fn customers_with_email(&self, email: &str) -> Vec<Value> {
         let page: Value = self
             .http
-            .get(format!("{LOCALSTRIPE}/v1/customers"))
+            .get(format!("{}/v1/customers", self.base))
             .query(&[("email", email), ("limit", "100")])
             .bearer_auth("sk_test_paysync")
             .send()
@@ -94,13 +103,19 @@ impl Localstripe {
 /// customers).
 pub struct WebhookEndpoint {
     id: String,
+    base: &'static str,
 }
 
 impl WebhookEndpoint {
     pub async fn register(url: &str, secret: &str) -> Self {
+        Self::register_at(LOCALSTRIPE, url, secret).await
+    }
+
+    /// An endpoint of the emulated account at `base`.
+    pub async fn register_at(base: &'static str, url: &str, secret: &str) -> Self {
         let id = format!("paysync-it-{}", uuid::Uuid::now_v7().simple());
-        configure(&id, &[("url", url), ("secret", secret)]).await;
-        Self { id }
+        configure(base, &id, &[("url", url), ("secret", secret)]).await;
+        Self { id, base }
     }
 
     /// Stops the deliveries. localstripe cannot remove an endpoint, so it is subscribed to
@@ -108,6 +123,7 @@ impl WebhookEndpoint {
     /// whose port is closed: deliveries to it fail fast and harm no one.)
     pub async fn unregister(self) {
         configure(
+            self.base,
             &self.id,
             &[
                 ("url", "http://127.0.0.1:9/unused"),
@@ -119,9 +135,9 @@ impl WebhookEndpoint {
     }
 }
 
-async fn configure(id: &str, form: &[(&str, &str)]) {
+async fn configure(base: &str, id: &str, form: &[(&str, &str)]) {
     let response = reqwest::Client::new()
-        .post(format!("{LOCALSTRIPE}/_config/webhooks/{id}"))
+        .post(format!("{base}/_config/webhooks/{id}"))
         .form(form)
         .send()
         .await
