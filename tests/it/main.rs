@@ -15,6 +15,8 @@ mod layout;
 mod ops;
 mod outbound;
 mod poison;
+mod policies;
+mod policy_rules;
 // Shared with the benchmark program, which uses parts the tests do not.
 #[allow(dead_code)]
 mod support;

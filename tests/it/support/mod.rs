@@ -7,6 +7,7 @@ pub mod customers;
 pub mod events;
 pub mod fault_proxy;
 pub mod mock_kafka;
+pub mod policies;
 pub mod serve_process;
 pub mod stripe;
 pub mod webhooks;
