@@ -65,7 +65,20 @@ impl Policy {
         self.stripe.clone()
     }
 
+    /// Whether the policy can sync; a suspended one says so whatever its key's state.
     pub fn readiness(&self) -> Readiness {
+        let current = self.stored_readiness();
+        if self.spec.suspend && current.reason != reasons::STRIPE_REJECTED_KEY {
+            return Readiness::not(
+                reasons::SUSPENDED,
+                "spec.suspend is set: nothing syncs until it is unset",
+            );
+        }
+        current
+    }
+
+    /// What is known of the key (the client's state), suspended or not.
+    fn stored_readiness(&self) -> Readiness {
         match self.readiness.read() {
             Ok(readiness) => readiness.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -274,7 +287,7 @@ impl PolicyRegistry {
                 .and_then(|c| c.api_key.as_ref())
                 .is_some_and(|old_key| old_key.expose_secret() == key.expose_secret())
         {
-            policy.set_readiness(old.readiness());
+            policy.set_readiness(old.stored_readiness());
             return Some(client.clone());
         }
         match (self.factory)(&policy.name, key, &policy.spec) {

@@ -257,7 +257,7 @@ async fn wait_delivery(app: &TestApp, secret: &str, status: StatusCode) {
 #[sqlx::test]
 async fn the_policies_file_is_applied_without_a_restart(pool: PgPool) {
     let file = PolicyFile::new(&[alpha("whsec_old", json!({}))]);
-    let app = spawn_with_file(pool, &file).await;
+    let app = spawn_with_file(pool, &file, None).await;
     wait_delivery(&app, "whsec_old", StatusCode::OK).await;
 
     file.write(&[alpha(
@@ -308,7 +308,7 @@ async fn the_policies_file_is_applied_without_a_restart(pool: PgPool) {
 #[sqlx::test]
 async fn a_removed_policy_leaves_its_changes_pending_not_lost(pool: PgPool) {
     let file = PolicyFile::new(&[alpha(ALPHA_SECRET, json!({"mode": "Observe"}))]);
-    let app = spawn_with_file(pool, &file).await;
+    let app = spawn_with_file(pool, &file, None).await;
     let email = unique_email("removed");
     let created = create_in(&app, "alpha", &email).await;
     let id = created["id"].as_str().unwrap().to_owned();
@@ -403,7 +403,7 @@ async fn wait_reason(app: &TestApp, reason: &str) -> Value {
 async fn a_missing_secret_or_a_rejected_key_syncs_nothing_until_fixed(pool: PgPool) {
     let file = PolicyFile::new(&[]);
     file.write_text(&alpha_with_key(None));
-    let app = spawn_with_file(pool, &file).await;
+    let app = spawn_with_file(pool, &file, None).await;
     let missing = wait_reason(&app, "SecretNotFound").await;
     assert_eq!(missing["readiness"]["ready"], false);
 

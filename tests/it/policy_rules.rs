@@ -1,5 +1,6 @@
 //! What each policy setting does, end to end against localstripe: per-field conflicts, every
-//! direction, mode, deletion and adoption value; on both transports where the paths differ.
+//! direction, mode, deletion and adoption value; each scenario on both transports
+//! (`<scenario>::postgres_transport`, `<scenario>::kafka_transport`).
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -27,8 +28,8 @@ async fn deliver(app: &TestApp, body: &str) {
 }
 
 /// Inbound only: local customers stay unlinked unless an event links them.
-async fn spawn_inbound(pool: PgPool, spec: Value) -> TestApp {
-    let mut settings = one_policy(spec, None);
+async fn spawn_inbound(pool: PgPool, spec: Value, kafka: Option<&MockKafka>) -> TestApp {
+    let mut settings = one_policy(spec, kafka);
     settings.outbound = None;
     TestApp::spawn_settings(pool, settings).await
 }
@@ -51,11 +52,10 @@ async fn customer(app: &TestApp, id: &str) -> Value {
 
 /// One event settles a conflict field by field: Stripe's name and `metadata.tier`, the local
 /// email and `metadata.seats`; the local-won fields then go back to Stripe.
-#[sqlx::test]
-async fn conflicts_are_settled_field_by_field(pool: PgPool) {
+async fn conflicts_are_settled_field_by_field(pool: PgPool, kafka: Option<&MockKafka>) {
     let conflict = json!({"conflict": {"default": "LocalWins",
         "fields": {"name": "StripeWins", "metadata.tier": "StripeWins"}}});
-    let app = spawn(pool, conflict, None).await;
+    let app = spawn(pool, conflict, kafka).await;
     let email = unique_email("field-by-field");
     let stripe = Localstripe::new();
     let remote = stripe
@@ -97,7 +97,9 @@ async fn conflicts_are_settled_field_by_field(pool: PgPool) {
 
 /// LocalToStripe: a Stripe change is recorded and counted as drift, never applied; local
 /// changes still go out.
-async fn local_to_stripe_never_applies_stripe_changes(app: &TestApp) {
+async fn local_to_stripe_records_drift(pool: PgPool, kafka: Option<&MockKafka>) {
+    let running = spawn(pool, json!({"direction": "LocalToStripe"}), kafka).await;
+    let app = &running;
     let email = unique_email("one-way-out");
     let id = insert_linked_in(&app.pool, "default", &email, "cus_OneWayOut").await;
     let change = customer_object("cus_OneWayOut", &email, "Changed in Stripe");
@@ -116,28 +118,13 @@ async fn local_to_stripe_never_applies_stripe_changes(app: &TestApp) {
     .await;
     let created = create_in(app, "default", &unique_email("still-out")).await;
     wait_synced(app, created["id"].as_str().unwrap(), 1).await;
-}
-
-#[sqlx::test]
-async fn local_to_stripe_records_drift_postgres_transport(pool: PgPool) {
-    let app = spawn(pool, json!({"direction": "LocalToStripe"}), None).await;
-    local_to_stripe_never_applies_stripe_changes(&app).await;
-    app.stop().await;
-}
-
-#[sqlx::test]
-async fn local_to_stripe_records_drift_kafka_transport(pool: PgPool) {
-    let kafka = MockKafka::start().await;
-    let app = spawn(pool, json!({"direction": "LocalToStripe"}), Some(&kafka)).await;
-    local_to_stripe_never_applies_stripe_changes(&app).await;
-    app.stop().await;
+    running.stop().await;
 }
 
 /// StripeToLocal: Stripe's customers come in; the API refuses writes to them (409) and
 /// nothing is sent to Stripe.
-#[sqlx::test]
-async fn stripe_to_local_is_read_only_in_the_api(pool: PgPool) {
-    let app = spawn(pool, json!({"direction": "StripeToLocal"}), None).await;
+async fn stripe_to_local_is_read_only_in_the_api(pool: PgPool, kafka: Option<&MockKafka>) {
+    let app = spawn(pool, json!({"direction": "StripeToLocal"}), kafka).await;
     let email = unique_email("one-way-in");
     let refused = app.post_customer(&json!({"email": email})).await;
     assert_eq!(
@@ -174,8 +161,7 @@ async fn stripe_to_local_is_read_only_in_the_api(pool: PgPool) {
 
 /// Observe: local writes commit and wait as pending, nothing reaches Stripe, Stripe events
 /// change no row, what would have happened is counted; Observe → Enforce sends what waited.
-#[sqlx::test]
-async fn observe_writes_nothing_until_enforce(pool: PgPool) {
+async fn observe_writes_nothing_until_enforce(pool: PgPool, kafka: Option<&MockKafka>) {
     let observe = |mode: &str| PolicyManifest {
         name: "default",
         api_base: LOCALSTRIPE,
@@ -183,7 +169,7 @@ async fn observe_writes_nothing_until_enforce(pool: PgPool) {
         spec: json!({"mode": mode}),
     };
     let file = PolicyFile::new(&[observe("Observe")]);
-    let app = spawn_with_file(pool, &file).await;
+    let app = spawn_with_file(pool, &file, kafka).await;
     let email = unique_email("observed");
     let created = create_in(&app, "default", &email).await;
     let id = created["id"].as_str().unwrap().to_owned();
@@ -229,9 +215,8 @@ async fn observe_writes_nothing_until_enforce(pool: PgPool) {
 
 /// Orphan: a local delete leaves Stripe's customer (the row says `orphaned`); a Stripe delete
 /// unlinks the local customer, which stays, `orphaned`.
-#[sqlx::test]
-async fn orphan_keeps_the_other_side(pool: PgPool) {
-    let app = spawn(pool, json!({"deletion": "Orphan"}), None).await;
+async fn orphan_keeps_the_other_side(pool: PgPool, kafka: Option<&MockKafka>) {
+    let app = spawn(pool, json!({"deletion": "Orphan"}), kafka).await;
     let created = create_in(&app, "default", &unique_email("orphan-local")).await;
     let id = created["id"].as_str().unwrap().to_owned();
     let synced = wait_synced(&app, &id, 1).await;
@@ -265,9 +250,8 @@ async fn orphan_keeps_the_other_side(pool: PgPool) {
 
 /// SoftDelete: a local delete marks the Stripe customer `paysync_deleted_at` instead of
 /// deleting it; a Stripe delete soft-deletes locally.
-#[sqlx::test]
-async fn soft_delete_marks_stripe_instead_of_deleting(pool: PgPool) {
-    let app = spawn(pool, json!({"deletion": "SoftDelete"}), None).await;
+async fn soft_delete_marks_stripe_instead_of_deleting(pool: PgPool, kafka: Option<&MockKafka>) {
+    let app = spawn(pool, json!({"deletion": "SoftDelete"}), kafka).await;
     let created = create_in(&app, "default", &unique_email("soft")).await;
     let id = created["id"].as_str().unwrap().to_owned();
     let stripe_id = wait_synced(&app, &id, 1).await["sync"]["stripe_id"]
@@ -316,9 +300,8 @@ async fn soft_delete_marks_stripe_instead_of_deleting(pool: PgPool) {
 
 /// Adoption None counts unknown Stripe customers as drift; MatchEmail links by email and
 /// never creates.
-#[sqlx::test]
-async fn adoption_none_and_match_email(pool: PgPool) {
-    let app = spawn_inbound(pool, json!({"adoption": "MatchEmail"})).await;
+async fn adoption_none_and_match_email(pool: PgPool, kafka: Option<&MockKafka>) {
+    let app = spawn_inbound(pool, json!({"adoption": "MatchEmail"}), kafka).await;
     let email = unique_email("match-me");
     let local = insert_unlinked(&app.pool, &email).await;
     let unknown = unique_email("nobody-here");
@@ -353,9 +336,11 @@ async fn adoption_none_and_match_email(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn adoption_none_leaves_unknown_stripe_customers_alone(pool: PgPool) {
-    let app = spawn_inbound(pool, json!({"adoption": "None"})).await;
+async fn adoption_none_leaves_unknown_stripe_customers_alone(
+    pool: PgPool,
+    kafka: Option<&MockKafka>,
+) {
+    let app = spawn_inbound(pool, json!({"adoption": "None"}), kafka).await;
     let email = unique_email("not-adopted");
     let local = insert_unlinked(&app.pool, &email).await;
     deliver(
@@ -385,3 +370,71 @@ async fn adoption_none_leaves_unknown_stripe_customers_alone(pool: PgPool) {
     );
     app.stop().await;
 }
+
+/// Suspended: nothing is sent to Stripe and no event changes a row until unset.
+async fn suspend_stops_all_sync(pool: PgPool, kafka: Option<&MockKafka>) {
+    let app = spawn(pool, json!({"suspend": true}), kafka).await;
+    let email = unique_email("suspended");
+    let created = create_in(&app, "default", &email).await;
+    let sample = r#"paysync_outbound_synced_total{policy="default",outcome="suspended"}"#;
+    wait_metric(&app, sample, 1.0).await;
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(customer(&app, id).await["sync"]["state"], "pending");
+    assert!(
+        Localstripe::new()
+            .customers_with_email(&email)
+            .await
+            .is_empty()
+    );
+    let linked = insert_linked_in(
+        &app.pool,
+        "default",
+        &unique_email("suspended-in"),
+        "cus_Susp",
+    )
+    .await;
+    let change = customer_object("cus_Susp", "s@example.com", "Not applied");
+    deliver(
+        &app,
+        &event("evt_suspended", "customer.updated", now() + 60, change),
+    )
+    .await;
+    assert_eq!(processed(&app, "evt_suspended").await, "suspended");
+    assert_eq!(customer(&app, &linked).await["name"], "Synced");
+    let policy = app.get_json("/v1/policies/default").await;
+    assert_eq!(policy["readiness"]["reason"], "Suspended");
+    app.stop().await;
+}
+
+/// Runs each scenario on both transports, as `<scenario>::postgres_transport` and
+/// `<scenario>::kafka_transport` (librdkafka's mock cluster).
+macro_rules! on_both_transports {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::*;
+
+            #[sqlx::test]
+            async fn postgres_transport(pool: PgPool) {
+                super::$scenario(pool, None).await;
+            }
+
+            #[sqlx::test]
+            async fn kafka_transport(pool: PgPool) {
+                let kafka = MockKafka::start().await;
+                super::$scenario(pool, Some(&kafka)).await;
+            }
+        }
+    )*};
+}
+
+on_both_transports!(
+    conflicts_are_settled_field_by_field,
+    local_to_stripe_records_drift,
+    stripe_to_local_is_read_only_in_the_api,
+    observe_writes_nothing_until_enforce,
+    orphan_keeps_the_other_side,
+    soft_delete_marks_stripe_instead_of_deleting,
+    adoption_none_and_match_email,
+    adoption_none_leaves_unknown_stripe_customers_alone,
+    suspend_stops_all_sync,
+);

@@ -142,3 +142,19 @@ fn the_default_account_is_default_or_the_only_policy() {
     ]);
     assert_eq!(registry.default_account().as_deref(), Some("default"));
 }
+
+#[test]
+fn a_suspended_policy_is_not_ready_and_resuming_restores_its_key_state() {
+    let (registry, _) = registry();
+    registry.replace(vec![definition(
+        "eu",
+        Some("sk_1"),
+        json!({"suspend": true}),
+    )]);
+    assert_eq!(
+        registry.get("eu").unwrap().readiness().reason,
+        reasons::SUSPENDED
+    );
+    registry.replace(vec![definition("eu", Some("sk_1"), json!({}))]);
+    assert_eq!(registry.get("eu").unwrap().readiness().reason, "Checking");
+}

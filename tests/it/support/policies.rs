@@ -127,14 +127,18 @@ impl Drop for PolicyFile {
     }
 }
 
-/// The app with the policies of `file` (watched) and every worker on.
-pub async fn spawn_with_file(pool: PgPool, file: &PolicyFile) -> TestApp {
+/// The app with the policies of `file` (watched) and every worker on (over `kafka`, if any).
+pub async fn spawn_with_file(
+    pool: PgPool,
+    file: &PolicyFile,
+    kafka: Option<&MockKafka>,
+) -> TestApp {
     let settings = all_workers(
         Settings {
             policies: PolicySource::File(file.path()),
             ..settings()
         },
-        None,
+        kafka,
     );
     TestApp::spawn_settings(pool, settings).await
 }
