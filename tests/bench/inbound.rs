@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
+use paysync::domain::DEFAULT_ACCOUNT;
 use paysync::store::processed_events::{self, EventRef};
 use paysync::transport::kafka::Envelope;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -398,7 +399,8 @@ async fn queue_on_topic(brokers: &str, topic: &str, events: &[BenchEvent]) {
         .map(|event| {
             let producer = &producer;
             async move {
-                let body = Envelope::inbound(event.raw.as_bytes(), chrono::Utc::now());
+                let body =
+                    Envelope::inbound(event.raw.as_bytes(), DEFAULT_ACCOUNT, chrono::Utc::now());
                 let record = FutureRecord::to(topic).key(&event.stripe_id).payload(&body);
                 producer
                     .send(record, Duration::from_secs(30))

@@ -6,7 +6,6 @@
 //! latency excluded) and, separately, to Stripe having applied it.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -14,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::support::app::{TestApp, kafka_settings, syncing_settings, wait_for};
+use crate::support::app::{TestApp, kafka_settings, syncing_settings, wait_for, with_spec};
 use crate::support::fault_proxy::{FaultProxy, Recorded};
 use crate::support::mock_kafka::MockKafka;
 use crate::support::stripe::unique_email;
@@ -36,10 +35,8 @@ struct KafkaTarget {
 }
 
 async fn spawn(pool: PgPool, proxy: &FaultProxy, kafka: Option<&KafkaTarget>) -> TestApp {
-    let mut settings = syncing_settings(&proxy.base_url);
-    let account = settings.stripe.as_mut().unwrap();
-    account.rate = NonZeroU32::new(RATE_BUDGET).unwrap();
-    account.burst = NonZeroU32::new(RATE_BUDGET).unwrap();
+    let budget = json!({"rateLimit": {"requestsPerSecond": RATE_BUDGET, "burst": RATE_BUDGET}});
+    let mut settings = with_spec(syncing_settings(&proxy.base_url), budget);
     if let Some(kafka) = kafka {
         let mut kafka_settings = kafka_settings(&kafka.brokers);
         kafka_settings.topic_prefix = kafka.topic_prefix.clone();
