@@ -11,6 +11,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod reconcile;
 pub mod store;
 pub mod stripe;
 pub mod sync;

@@ -6,7 +6,9 @@ use paysync::{app, crd, http, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_and_check();
-    if let Err(e) = telemetry::init(cli.log_format) {
+    // Commands that print data keep stdout for it.
+    let to_stderr = !matches!(cli.command, Command::Serve(_) | Command::Migrate(_));
+    if let Err(e) = telemetry::init(cli.log_format, to_stderr) {
         eprintln!("paysync: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -17,6 +19,7 @@ async fn main() -> ExitCode {
         Command::Crd => print_crd(),
         Command::DeadLetters(command) => app::dead_letters(command).await,
         Command::Customers(command) => app::customers(command).await,
+        Command::Reconcile(args) => app::reconcile(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

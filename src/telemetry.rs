@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -18,11 +19,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; logs go to stdout.
-pub fn init(format: LogFormat) -> anyhow::Result<()> {
+/// Installs the global subscriber. Logs go to stdout (a server's output), or to stderr for a
+/// command whose stdout is data (a plan, JSON lines) another program may read.
+pub fn init(format: LogFormat, to_stderr: bool) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let terminal = std::io::stdout().is_terminal();
+    let terminal = if to_stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    let writer = if to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -33,6 +44,7 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .json()
                     .flatten_event(true)
                     .with_current_span(false),
@@ -40,7 +52,11 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
             .try_init()?;
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(terminal))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(terminal),
+            )
             .try_init()?;
     }
     Ok(())

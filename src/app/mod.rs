@@ -5,6 +5,7 @@
 
 mod cli;
 mod janitor;
+mod reconcile;
 mod settings;
 mod wiring;
 
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use cli::{customers, dead_letters, migrate};
+pub use reconcile::reconcile;
 pub use settings::{PolicySource, Settings, StripeCalls, serve};
 
 use crate::http::{self, ServerLimits};

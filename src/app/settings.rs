@@ -47,6 +47,8 @@ pub struct Settings {
     pub kafka: Option<KafkaSettings>,
     /// Publish the outbox to Kafka from this process (Kafka transport only).
     pub relay: Option<RelaySettings>,
+    /// Reconcile each policy at start and every `reconcile.interval` in this process.
+    pub reconcile: bool,
 }
 
 /// Where the policies come from.
@@ -94,14 +96,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         shutdown_timeout: args.shutdown_timeout,
         policies: policy_source(&args),
-        stripe_calls: StripeCalls {
-            timeout: args.stripe.stripe_timeout,
-            max_attempts: args.stripe.stripe_max_attempts,
-            backoff: Backoff {
-                base: args.stripe.stripe_backoff_base,
-                max: args.stripe.stripe_backoff_max,
-            },
-        },
+        stripe_calls: stripe_calls(&args),
         webhook_tolerance: args.stripe.stripe_webhook_tolerance,
         outbound: outbound_settings(&args.outbound),
         inbound: inbound_settings(&args.inbound, &args.outbound),
@@ -111,6 +106,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             batch_size: args.outbound.outbox_batch,
             poll_interval: args.outbound.outbox_poll_interval,
         }),
+        reconcile: !args.no_reconcile,
     };
     let app = Application::build(settings, pool).await?;
     let shutdown = CancellationToken::new();
@@ -133,8 +129,20 @@ fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {
     })
 }
 
+/// Timeouts and retries of every policy's Stripe client.
+pub(super) fn stripe_calls(args: &ServeArgs) -> StripeCalls {
+    StripeCalls {
+        timeout: args.stripe.stripe_timeout,
+        max_attempts: args.stripe.stripe_max_attempts,
+        backoff: Backoff {
+            base: args.stripe.stripe_backoff_base,
+            max: args.stripe.stripe_backoff_max,
+        },
+    }
+}
+
 /// `PAYSYNC_POLICIES`, else the one policy the `STRIPE_*` settings describe.
-fn policy_source(args: &ServeArgs) -> PolicySource {
+pub(super) fn policy_source(args: &ServeArgs) -> PolicySource {
     if let Some(path) = &args.policies {
         info!(path = %path.display(), "policies from PAYSYNC_POLICIES (watched)");
         return PolicySource::File(path.clone());

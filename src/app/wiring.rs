@@ -16,6 +16,7 @@ use crate::http::{AppState, HttpMetrics, RejectionLog, WebhookIngress, WebhookMe
 use crate::metrics::{self, Registry};
 use crate::policy::file::ReloadMetrics;
 use crate::policy::{self, PolicyRegistry, StripeFactory};
+use crate::reconcile::{Handlers, ReconcileMetrics, Reconciler};
 use crate::store::locks::LockPool;
 use crate::stripe::{HttpStripe, RateLimit, StripeMetrics, StripeSettings};
 use crate::sync::catch_up::{CatchUp, CatchUpMetrics};
@@ -23,16 +24,15 @@ use crate::sync::dead_letters::{DeadLetterMetrics, DeadLetters};
 use crate::sync::inbound::InboundMetrics;
 use crate::sync::outbound::OutboundMetrics;
 use crate::sync::queue_health::{self, QueueHealth, QueueMetrics};
-use crate::sync::{
-    CreateRetry, EventQueue, InboundHandler, InboundSync, OutboundHandler, OutboundSync,
-};
+use crate::sync::{CreateRetry, EventQueue, InboundHandler, InboundSync, OutboundSync};
 use crate::transport::InboundQueue;
 use crate::transport::kafka::{self, KafkaProbe, KafkaSettings};
 use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
 
 /// Connections the lock pool keeps besides one per customer synced at once and one per inbox
-/// worker: the outbox relay's claim, catch-up's lock, and a spare.
-const LOCK_POOL_BASE: u32 = 3;
+/// worker: the outbox relay's claim, catch-up's lock, the reconciler's lock and the syncs of
+/// its repairs, and a spare.
+const LOCK_POOL_BASE: u32 = 6;
 
 /// What [`wire`] built.
 pub struct Wired {
@@ -69,7 +69,14 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
         pool: pool.clone(),
         locks: lock_pool(settings, pool),
         dead_letters: DeadLetters::new(pool.clone(), Arc::new(dead_letter_metrics)),
-        policies: load_policies(settings, pool, &mut registry).await?,
+        policies: load_policies(
+            &settings.policies,
+            settings.stripe_calls,
+            settings.webhook_tolerance,
+            Some(pool),
+            &mut registry,
+        )
+        .await?,
         kafka: connect_kafka(settings.kafka.as_ref()).await?,
         health: Arc::new(QueueHealth::default()),
         registry,
@@ -78,15 +85,54 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
     parts.add_housekeeping();
     parts.add_policy_watch();
     let queue = parts.inbound_queue();
-    parts.add_outbound()?;
-    parts.add_inbound()?;
+    let handlers = handlers(
+        settings.stripe_calls,
+        &parts.pool,
+        &parts.locks,
+        &parts.policies,
+        &parts.dead_letters,
+        &mut parts.registry,
+    );
+    parts.add_outbound(&handlers)?;
+    parts.add_inbound(&handlers)?;
     parts.add_catch_up(&queue);
+    let reconciler = parts.add_reconciler(handlers);
     let webhooks = Arc::new(WebhookIngress {
         policies: parts.policies.clone(),
         queue: Arc::new(queue) as Arc<dyn EventQueue>,
         rejections: RejectionLog::default(),
     });
-    Ok(parts.finish(webhooks))
+    Ok(parts.finish(webhooks, reconciler))
+}
+
+/// The handlers every worker and the reconciler hand work to, with their metric groups.
+pub(super) fn handlers(
+    calls: StripeCalls,
+    pool: &PgPool,
+    locks: &LockPool,
+    policies: &Arc<PolicyRegistry>,
+    dead_letters: &DeadLetters,
+    registry: &mut Registry,
+) -> Handlers {
+    let create_retry = CreateRetry {
+        max_attempts: calls.max_attempts,
+        backoff: calls.backoff,
+    };
+    let outbound = Arc::new(OutboundSync::new(
+        pool.clone(),
+        locks.clone(),
+        policies.clone(),
+        dead_letters.clone(),
+        Arc::new(OutboundMetrics::register(registry)),
+        create_retry,
+    ));
+    let inbound = Arc::new(InboundSync::new(
+        pool.clone(),
+        policies.clone(),
+        dead_letters.clone(),
+        Arc::new(InboundMetrics::register(registry)),
+    ));
+    Handlers { outbound, inbound }
 }
 
 /// Connections held while waiting on Stripe or Kafka, apart from the pool serving requests.
@@ -105,18 +151,21 @@ fn lock_pool(settings: &Settings, pool: &PgPool) -> LockPool {
 
 /// The registry, with the policies of the source in effect. A policies file that does not
 /// load stops start-up (there are no last good policies yet).
-async fn load_policies(
-    settings: &Settings,
-    pool: &PgPool,
+/// Given `requeue`, the changes that waited for a policy are queued (see `policy::apply`).
+pub(super) async fn load_policies(
+    source: &PolicySource,
+    calls: StripeCalls,
+    webhook_tolerance: Duration,
+    requeue: Option<&PgPool>,
     registry: &mut Registry,
 ) -> anyhow::Result<Arc<PolicyRegistry>> {
-    let factory = stripe_factory(settings.stripe_calls, registry);
-    let policies = Arc::new(PolicyRegistry::new(factory, settings.webhook_tolerance));
-    let definitions = match &settings.policies {
+    let factory = stripe_factory(calls, registry);
+    let policies = Arc::new(PolicyRegistry::new(factory, webhook_tolerance));
+    let definitions = match source {
         PolicySource::Fixed(definitions) => definitions.clone(),
         PolicySource::File(path) => policy::file::load(path)?,
     };
-    policy::apply(&policies, pool, definitions);
+    policy::apply(&policies, requeue, definitions);
     Ok(policies)
 }
 
@@ -199,24 +248,12 @@ impl Parts<'_> {
         }
     }
 
-    fn add_outbound(&mut self) -> anyhow::Result<()> {
-        let metrics = Arc::new(OutboundMetrics::register(&mut self.registry));
+    fn add_outbound(&mut self, handlers: &Handlers) -> anyhow::Result<()> {
         self.add_relay();
         let Some(worker) = self.settings.outbound else {
             return Ok(());
         };
-        let create_retry = CreateRetry {
-            max_attempts: self.settings.stripe_calls.max_attempts,
-            backoff: self.settings.stripe_calls.backoff,
-        };
-        let handler: Arc<dyn OutboundHandler> = Arc::new(OutboundSync::new(
-            self.pool.clone(),
-            self.locks.clone(),
-            self.policies.clone(),
-            self.dead_letters.clone(),
-            metrics,
-            create_retry,
-        ));
+        let handler = handlers.outbound.clone();
         match &self.kafka {
             Some(kafka) => {
                 let consumer = kafka::outbound::outbound_consumer(&kafka.settings)?;
@@ -251,17 +288,11 @@ impl Parts<'_> {
 
     /// The inbox workers always (they also take replayed dead letters), and the inbound
     /// consumer with Kafka.
-    fn add_inbound(&mut self) -> anyhow::Result<()> {
-        let metrics = Arc::new(InboundMetrics::register(&mut self.registry));
+    fn add_inbound(&mut self, handlers: &Handlers) -> anyhow::Result<()> {
         let Some(inbound) = self.settings.inbound else {
             return Ok(());
         };
-        let handler: Arc<dyn InboundHandler> = Arc::new(InboundSync::new(
-            self.pool.clone(),
-            self.policies.clone(),
-            self.dead_letters.clone(),
-            metrics,
-        ));
+        let handler: Arc<dyn InboundHandler> = handlers.inbound.clone();
         let (pool, locks, inbox) = (self.pool.clone(), self.locks.clone(), inbound);
         let inbox_handler = handler.clone();
         self.task(move |shutdown| {
@@ -297,7 +328,24 @@ impl Parts<'_> {
         self.task(move |shutdown| catch_up.run(interval, shutdown).boxed());
     }
 
-    fn finish(mut self, webhooks: Arc<WebhookIngress>) -> Wired {
+    /// The reconciler (the API runs it on demand), and its schedule unless switched off.
+    fn add_reconciler(&mut self, handlers: Handlers) -> Arc<Reconciler> {
+        let metrics = Arc::new(ReconcileMetrics::register(&mut self.registry));
+        let reconciler = Arc::new(Reconciler::new(
+            self.pool.clone(),
+            self.locks.clone(),
+            self.policies.clone(),
+            handlers,
+            metrics,
+        ));
+        if self.settings.reconcile {
+            let scheduled = reconciler.clone();
+            self.task(move |shutdown| scheduled.schedule(shutdown).boxed());
+        }
+        reconciler
+    }
+
+    fn finish(mut self, webhooks: Arc<WebhookIngress>, reconciler: Arc<Reconciler>) -> Wired {
         let http = Arc::new(HttpMetrics::register(&mut self.registry));
         let webhook_metrics = Arc::new(WebhookMetrics::register(&mut self.registry));
         let state = AppState {
@@ -309,6 +357,7 @@ impl Parts<'_> {
             kafka: self.kafka.map(|k| KafkaProbe::new(k.producer)),
             webhooks,
             policies: self.policies,
+            reconciler,
         };
         Wired {
             state,

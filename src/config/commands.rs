@@ -1,8 +1,9 @@
-//! The subcommands that inspect and repair: `paysync customers` and `paysync dead-letters`.
+//! The subcommands that inspect and repair: `paysync customers`, `paysync dead-letters` and
+//! `paysync reconcile`.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use super::DatabaseArgs;
+use super::{DatabaseArgs, ServeArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum CustomerCommand {
@@ -46,4 +47,34 @@ pub enum DeadLetterCommand {
         #[arg(long = "all", conflicts_with = "ids")]
         all_open: bool,
     },
+}
+
+/// `paysync reconcile --once`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Run once and exit (`serve` reconciles on its own schedule).
+    #[arg(long, required = true)]
+    pub once: bool,
+
+    /// Only this policy (Stripe account); every policy by default.
+    #[arg(long)]
+    pub policy: Option<String>,
+
+    /// Change nothing anywhere: print the plan of what a run would do.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// `text` (a plan like `terraform plan`) or `json` (one object per line, for tools).
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub output: PlanFormat,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// How `paysync reconcile` prints its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
 }

@@ -13,7 +13,7 @@ use crate::telemetry::LogFormat;
 
 mod commands;
 
-pub use commands::{CustomerCommand, DeadLetterCommand};
+pub use commands::{CustomerCommand, DeadLetterCommand, PlanFormat, ReconcileArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,6 +76,9 @@ pub enum Command {
     /// Inspect customers (e.g. the ones not in sync).
     #[command(subcommand)]
     Customers(CustomerCommand),
+    /// Reconcile PostgreSQL with Stripe now: a diff of every customer of each policy, applied
+    /// (or with --dry-run only printed as a plan). Takes the settings `serve` takes.
+    Reconcile(Box<ReconcileArgs>),
 }
 
 /// The Stripe account paysync writes to.
@@ -322,6 +325,12 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    /// Do not run scheduled reconciles in this process (at start and every policy's
+    /// `reconcile.interval`); `POST /v1/policies/{name}/reconcile` and `paysync reconcile
+    /// --once` still run one.
+    #[arg(long, env = "PAYSYNC_NO_RECONCILE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub no_reconcile: bool,
 
     /// How long shutdown waits for in-flight requests before exiting anyway.
     #[arg(long, env = "PAYSYNC_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

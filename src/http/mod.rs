@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod ops;
 mod policies;
+mod reconcile;
 mod schemas;
 pub mod server;
 mod webhooks;
@@ -64,6 +65,9 @@ pub struct AppState {
     pub webhooks: Arc<WebhookIngress>,
     /// The effective policies: the account of a new customer, `GET /v1/policies`.
     pub policies: Arc<PolicyRegistry>,
+    /// Runs reconciles on demand (`POST /v1/policies/{name}/reconcile`) and knows each
+    /// policy's last run.
+    pub reconciler: Arc<crate::reconcile::Reconciler>,
 }
 
 #[derive(OpenApi)]
@@ -114,6 +118,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
     customers::router()
         .merge(dead_letters::router())
         .merge(policies::router())
+        .merge(reconcile::router())
 }
 
 /// The OpenAPI document of the API (`paysync openapi`, `/openapi.json`).

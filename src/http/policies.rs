@@ -13,7 +13,8 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::policy::{Policy, Readiness};
-use crate::store::{self, customers};
+use crate::reconcile::RunReport;
+use crate::store::{self, customers, reconcile_runs};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,6 +32,8 @@ pub struct PolicyBody {
     pub readiness: Readiness,
     /// Live customers of the account by sync state.
     pub customers: CustomerCountsBody,
+    /// The last finished reconcile run (this process's, else the last one recorded).
+    pub last_reconcile: Option<RunReport>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, ToSchema)]
@@ -58,13 +61,29 @@ pub struct PolicyList {
     pub data: Vec<PolicyBody>,
 }
 
-fn body(policy: &Policy, counts: &BTreeMap<String, CustomerCountsBody>) -> PolicyBody {
-    PolicyBody {
+async fn body(
+    state: &AppState,
+    policy: &Policy,
+    counts: &BTreeMap<String, CustomerCountsBody>,
+) -> Result<PolicyBody, ApiError> {
+    let last_reconcile = match state.reconciler.last_run(&policy.name) {
+        Some(run) => Some(run),
+        None => {
+            let mut conn = store::acquire(&state.pool).await?;
+            reconcile_runs::list(&mut conn, Some(&policy.name), 5)
+                .await?
+                .into_iter()
+                .find(|run| run.finished_at.is_some())
+                .map(RunReport::from)
+        }
+    };
+    Ok(PolicyBody {
         name: policy.name.clone(),
         spec: policy.spec.clone(),
         readiness: policy.readiness(),
         customers: counts.get(&policy.name).copied().unwrap_or_default(),
-    }
+        last_reconcile,
+    })
 }
 
 async fn counts(state: &AppState) -> Result<BTreeMap<String, CustomerCountsBody>, ApiError> {
@@ -89,12 +108,10 @@ async fn counts(state: &AppState) -> Result<BTreeMap<String, CustomerCountsBody>
 )]
 async fn list_policies(State(state): State<AppState>) -> Result<Json<PolicyList>, ApiError> {
     let counts = counts(&state).await?;
-    let data = state
-        .policies
-        .all()
-        .iter()
-        .map(|policy| body(policy, &counts))
-        .collect();
+    let mut data = Vec::new();
+    for policy in state.policies.all() {
+        data.push(body(&state, &policy, &counts).await?);
+    }
     Ok(Json(PolicyList { data }))
 }
 
@@ -120,5 +137,5 @@ async fn get_policy(
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("no policy named {name:?}")))?;
     let counts = counts(&state).await?;
-    Ok(Json(body(&policy, &counts)))
+    Ok(Json(body(&state, &policy, &counts).await?))
 }

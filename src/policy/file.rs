@@ -268,7 +268,7 @@ pub async fn watch(
 fn reload(path: &Path, registry: &PolicyRegistry, pool: &PgPool) -> &'static str {
     match load(path) {
         Ok(definitions) => {
-            let changes = super::apply(registry, pool, definitions);
+            let changes = super::apply(registry, Some(pool), definitions);
             info!(
                 added = ?changes.added, changed = ?changes.changed, removed = ?changes.removed,
                 "policies reloaded from {}", path.display()

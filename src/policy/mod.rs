@@ -21,11 +21,12 @@ use crate::store::{self, customers};
 use crate::stripe::Error as StripeError;
 
 /// Makes `definitions` the effective policies; then, in the background, checks each new
-/// Stripe key against Stripe and sends the changes that waited for a policy that now writes to
-/// Stripe (neither holds up start-up or a reload: Stripe or the database may be slow or down).
+/// Stripe key against Stripe and (given a pool) sends the changes that waited for a policy
+/// that now writes to Stripe (neither holds up start-up or a reload: Stripe or the database
+/// may be slow or down). A command that must write nothing (a dry run) passes no pool.
 pub fn apply(
     registry: &PolicyRegistry,
-    pool: &PgPool,
+    pool: Option<&PgPool>,
     definitions: Vec<PolicyDefinition>,
 ) -> Changes {
     let changes = registry.replace(definitions);
@@ -50,6 +51,9 @@ pub fn apply(
         }
     }
     // A policy that writes now, or writes with a new key or client: send what waited.
+    let Some(pool) = pool else {
+        return changes;
+    };
     let mut requeue: Vec<&String> = changes
         .now_writing
         .iter()

@@ -17,6 +17,8 @@ use crate::domain::CustomerId;
 
 /// Namespace of catch-up's advisory locks (the two-key form, apart from the customer locks).
 const CATCH_UP_LOCK_NAMESPACE: i32 = 0x7079_6331; // "pyc1"
+/// Namespace of the reconciler's advisory locks (one per policy).
+const RECONCILE_LOCK_NAMESPACE: i32 = 0x7079_7231; // "pyr1"
 
 /// The advisory lock key of a customer's sync: all 128 bits of its id folded into 64 (the
 /// high half alone is the creation millisecond and a little randomness, shared by customers
@@ -68,16 +70,28 @@ impl LockPool {
 
     /// Takes an account's catch-up lock if no other replica holds it.
     pub async fn try_lock_catch_up(&self, account: &str) -> Result<Option<SessionLock>> {
+        self.try_lock_account(CATCH_UP_LOCK_NAMESPACE, account)
+            .await
+    }
+
+    /// Takes a policy's reconcile lock (`reconcile:<policy>`) if no other replica or
+    /// `paysync reconcile --once` holds it.
+    pub async fn try_lock_reconcile(&self, policy: &str) -> Result<Option<SessionLock>> {
+        self.try_lock_account(RECONCILE_LOCK_NAMESPACE, policy)
+            .await
+    }
+
+    async fn try_lock_account(&self, namespace: i32, account: &str) -> Result<Option<SessionLock>> {
         let mut conn = self.acquire().await?;
         let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, hashtext($2))")
-            .bind(CATCH_UP_LOCK_NAMESPACE)
+            .bind(namespace)
             .bind(account)
             .fetch_one(&mut *conn)
             .await
-            .context("taking the catch-up lock")?;
+            .context("taking an account lock")?;
         Ok(taken.then(|| SessionLock {
             conn: Some(conn),
-            unlock: Unlock::Two(CATCH_UP_LOCK_NAMESPACE, account.to_owned()),
+            unlock: Unlock::Two(namespace, account.to_owned()),
         }))
     }
 

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod locks;
 pub mod outbox;
 pub mod processed_events;
+pub mod reconcile_runs;
 pub mod sync_cursors;
 mod wakeup;
 

@@ -15,7 +15,7 @@ use tracing::debug;
 use super::call::{Caller, Repeat, StripeSettings};
 use super::metrics::StripeMetrics;
 use super::types::StripeList;
-use super::{CustomerWrite, Error, RateLimit, Result, StripeApi, StripeCustomer};
+use super::{CustomerPage, CustomerWrite, Error, RateLimit, Result, StripeApi, StripeCustomer};
 use crate::domain::CustomerId;
 
 /// Stripe's maximum page size: fewest calls per customer lookup and per catch-up.
@@ -204,6 +204,25 @@ impl StripeApi for HttpStripe {
             )
             .await?;
         Ok(())
+    }
+
+    async fn list_customers(&self, page: &CustomerPage) -> Result<StripeList<StripeCustomer>> {
+        let mut list = ListCustomer::new().limit(LIST_PAGE_SIZE);
+        if page.created_gte.is_some() || page.created_lt.is_some() {
+            list = list.created(stripe_types::RangeQueryTs::Bounds(
+                stripe_types::RangeBoundsTs {
+                    gte: page.created_gte,
+                    lt: page.created_lt,
+                    ..Default::default()
+                },
+            ));
+        }
+        if let Some(after) = &page.starting_after {
+            list = list.starting_after(after.clone());
+        }
+        self.caller
+            .send("list_customers", list.build(), None, Repeat::AnyTransient)
+            .await
     }
 
     async fn list_events(

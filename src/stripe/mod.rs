@@ -19,7 +19,7 @@ pub use call::StripeSettings;
 pub use client::HttpStripe;
 pub use metrics::{StripeCallLabels, StripeMetrics};
 pub use rate_limit::RateLimit;
-pub use types::{CustomerWrite, StripeCustomer, StripeList};
+pub use types::{CustomerPage, CustomerWrite, StripeCustomer, StripeList};
 
 use crate::domain::CustomerId;
 
@@ -113,6 +113,11 @@ pub trait StripeApi: Send + Sync {
     /// Checks that Stripe accepts the API key (a cheap read); `Rejected` with 401 or 403 when
     /// it does not.
     async fn check_key(&self) -> Result<()>;
+
+    /// One page (up to 100) of the account's customers, newest first. `Rejected` with 400
+    /// when the server cannot filter by `created` (localstripe): the reconciler then scans
+    /// with one cursor.
+    async fn list_customers(&self, page: &CustomerPage) -> Result<StripeList<StripeCustomer>>;
 
     /// One page of events of type `kind` created at or after `created_gte` (Unix seconds),
     /// after the event `starting_after`, as raw JSON (exactly what a webhook would carry).

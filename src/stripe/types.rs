@@ -21,6 +21,19 @@ pub struct StripeCustomer {
     /// Set on deleted customers (real Stripe; localstripe answers 404 instead).
     #[serde(default)]
     pub deleted: bool,
+    /// When the customer was created (Unix seconds): the key the reconciler's scan splits
+    /// the account by.
+    #[serde(default)]
+    pub created: i64,
+}
+
+/// One page of an account's customers: `created` in `[created_gte, created_lt)` when set,
+/// after the customer `starting_after`, in Stripe's order (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerPage {
+    pub created_gte: Option<i64>,
+    pub created_lt: Option<i64>,
+    pub starting_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

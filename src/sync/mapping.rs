@@ -241,6 +241,7 @@ mod tests {
             description: write.description.clone(),
             metadata: write.metadata.clone(),
             deleted: false,
+            created: 0,
         };
         assert!(matches_write(&in_stripe, &write) || in_stripe.phone.is_some());
         assert_eq!(

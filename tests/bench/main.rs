@@ -1,5 +1,5 @@
 //! The benchmarks, as a program that prints its own tables (docs/BENCHMARKS.md): run by
-//! `scripts/bench`, or `cargo test --test bench -- [outbound] [ingest] [apply]`. Not part of
+//! `scripts/bench`, or `cargo test --test bench -- [outbound] [ingest] [apply] [reconcile]`. Not part of
 //! `cargo test` (the target is `test = false`); built with the tests' profile, so it reuses
 //! their build. Each benchmark runs in a fresh database against the local services.
 
@@ -8,6 +8,7 @@
 
 mod inbound;
 mod outbound;
+mod reconcile;
 #[allow(dead_code)]
 #[path = "../it/support/mod.rs"]
 mod support;
@@ -79,6 +80,19 @@ async fn apply_tables() {
     in_fresh_database(inbound::apply_kafka_tansu).await;
 }
 
+async fn reconcile_tables() {
+    println!(
+        "\nReconcile (a full run of `paysync reconcile --once`; Stripe is an in-memory fake)\n"
+    );
+    println!(
+        "| customers | Stripe | duration | rate | of the budget's ceiling | pages | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for customers in [10_000, 100_000] {
+        in_fresh_database(|pool| reconcile::reconcile_run(pool, customers)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     // The tables go to stdout; the in-process apps log to stderr, warnings only unless
@@ -103,5 +117,8 @@ async fn main() {
     }
     if run("apply") {
         apply_tables().await;
+    }
+    if run("reconcile") {
+        reconcile_tables().await;
     }
 }

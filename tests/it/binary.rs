@@ -103,6 +103,8 @@ async fn migrate_creates_the_schema_and_can_run_again(pool: PgPool) {
             "outbox",
             "processed_events",
             "reconcile_runs",
+            "reconcile_seen",
+            "reconcile_segments",
             "sync_cursors"
         ]
     );
@@ -700,7 +702,8 @@ async fn the_cli_on_an_unmigrated_database_says_to_migrate(pool: PgPool) {
             .await
             .unwrap();
         assert_eq!(output.status.code(), Some(1));
-        let logs = String::from_utf8_lossy(&output.stdout);
+        // Commands that print data log to stderr.
+        let logs = String::from_utf8_lossy(&output.stderr);
         assert!(logs.contains("run `paysync migrate`"), "{logs}");
         assert!(!logs.contains("does not exist"), "{logs}");
     }

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio::process::Command;
 
 use crate::support::app::{TOKEN, TestApp, settings, with_webhooks};
+use crate::support::private_stripe::services_dir;
 
 /// Examples per operation and phase: enough to find shape mismatches, bounded for CI
 /// (about 15 s here).
@@ -21,15 +22,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(600);
 fn schemathesis() -> PathBuf {
     let path = std::env::var_os("PAYSYNC_SCHEMATHESIS")
         .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("PAYSYNC_SERVICES_DIR")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/paysync"))
-                })?;
-            Some(cache.join("schemathesis-venv/bin/st"))
-        })
-        .expect("neither PAYSYNC_SCHEMATHESIS nor HOME is set");
+        .unwrap_or_else(|| services_dir().join("schemathesis-venv/bin/st"));
     assert!(
         path.exists(),
         "schemathesis is not installed at {}: run scripts/tools (scripts/test does)",

@@ -46,6 +46,20 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "reconcile",
+        &[
+            "domain",
+            "crd",
+            "policy",
+            "store",
+            "stripe",
+            "sync",
+            "backoff",
+            "metrics",
+            "telemetry",
+        ],
+    ),
+    (
         "transport",
         &[
             "domain",
@@ -66,6 +80,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "store",
             "stripe",
             "sync",
+            "reconcile",
             "transport",
             "backoff",
             "metrics",

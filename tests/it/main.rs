@@ -17,6 +17,7 @@ mod outbound;
 mod poison;
 mod policies;
 mod policy_rules;
+mod reconcile;
 // Shared with the benchmark program, which uses parts the tests do not.
 #[allow(dead_code)]
 mod support;

@@ -14,6 +14,7 @@ use crate::support::policies::{
     ALPHA_SECRET, PolicyFile, PolicyManifest, create_in, deliver_to, insert_linked_in, metric,
     one_policy, spawn_with_file, stored_state, wait_metric,
 };
+use crate::support::reconcile::insert_local_only;
 use crate::support::stripe::{LOCALSTRIPE, Localstripe, unique_email};
 use crate::support::webhooks::now;
 
@@ -32,18 +33,6 @@ async fn spawn_inbound(pool: PgPool, spec: Value, kafka: Option<&MockKafka>) -> 
     let mut settings = one_policy(spec, kafka);
     settings.outbound = None;
     TestApp::spawn_settings(pool, settings).await
-}
-
-/// A local customer not linked to Stripe.
-async fn insert_unlinked(pool: &PgPool, email: &str) -> String {
-    let id = uuid::Uuid::now_v7();
-    sqlx::query("insert into customers (id, email) values ($1, $2)")
-        .bind(id)
-        .bind(email)
-        .execute(pool)
-        .await
-        .unwrap();
-    id.to_string()
 }
 
 async fn customer(app: &TestApp, id: &str) -> Value {
@@ -303,7 +292,7 @@ async fn soft_delete_marks_stripe_instead_of_deleting(pool: PgPool, kafka: Optio
 async fn adoption_none_and_match_email(pool: PgPool, kafka: Option<&MockKafka>) {
     let app = spawn_inbound(pool, json!({"adoption": "MatchEmail"}), kafka).await;
     let email = unique_email("match-me");
-    let local = insert_unlinked(&app.pool, &email).await;
+    let local = insert_local_only(&app.pool, &email).await;
     let unknown = unique_email("nobody-here");
     deliver(
         &app,
@@ -342,7 +331,7 @@ async fn adoption_none_leaves_unknown_stripe_customers_alone(
 ) {
     let app = spawn_inbound(pool, json!({"adoption": "None"}), kafka).await;
     let email = unique_email("not-adopted");
-    let local = insert_unlinked(&app.pool, &email).await;
+    let local = insert_local_only(&app.pool, &email).await;
     deliver(
         &app,
         &event(

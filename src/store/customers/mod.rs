@@ -33,6 +33,7 @@ macro_rules! customer_columns {
 mod batch;
 mod from_stripe;
 mod locking;
+mod reconcile;
 mod sync_state;
 
 pub use batch::write_back;
@@ -41,6 +42,7 @@ pub use from_stripe::{
     note_stripe_event, orphan_from_stripe,
 };
 pub use locking::{lock_for_sync, lock_linked, lock_stripe_customer, lock_stripe_customers};
+pub use reconcile::{Listed, match_listed, queue_resync, unseen};
 pub use sync_state::{
     SyncedWrite, count_by_state, mark_orphaned, oldest_pending_age, record_sync_failure,
     record_synced, requeue_pending, reset_sync_state,

@@ -24,6 +24,9 @@ pub struct IncomingEvent {
     /// Fetched from Stripe just now rather than carried by the event: Stripe's current state,
     /// so no ordering doubt applies.
     pub current: bool,
+    /// Stripe's state as the reconciler listed it: when it changed is unknown, so a conflict
+    /// settled `Newest` keeps the local change (DESIGN.md §7a).
+    pub listed: bool,
 }
 
 impl IncomingEvent {
@@ -73,6 +76,34 @@ impl IncomingEvent {
             fields: RemoteFields::default(),
             paysync_id,
             current: false,
+            listed: false,
+        })
+    }
+
+    /// A Stripe customer as the reconciler found it at `seen_at` (`None`: gone), in place of
+    /// an event: current, with no time of change.
+    pub fn listed(
+        stripe_id: &str,
+        customer: Option<&StripeCustomer>,
+        seen_at: DateTime<Utc>,
+    ) -> Result<Self, String> {
+        let paysync_id = customer
+            .and_then(|c| c.metadata.get(PAYSYNC_ID_KEY))
+            .and_then(|id| id.parse().ok());
+        let (kind, fields) = match customer {
+            Some(customer) => (EventKind::Updated, RemoteFields::from_customer(customer)?),
+            None => (EventKind::Deleted, RemoteFields::default()),
+        };
+        Ok(Self {
+            id: format!("reconcile:{stripe_id}"),
+            kind,
+            created: seen_at,
+            stripe_id: stripe_id.to_owned(),
+            idempotency_key: None,
+            fields,
+            paysync_id,
+            current: true,
+            listed: true,
         })
     }
 

@@ -10,6 +10,7 @@
 mod batch;
 pub mod event;
 mod find;
+mod listed;
 mod metrics;
 pub mod rules;
 mod write;

@@ -181,7 +181,7 @@ fn decide_change(local: &Customer, event: &IncomingEvent, conflict: &ConflictRul
     if local.stripe_synced_version >= local.version {
         return Decision::Apply(wanted);
     }
-    let stripe_newer = event.created > local.updated_at;
+    let stripe_newer = !event.listed && event.created > local.updated_at;
     let merged = resolve_conflict(&local.fields, &wanted, conflict, stripe_newer);
     if merged == wanted {
         Decision::Apply(wanted)
@@ -364,6 +364,7 @@ mod tests {
             fields: remote(name),
             paysync_id: None,
             current: false,
+            listed: false,
         }
     }
 
@@ -418,6 +419,7 @@ mod tests {
                     ("gone".into(), String::new()),
                 ]),
                 deleted: false,
+                created: 0,
             }))
             .unwrap();
         assert_eq!(

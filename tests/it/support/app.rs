@@ -217,6 +217,7 @@ pub fn settings() -> Settings {
         outbound: None,
         inbound: None,
         catch_up: None,
+        reconcile: false,
         kafka: None,
         relay: None,
     }

@@ -8,6 +8,8 @@ pub mod events;
 pub mod fault_proxy;
 pub mod mock_kafka;
 pub mod policies;
+pub mod private_stripe;
+pub mod reconcile;
 pub mod serve_process;
 pub mod stripe;
 pub mod webhooks;

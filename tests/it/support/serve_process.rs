@@ -59,6 +59,9 @@ impl ServeProcess {
             .arg("serve")
             .env("PAYSYNC_LISTEN", "127.0.0.1:0")
             .env("PAYSYNC_API_TOKENS", TOKEN)
+            // localstripe is shared by every test: a reconcile would scan all of it. Tests of
+            // the reconciler switch it back on with their own Stripe.
+            .env("PAYSYNC_NO_RECONCILE", "true")
             .stdout(Stdio::piped());
         for (name, value) in env {
             command.env(name, value);

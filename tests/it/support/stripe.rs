@@ -15,7 +15,7 @@ pub fn unique_email(tag: &str) -> String {
 
 pub struct Localstripe {
     http: reqwest::Client,
-    base: &'static str,
+    base: String,
 }
 
 impl Localstripe {
@@ -24,10 +24,10 @@ impl Localstripe {
     }
 
     /// The emulated account at `base` ([`LOCALSTRIPE`] or [`LOCALSTRIPE_B`]).
-    pub fn at(base: &'static str) -> Self {
+    pub fn at(base: &str) -> Self {
         Self {
             http: reqwest::Client::new(),
-            base,
+            base: base.to_owned(),
         }
     }
 
@@ -83,18 +83,45 @@ impl Localstripe {
 
     /// Every live customer with this email.
     pub async fn customers_with_email(&self, email: &str) -> Vec<Value> {
-        let page: Value = self
-            .http
+        let page = self
+            .list(&[("email", email.to_owned()), ("limit", "100".to_owned())])
+            .await;
+        page["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Every customer of the account, page by page (localstripe lists oldest first).
+    pub async fn all_customers(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", "100".to_owned())];
+            if let Some(after) = &after {
+                query.push(("starting_after", after.clone()));
+            }
+            let page = self.list(&query).await;
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            after = data
+                .last()
+                .and_then(|c| c["id"].as_str())
+                .map(str::to_owned);
+            all.extend(data);
+            if page["has_more"] != true {
+                return all;
+            }
+        }
+    }
+
+    async fn list(&self, query: &[(&str, String)]) -> Value {
+        self.http
             .get(format!("{}/v1/customers", self.base))
-            .query(&[("email", email), ("limit", "100")])
+            .query(query)
             .bearer_auth("sk_test_paysync")
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        page["data"].as_array().cloned().unwrap_or_default()
+            .unwrap()
     }
 }
 
