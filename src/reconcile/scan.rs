@@ -3,13 +3,13 @@
 //! One cursor is bound by the round trip (a real list call takes hundreds of milliseconds), so
 //! the account is split into segments, as many at a time as the budget allows: after a page of
 //! a segment, when more segments may run, the rest of its range is cut into pieces about a
-//! page wide (by the density the page showed) plus one segment for the second the page ended
-//! in. Stripe lists newest first, so after a page ending at second `m` the segment's unseen
-//! customers are exactly those created before `m` and those of second `m` not yet seen:
-//! pieces of `[gte, m)` take the first, the one-second segment `[m, m + 1)` the second (it
-//! skips the ids already processed, kept in `skip`). Segments never overlap and cover the
-//! range, so every customer that exists for the whole scan is processed exactly once; a
-//! property test drives this over generated accounts (`scan/tests.rs`).
+//! two pages wide (by the density the page showed), each next one twice as wide. Stripe lists
+//! newest first, so after a page ending at second `m` the segment's unseen customers are
+//! exactly those created before `m` and those of second `m` not yet seen: the pieces cover
+//! `[gte, m]`, and the newest skips the ids of second `m` already processed (kept in `skip`).
+//! Segments never overlap and cover the range, so every customer that exists for the whole
+//! scan is processed exactly once; a property test drives this over generated accounts
+//! (`scan/tests.rs`).
 //!
 //! A page is processed (matched, diffed, applied) before its segment's cursor is saved, so a
 //! run killed mid-way resumes from saved segments and repeats at most the pages in flight.
@@ -242,9 +242,13 @@ impl Scan {
             segment.done = true;
             return (customers, vec![segment]);
         }
-        if self.filtered && room >= 2 && !segment.one_second() && m > segment.gte {
-            let width = page_width(customers.len(), newest - m + 1);
-            let checkpoint = self.split(segment, skip, m, width, room);
+        let width = page_width(customers.len(), newest - m + 1);
+        // Worth splitting: room for two more segments, and (in a bounded range) at least two
+        // pages left by the density this page showed.
+        let pages_left = (m - segment.gte) / width;
+        if self.filtered && room >= 2 && !segment.one_second() && pages_left >= 2 {
+            // The newest piece two pages wide: a one-page piece ends after a single call.
+            let checkpoint = self.split(segment, skip, m, width.saturating_mul(2), room);
             return (customers, checkpoint);
         }
         segment.cursor = Some(last_id);
@@ -253,8 +257,8 @@ impl Scan {
         (customers, vec![segment])
     }
 
-    /// The segment done, replaced by one for second `m` (skipping what was processed of it)
-    /// and pieces of the range below, `room` segments in all.
+    /// The segment done, replaced by up to `room` pieces of what is left: `[gte, m]`, the
+    /// newest piece taking second `m` too (skipping what was processed of it).
     fn split(
         &mut self,
         segment: Segment,
@@ -268,12 +272,12 @@ impl Scan {
             done: true,
             ..segment
         }];
-        checkpoint.push(Segment {
-            skip,
-            skip_second: m,
-            ..self.new_segment(m, m + 1)
-        });
-        checkpoint.extend(self.pieces(gte, m, width, room - 1));
+        let mut pieces = self.pieces(gte, m + 1, width, room);
+        if let Some(newest) = pieces.first_mut() {
+            newest.skip = skip;
+            newest.skip_second = m;
+        }
+        checkpoint.append(&mut pieces);
         checkpoint
     }
 
@@ -282,19 +286,22 @@ impl Scan {
         Segment::range(self.next_id, gte, lt)
     }
 
-    /// `[gte, lt)` cut from the top into up to `count` pieces `width` seconds wide; the last
-    /// takes whatever remains below.
+    /// `[gte, lt)` cut from the top into up to `count` pieces: the first `width` seconds
+    /// wide (about a page), each next one twice as wide, the last whatever remains below.
+    /// Growing pieces keep each segment busy for several pages near the top, where the
+    /// customers are known to be, and still reach the oldest ones, however sparse.
     fn pieces(&mut self, gte: i64, lt: i64, width: i64, count: usize) -> Vec<Segment> {
         let mut pieces = Vec::new();
-        let mut top = lt;
+        let (mut top, mut width) = (lt, width);
         while top > gte {
             let bottom = if pieces.len() + 1 >= count {
                 gte
             } else {
-                (top - width).max(gte)
+                top.saturating_sub(width).max(gte)
             };
             pieces.push(self.new_segment(bottom, top));
             top = bottom;
+            width = width.saturating_mul(2);
         }
         pieces
     }
