@@ -38,7 +38,10 @@ create table reconcile_segments (
 
 -- Local customers matched to a Stripe customer by a run's scan; the ones left over are
 -- looked at after it (deleted in Stripe, or never created there). Emptied when the run ends.
-create table reconcile_seen (
+-- Unlogged (a row per customer per run, written and deleted within the run): after a crash of
+-- PostgreSQL itself it is empty, and a resumed run then asks Stripe about every linked
+-- customer it did not see again, slower but as correct.
+create unlogged table reconcile_seen (
     run_id      uuid not null references reconcile_runs (id) on delete cascade,
     customer_id uuid not null,
     primary key (run_id, customer_id)

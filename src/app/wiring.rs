@@ -165,7 +165,10 @@ pub(super) async fn load_policies(
         PolicySource::Fixed(definitions) => definitions.clone(),
         PolicySource::File(path) => policy::file::load(path)?,
     };
-    policy::apply(&policies, requeue, definitions);
+    match requeue {
+        Some(pool) => drop(policy::apply_at_start(&policies, pool, definitions).await),
+        None => drop(policy::apply(&policies, None, definitions)),
+    }
     Ok(policies)
 }
 

@@ -50,23 +50,47 @@ pub fn apply(
             tokio::spawn(async move { probe(&policy).await });
         }
     }
-    // A policy that writes now, or writes with a new key or client: send what waited.
-    let Some(pool) = pool else {
-        return changes;
-    };
-    let mut requeue: Vec<&String> = changes
-        .now_writing
-        .iter()
-        .chain(&changes.to_probe)
-        .collect();
-    requeue.sort();
-    requeue.dedup();
-    for name in requeue {
-        if registry.get(name).is_some_and(|p| p.writes_to_stripe()) {
-            tokio::spawn(requeue_pending(pool.clone(), name.clone()));
+    if let Some(pool) = pool {
+        for name in to_requeue(registry, &changes) {
+            tokio::spawn(requeue_pending(pool.clone(), name));
         }
     }
     changes
+}
+
+/// [`apply`] at start-up: the changes that waited are queued before it returns, so nothing
+/// started next races with it (a database failure leaves it to the background, retried).
+pub async fn apply_at_start(
+    registry: &PolicyRegistry,
+    pool: &PgPool,
+    definitions: Vec<PolicyDefinition>,
+) -> Changes {
+    let changes = apply(registry, None, definitions);
+    for name in to_requeue(registry, &changes) {
+        let queued = async {
+            let mut conn = store::acquire(pool).await?;
+            customers::requeue_pending(&mut conn, &name).await
+        };
+        if let Err(e) = queued.await {
+            warn!(policy = %name, error = %e, "could not queue the changes that waited; retrying in the background");
+            tokio::spawn(requeue_pending(pool.clone(), name));
+        }
+    }
+    changes
+}
+
+/// Policies that write now, or write with a new key or client: their waiting changes are sent.
+fn to_requeue(registry: &PolicyRegistry, changes: &Changes) -> Vec<String> {
+    let mut names: Vec<String> = changes
+        .now_writing
+        .iter()
+        .chain(&changes.to_probe)
+        .filter(|name| registry.get(name).is_some_and(|p| p.writes_to_stripe()))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Queues the policy's waiting changes, retrying while the database is unreachable (the

@@ -97,6 +97,26 @@ impl Ledger {
         }
     }
 
+    /// The local customers a page of Stripe customers matches, marked seen by this run.
+    pub async fn match_page(
+        &self,
+        account: &str,
+        listed: &[customers::Listed<'_>],
+        by_email: bool,
+    ) -> store::Result<Vec<(usize, Customer)>> {
+        let run_id = self.id();
+        match self {
+            Self::Recorded { pool, .. } => {
+                let mut conn = store::acquire(pool).await?;
+                customers::match_listed(&mut conn, account, listed, by_email, run_id).await
+            }
+            Self::Unrecorded { conn, .. } => {
+                let mut conn = conn.lock().await;
+                customers::match_listed(&mut conn, account, listed, by_email, run_id).await
+            }
+        }
+    }
+
     pub async fn mark_seen(&self, ids: &[CustomerId]) -> store::Result<()> {
         match self {
             Self::Recorded { pool, run_id } => {
@@ -117,10 +137,8 @@ impl Ledger {
             return Ok(());
         };
         let rows: Vec<SegmentRow> = segments.iter().map(row).collect();
-        let mut tx = store::begin(pool).await?;
-        reconcile_runs::save_segments(&mut tx, *run_id, &rows).await?;
-        reconcile_runs::save_counts(&mut tx, *run_id, counts).await?;
-        store::commit(tx).await
+        let mut conn = store::acquire(pool).await?;
+        reconcile_runs::checkpoint(&mut conn, *run_id, &rows, counts).await
     }
 
     /// The next local customers the scan did not see.

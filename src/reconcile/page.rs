@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tracing::{info, warn};
 
 use super::diff::{Action, ActionKind, diff};
@@ -33,7 +32,6 @@ pub(super) struct Tally {
 }
 
 pub(super) struct PageWork {
-    pub pool: PgPool,
     pub policy: Arc<Policy>,
     pub stripe: Arc<dyn StripeApi>,
     pub budget: RateLimit,
@@ -67,9 +65,10 @@ impl PageWork {
             })
             .collect();
         let by_email = self.policy.spec.adoption != Adoption::None;
-        let mut conn = store::acquire(&self.pool).await?;
-        let found =
-            customers::match_listed(&mut conn, &self.policy.name, &listed, by_email).await?;
+        let found = self
+            .ledger
+            .match_page(&self.policy.name, &listed, by_email)
+            .await?;
         let mut matched: Vec<Option<Customer>> = vec![None; page.len()];
         for (position, customer) in found {
             if let Some(slot) = matched.get_mut(position) {
@@ -184,8 +183,6 @@ impl PageSink for PageWork {
         let store_error = |e: store::Error| ScanError::Sink(e.to_string());
         let seen_at = Utc::now();
         let matched = self.matches(&page).await.map_err(store_error)?;
-        let ids: Vec<CustomerId> = matched.iter().flatten().map(|c| c.id).collect();
-        self.ledger.mark_seen(&ids).await.map_err(store_error)?;
         for (stripe, local) in page.iter().zip(&matched) {
             let actions = diff(local.as_ref(), Some(stripe), &self.policy.spec);
             self.settle(local.as_ref(), Some(stripe), actions, seen_at)

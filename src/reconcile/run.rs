@@ -151,7 +151,6 @@ impl Reconciler {
         );
         let clock = Instant::now();
         let work = Arc::new(PageWork {
-            pool: self.pool.clone(),
             policy: policy.clone(),
             stripe: stripe.clone(),
             budget: budget.clone(),

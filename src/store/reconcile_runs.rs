@@ -99,25 +99,6 @@ pub async fn unfinished(conn: &mut PgConnection, policy: &str) -> Result<Option<
     .context("finding an unfinished reconcile run")
 }
 
-/// Saves the counts so far (a resumed run continues from them).
-pub async fn save_counts(conn: &mut PgConnection, id: Uuid, counts: &RunCounts) -> Result<()> {
-    sqlx::query(
-        "update reconcile_runs set scanned = $2, pages = $3, drift = $4, drift_by_kind = $5, \
-         repaired = $6, failed = $7 where id = $1",
-    )
-    .bind(id)
-    .bind(counts.scanned)
-    .bind(counts.pages)
-    .bind(counts.drift)
-    .bind(Json(&counts.drift_by_kind))
-    .bind(counts.repaired)
-    .bind(counts.failed)
-    .execute(conn)
-    .await
-    .context("saving a reconcile run's counts")?;
-    Ok(())
-}
-
 /// Ends a run: its outcome and final counts; its segments and seen marks are deleted.
 pub async fn finish(
     conn: &mut PgConnection,
@@ -126,7 +107,7 @@ pub async fn finish(
     counts: &RunCounts,
     error: Option<&str>,
 ) -> Result<RunRow> {
-    save_counts(conn, id, counts).await?;
+    checkpoint(conn, id, &[], counts).await?;
     for table in ["reconcile_segments", "reconcile_seen"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "delete from {table} where run_id = $1"
@@ -177,32 +158,53 @@ pub struct SegmentRow {
     pub done: bool,
 }
 
-/// Saves segments (new ones, or progress of existing ones).
-pub async fn save_segments(
+/// Saves segments (new ones, or progress of existing ones) and the run's counts, in one
+/// statement (a page's checkpoint: one round trip; PostgreSQL always runs a data-modifying
+/// `with`). Skipped ids hold no comma (Stripe ids).
+pub async fn checkpoint(
     conn: &mut PgConnection,
     run_id: Uuid,
     segments: &[SegmentRow],
+    counts: &RunCounts,
 ) -> Result<()> {
-    for s in segments {
-        sqlx::query(
-            "insert into reconcile_segments (run_id, segment, created_gte, created_lt, cursor, \
-             skip_second, skip, done) values ($1, $2, $3, $4, $5, $6, $7, $8) \
-             on conflict (run_id, segment) do update set created_gte = excluded.created_gte, \
+    let column = |f: fn(&SegmentRow) -> i64| segments.iter().map(f).collect::<Vec<i64>>();
+    let ids: Vec<i32> = segments.iter().map(|s| s.segment).collect();
+    let cursors: Vec<Option<&str>> = segments.iter().map(|s| s.cursor.as_deref()).collect();
+    let skips: Vec<String> = segments.iter().map(|s| s.skip.join(",")).collect();
+    let done: Vec<bool> = segments.iter().map(|s| s.done).collect();
+    sqlx::query(
+        "with saved as ( \
+           insert into reconcile_segments (run_id, segment, created_gte, created_lt, cursor, \
+             skip_second, skip, done) \
+           select $1, s.segment, s.gte, s.lt, s.cursor, s.skip_second, \
+             string_to_array(s.skip, ','), s.done \
+           from unnest($2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], \
+             $7::text[], $8::bool[]) as s (segment, gte, lt, cursor, skip_second, skip, done) \
+           on conflict (run_id, segment) do update set created_gte = excluded.created_gte, \
              created_lt = excluded.created_lt, cursor = excluded.cursor, \
-             skip_second = excluded.skip_second, skip = excluded.skip, done = excluded.done",
-        )
-        .bind(run_id)
-        .bind(s.segment)
-        .bind(s.created_gte)
-        .bind(s.created_lt)
-        .bind(&s.cursor)
-        .bind(s.skip_second)
-        .bind(&s.skip)
-        .bind(s.done)
-        .execute(&mut *conn)
-        .await
-        .context("saving a reconcile segment")?;
-    }
+             skip_second = excluded.skip_second, skip = excluded.skip, done = excluded.done \
+           returning 1) \
+         update reconcile_runs set scanned = $9, pages = $10, drift = $11, \
+           drift_by_kind = $12, repaired = $13, failed = $14 \
+         where id = $1",
+    )
+    .bind(run_id)
+    .bind(&ids)
+    .bind(column(|s| s.created_gte))
+    .bind(column(|s| s.created_lt))
+    .bind(&cursors)
+    .bind(column(|s| s.skip_second))
+    .bind(&skips)
+    .bind(&done)
+    .bind(counts.scanned)
+    .bind(counts.pages)
+    .bind(counts.drift)
+    .bind(Json(&counts.drift_by_kind))
+    .bind(counts.repaired)
+    .bind(counts.failed)
+    .execute(conn)
+    .await
+    .context("saving a reconcile checkpoint")?;
     Ok(())
 }
 

@@ -26,42 +26,93 @@ struct MatchRow {
     customer: CustomerRow,
 }
 
-/// For each listed Stripe customer, the local customer of `account` it matches, in one query:
-/// the one linked to it, else the one its `paysync_id` names, else (when `by_email`) a live
-/// one with its email. Returned as (index in `listed`, customer).
+/// For each listed Stripe customer, the local customer of `account` it matches: the one linked
+/// to it, else the one its `paysync_id` names, else (when `by_email`) a live one with its
+/// email; each match is marked seen by run `run_id` in the same statement. The linked ones
+/// (nearly all, in an account in sync) are found by one index lookup each; only the rest are
+/// looked for the other ways. Returned as (index in `listed`, customer).
 pub async fn match_listed(
     conn: &mut PgConnection,
     account: &str,
     listed: &[Listed<'_>],
     by_email: bool,
+    run_id: Uuid,
 ) -> Result<Vec<(usize, Customer)>> {
-    let stripe_ids: Vec<&str> = listed.iter().map(|l| l.stripe_id).collect();
-    let paysync_ids: Vec<Option<Uuid>> = listed
-        .iter()
+    let all: Vec<usize> = (0..listed.len()).collect();
+    let mut found = match_by(conn, account, listed, &all, MatchBy::Linked, run_id).await?;
+    let rest: Vec<usize> = all
+        .into_iter()
+        .filter(|n| !found.iter().any(|(position, _)| position == n))
+        .collect();
+    if !rest.is_empty() {
+        let how = MatchBy::NamedOrEmail { by_email };
+        found.extend(match_by(conn, account, listed, &rest, how, run_id).await?);
+    }
+    Ok(found)
+}
+
+#[derive(Clone, Copy)]
+enum MatchBy {
+    Linked,
+    NamedOrEmail { by_email: bool },
+}
+
+impl MatchBy {
+    /// The local customers a listed one (`l`) may match this way, best first (`how`).
+    fn candidates(self) -> &'static str {
+        match self {
+            Self::Linked => concat!(
+                "select 1 as how, ",
+                customer_columns!(),
+                " from customers where account = $1 and stripe_id = l.stripe_id"
+            ),
+            Self::NamedOrEmail { .. } => concat!(
+                "select 2 as how, ",
+                customer_columns!(),
+                " from customers where account = $1 and id = l.paysync_id \
+                 union all select 3, ",
+                customer_columns!(),
+                " from customers where $5 and account = $1 and lower(email) = lower(l.email) \
+                 and deleted_at is null"
+            ),
+        }
+    }
+}
+
+/// Matches the listed customers at `positions` one way, marking matches seen.
+async fn match_by(
+    conn: &mut PgConnection,
+    account: &str,
+    listed: &[Listed<'_>],
+    positions: &[usize],
+    how: MatchBy,
+    run_id: Uuid,
+) -> Result<Vec<(usize, Customer)>> {
+    let picked = || positions.iter().filter_map(|n| listed.get(*n));
+    let numbers: Vec<i64> = positions.iter().map(|n| *n as i64).collect();
+    let stripe_ids: Vec<&str> = picked().map(|l| l.stripe_id).collect();
+    let paysync_ids: Vec<Option<Uuid>> = picked()
         .map(|l| l.paysync_id.map(|id| id.as_uuid()))
         .collect();
-    let emails: Vec<Option<&str>> = listed.iter().map(|l| l.email).collect();
-    let rows: Vec<MatchRow> = sqlx::query_as(concat!(
-        "select l.n - 1 as position, m.* from unnest($2::text[], $3::uuid[], $4::text[]) \
-         with ordinality as l (stripe_id, paysync_id, email, n) \
-         cross join lateral (select * from ( \
-           select 1 as how, ",
-        customer_columns!(),
-        " from customers where account = $1 and stripe_id = l.stripe_id \
-           union all select 2, ",
-        customer_columns!(),
-        " from customers where account = $1 and id = l.paysync_id \
-           union all select 3, ",
-        customer_columns!(),
-        " from customers where $5 and account = $1 and lower(email) = lower(l.email) \
-             and deleted_at is null \
-         ) candidates order by how limit 1) m"
-    ))
+    let emails: Vec<Option<&str>> = picked().map(|l| l.email).collect();
+    let candidates = how.candidates();
+    let by_email = matches!(how, MatchBy::NamedOrEmail { by_email: true });
+    let rows: Vec<MatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "with matched as (select l.n as position, m.* \
+         from unnest($2::text[], $3::uuid[], $4::text[], $7::bigint[]) \
+           as l (stripe_id, paysync_id, email, n) \
+         cross join lateral (select * from ({candidates}) c order by how limit 1) m), \
+         seen as (insert into reconcile_seen (run_id, customer_id) \
+           select $6, id from matched on conflict do nothing) \
+         select * from matched"
+    )))
     .bind(account)
     .bind(&stripe_ids)
     .bind(&paysync_ids)
     .bind(&emails)
     .bind(by_email)
+    .bind(run_id)
+    .bind(&numbers)
     .fetch_all(conn)
     .await
     .context("matching Stripe customers to local rows")?;
