@@ -1,6 +1,6 @@
 //! Runs each policy's reconcile at start and every `reconcile.interval`, one run per policy
-//! at a time; several policies run side by side. A policy that is not ready yet (its key is
-//! being checked) is tried again at the next tick.
+//! at a time; several policies run side by side. A policy without a usable key, or
+//! suspended, is tried again at the next tick.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,7 +30,10 @@ impl Reconciler {
             let now = Instant::now();
             for policy in self.policies.all() {
                 let next = *due.entry(policy.name.clone()).or_insert(now);
-                if next > now || running.contains(&policy.name) || !policy.readiness().ready {
+                // A policy that can call Stripe (a key Stripe has not refused; not
+                // suspended) is due; one that cannot is tried again at the next tick.
+                let can_run = policy.stripe().is_some() && !policy.spec.suspend;
+                if next > now || running.contains(&policy.name) || !can_run {
                     continue;
                 }
                 // The first run of a policy in this process is the one at start.
