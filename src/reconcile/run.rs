@@ -218,7 +218,7 @@ impl Reconciler {
             Err(e) => ("failed", Some(e.to_string())),
         };
         if let Some(error) = &error {
-            warn!(policy = %policy.name, error, "reconcile run failed; the next run resumes it");
+            warn!(policy = %policy.name, error, "reconcile run failed; the next one starts over");
         }
         let row = work
             .ledger
