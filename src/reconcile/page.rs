@@ -26,7 +26,6 @@ use crate::sync::mapping::PAYSYNC_ID_KEY;
 #[derive(Debug, Default, Clone)]
 pub(super) struct Tally {
     pub counts: RunCounts,
-    pub by_action: BTreeMap<ActionKind, u64>,
     /// Drift by (kind, field): `paysync_drift`.
     pub by_field: BTreeMap<(String, String), i64>,
 }
@@ -124,7 +123,6 @@ impl PageWork {
             }
             info!(policy = %self.policy.name, action = action.kind.label(), drift = action.drift.label(), customer_id = ?action.customer_id, stripe_id = ?action.stripe_id, reason = %action.reason, "drift");
             tally.counts.drift += 1;
-            *tally.by_action.entry(action.kind).or_default() += 1;
             let kind = action.drift.label().to_owned();
             *tally.counts.drift_by_kind.entry(kind.clone()).or_default() += 1;
             let fields: Vec<String> = if action.changes.is_empty() {
