@@ -6,6 +6,7 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod domain;
 pub mod http;

@@ -12,10 +12,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::PolicySource;
 use super::cli::connect;
-use super::settings::{policy_source, stripe_calls};
+use super::settings::{cluster, policy_source, stripe_calls};
 use super::wiring::{handlers, load_policies};
 use crate::config::{PlanFormat, ReconcileArgs, ServeArgs};
+use crate::controller;
 use crate::metrics;
 use crate::policy::PolicyRegistry;
 use crate::reconcile::diff::{Action, ActionKind};
@@ -79,8 +81,11 @@ async fn reconciler(
     let calls = stripe_calls(serve);
     let tolerance = serve.stripe.stripe_webhook_tolerance;
     // Nothing but the run writes: waiting changes are the server's to send.
-    let policies =
-        load_policies(&policy_source(serve), calls, tolerance, None, &mut registry).await?;
+    let source = match cluster(serve).await? {
+        Some(cluster) => PolicySource::Fixed(controller::load(&cluster).await?),
+        None => policy_source(serve),
+    };
+    let policies = load_policies(&source, calls, tolerance, None, &mut registry).await?;
     let locks = LockPool::new(pool.clone());
     let dead_letters = DeadLetters::new(
         pool.clone(),

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 use super::Application;
 use super::cli::connect;
 use crate::backoff::Backoff;
-use crate::config::{InboundArgs, KafkaArgs, OutboundArgs, ServeArgs};
+use crate::config::{InboundArgs, KafkaArgs, KubernetesMode, OutboundArgs, ServeArgs};
+use crate::controller::Cluster;
 use crate::crd::Resolution;
 use crate::domain::ConflictPolicy;
 use crate::http::{ApiAuth, ServerLimits};
@@ -58,6 +59,8 @@ pub enum PolicySource {
     Fixed(Vec<PolicyDefinition>),
     /// `PAYSYNC_POLICIES`: a file or directory of manifests, watched for changes.
     File(PathBuf),
+    /// The SyncPolicies of a Kubernetes namespace, through the controller.
+    Kubernetes(Cluster),
 }
 
 /// How a Stripe client calls Stripe, the same for every policy (the policy gives the key, the
@@ -95,7 +98,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_requests: args.http.http_max_requests as usize,
         },
         shutdown_timeout: args.shutdown_timeout,
-        policies: policy_source(&args),
+        policies: match cluster(&args).await? {
+            Some(cluster) => PolicySource::Kubernetes(cluster),
+            None => policy_source(&args),
+        },
         stripe_calls: stripe_calls(&args),
         webhook_tolerance: args.stripe.stripe_webhook_tolerance,
         outbound: outbound_settings(&args.outbound),
@@ -139,6 +145,34 @@ pub(super) fn stripe_calls(args: &ServeArgs) -> StripeCalls {
             max: args.stripe.stripe_backoff_max,
         },
     }
+}
+
+/// The cluster whose SyncPolicies are the policies, when `PAYSYNC_KUBERNETES` says so.
+pub(super) async fn cluster(args: &ServeArgs) -> anyhow::Result<Option<Cluster>> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let wanted = match args.kubernetes {
+        KubernetesMode::True => true,
+        KubernetesMode::False => false,
+        KubernetesMode::Auto => in_cluster && args.policies.is_none(),
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    // Kubernetes sets a pod's HOSTNAME to its name.
+    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "paysync".to_owned());
+    info!(%namespace, %instance, "policies from the SyncPolicies of the namespace (Kubernetes controller)");
+    Ok(Some(Cluster {
+        client,
+        namespace,
+        instance,
+    }))
 }
 
 /// `PAYSYNC_POLICIES`, else the one policy the `STRIPE_*` settings describe.

@@ -12,10 +12,11 @@ use sqlx::postgres::PgPoolOptions;
 use tracing::info;
 
 use super::{PolicySource, Settings, StripeCalls, Task, janitor};
+use crate::controller::Leadership;
 use crate::http::{AppState, HttpMetrics, RejectionLog, WebhookIngress, WebhookMetrics};
 use crate::metrics::{self, Registry};
 use crate::policy::file::ReloadMetrics;
-use crate::policy::{self, PolicyRegistry, StripeFactory};
+use crate::policy::{self, PolicyRegistry, ReadinessCollector, StripeFactory};
 use crate::reconcile::{Handlers, ReconcileMetrics, Reconciler};
 use crate::store::locks::LockPool;
 use crate::stripe::{HttpStripe, RateLimit, StripeMetrics, StripeSettings};
@@ -31,8 +32,10 @@ use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
 
 /// Connections the lock pool keeps besides one per customer synced at once and one per inbox
 /// worker: the outbox relay's claim, catch-up's lock, the reconciler's lock and the syncs of
-/// its repairs, and a spare.
-const LOCK_POOL_BASE: u32 = 6;
+/// its repairs, the controller's leader lock, and a spare.
+const LOCK_POOL_BASE: u32 = 7;
+
+mod cluster;
 
 /// What [`wire`] built.
 pub struct Wired {
@@ -96,7 +99,9 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
     parts.add_outbound(&handlers)?;
     parts.add_inbound(&handlers)?;
     parts.add_catch_up(&queue);
-    let reconciler = parts.add_reconciler(handlers);
+    let leadership = parts.add_leadership();
+    let reconciler = parts.add_reconciler(handlers, leadership.as_ref());
+    parts.add_controller(&reconciler, leadership);
     let webhooks = Arc::new(WebhookIngress {
         policies: parts.policies.clone(),
         queue: Arc::new(queue) as Arc<dyn EventQueue>,
@@ -161,9 +166,13 @@ pub(super) async fn load_policies(
 ) -> anyhow::Result<Arc<PolicyRegistry>> {
     let factory = stripe_factory(calls, registry);
     let policies = Arc::new(PolicyRegistry::new(factory, webhook_tolerance));
+    registry.register_collector(Box::new(ReadinessCollector::new(policies.clone())));
     let definitions = match source {
         PolicySource::Fixed(definitions) => definitions.clone(),
         PolicySource::File(path) => policy::file::load(path)?,
+        // The controller puts each in as it sees it (a set loaded here would be cut back to
+        // the first policy the controller reconciles).
+        PolicySource::Kubernetes(_) => Vec::new(),
     };
     match requeue {
         Some(pool) => drop(policy::apply_at_start(&policies, pool, definitions).await),
@@ -332,15 +341,23 @@ impl Parts<'_> {
     }
 
     /// The reconciler (the API runs it on demand), and its schedule unless switched off.
-    fn add_reconciler(&mut self, handlers: Handlers) -> Arc<Reconciler> {
+    fn add_reconciler(
+        &mut self,
+        handlers: Handlers,
+        leadership: Option<&Leadership>,
+    ) -> Arc<Reconciler> {
         let metrics = Arc::new(ReconcileMetrics::register(&mut self.registry));
-        let reconciler = Arc::new(Reconciler::new(
+        let mut reconciler = Reconciler::new(
             self.pool.clone(),
             self.locks.clone(),
             self.policies.clone(),
             handlers,
             metrics,
-        ));
+        );
+        if let Some(leadership) = leadership {
+            reconciler = reconciler.with_schedule_gate(leadership.receiver());
+        }
+        let reconciler = Arc::new(reconciler);
         if self.settings.reconcile {
             let scheduled = reconciler.clone();
             self.task(move |shutdown| scheduled.schedule(shutdown).boxed());

@@ -311,6 +311,17 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYSYNC_POLICIES")]
     pub policies: Option<std::path::PathBuf>,
 
+    /// Take the policies from the SyncPolicies of a Kubernetes namespace (the controller):
+    /// `auto` does in a cluster (KUBERNETES_SERVICE_HOST set) unless PAYSYNC_POLICIES is set;
+    /// `true` (or a bare `--kubernetes`) also outside one, with the kubeconfig; `false` never.
+    #[arg(long, env = "PAYSYNC_KUBERNETES", value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "true")]
+    pub kubernetes: KubernetesMode,
+
+    /// The namespace whose SyncPolicies the controller watches; default: the pod's own (out
+    /// of a cluster: the kubeconfig context's).
+    #[arg(long, env = "PAYSYNC_NAMESPACE")]
+    pub namespace: Option<String>,
+
     #[command(flatten)]
     pub stripe: StripeArgs,
 
@@ -335,6 +346,14 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests before exiting anyway.
     #[arg(long, env = "PAYSYNC_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// `PAYSYNC_KUBERNETES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubernetesMode {
+    Auto,
+    True,
+    False,
 }
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {

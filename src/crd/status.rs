@@ -44,6 +44,20 @@ pub struct CustomerCounts {
     pub orphaned: i64,
 }
 
+impl CustomerCounts {
+    /// Counts `count` customers in sync state `state` (`synced`, `pending`, `failed`,
+    /// `orphaned`).
+    pub fn add(&mut self, state: &str, count: i64) {
+        match state {
+            "synced" => self.synced += count,
+            "pending" => self.pending += count,
+            "failed" => self.failed += count,
+            "orphaned" => self.orphaned += count,
+            _ => {}
+        }
+    }
+}
+
 /// The condition types paysync sets.
 pub mod condition_types {
     pub const READY: &str = "Ready";

@@ -12,9 +12,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, AppState, ErrorBody};
+use crate::crd::CustomerCounts;
 use crate::policy::{Policy, Readiness};
 use crate::reconcile::RunReport;
-use crate::store::{self, customers, reconcile_runs};
+use crate::store::{self, customers};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -44,14 +45,13 @@ pub struct CustomerCountsBody {
     pub orphaned: i64,
 }
 
-impl CustomerCountsBody {
-    fn add(&mut self, state: &str, count: i64) {
-        match state {
-            "pending" => self.pending += count,
-            "synced" => self.synced += count,
-            "failed" => self.failed += count,
-            "orphaned" => self.orphaned += count,
-            _ => {}
+impl From<CustomerCounts> for CustomerCountsBody {
+    fn from(counts: CustomerCounts) -> Self {
+        Self {
+            pending: counts.pending,
+            synced: counts.synced,
+            failed: counts.failed,
+            orphaned: counts.orphaned,
         }
     }
 }
@@ -64,31 +64,21 @@ pub struct PolicyList {
 async fn body(
     state: &AppState,
     policy: &Policy,
-    counts: &BTreeMap<String, CustomerCountsBody>,
+    counts: &BTreeMap<String, CustomerCounts>,
 ) -> Result<PolicyBody, ApiError> {
-    let last_reconcile = match state.reconciler.last_run(&policy.name) {
-        Some(run) => Some(run),
-        None => {
-            let mut conn = store::acquire(&state.pool).await?;
-            reconcile_runs::list(&mut conn, Some(&policy.name), 5)
-                .await?
-                .into_iter()
-                .find(|run| run.finished_at.is_some())
-                .map(RunReport::from)
-        }
-    };
+    let last_reconcile = state.reconciler.last_finished(&policy.name).await?;
     Ok(PolicyBody {
         name: policy.name.clone(),
         spec: policy.spec.clone(),
         readiness: policy.readiness(),
-        customers: counts.get(&policy.name).copied().unwrap_or_default(),
+        customers: counts.get(&policy.name).copied().unwrap_or_default().into(),
         last_reconcile,
     })
 }
 
-async fn counts(state: &AppState) -> Result<BTreeMap<String, CustomerCountsBody>, ApiError> {
+async fn counts(state: &AppState) -> Result<BTreeMap<String, CustomerCounts>, ApiError> {
     let mut conn = store::acquire(&state.pool).await?;
-    let mut counts: BTreeMap<String, CustomerCountsBody> = BTreeMap::new();
+    let mut counts: BTreeMap<String, CustomerCounts> = BTreeMap::new();
     for (account, sync_state, count) in customers::count_by_state(&mut conn).await? {
         counts.entry(account).or_default().add(&sync_state, count);
     }

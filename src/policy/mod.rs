@@ -6,6 +6,7 @@
 mod definition;
 pub mod file;
 mod implicit;
+mod readiness_metric;
 mod registry;
 
 use sqlx::PgPool;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 pub use definition::{Credentials, NotReady, PolicyDefinition, check, interval, is_policy_name};
 pub use implicit::ImplicitPolicy;
+pub use readiness_metric::ReadinessCollector;
 pub use registry::{Changes, Policy, PolicyRegistry, Readiness, StripeFactory};
 
 use crate::backoff::DEPENDENCY_BACKOFF;

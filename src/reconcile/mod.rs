@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
+use tokio::sync::watch;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -141,6 +142,11 @@ pub struct Reconciler {
     last: Mutex<BTreeMap<String, RunReport>>,
     /// List calls in flight at most, whatever the budget.
     max_in_flight: usize,
+    /// Bumped when a run finishes (the Kubernetes controller then updates the status).
+    finished: watch::Sender<u64>,
+    /// Scheduled runs start only while this says so (in a cluster: while this replica
+    /// leads); `None`: always.
+    schedule_gate: Option<watch::Receiver<bool>>,
 }
 
 impl Reconciler {
@@ -159,7 +165,40 @@ impl Reconciler {
             metrics,
             last: Mutex::default(),
             max_in_flight: 32,
+            finished: watch::channel(0).0,
+            schedule_gate: None,
         }
+    }
+
+    /// Scheduled runs start only while `gate` is true (the leader of a cluster's replicas
+    /// runs them, so its status reports them, Observe-mode runs included).
+    #[must_use]
+    pub fn with_schedule_gate(mut self, gate: watch::Receiver<bool>) -> Self {
+        self.schedule_gate = Some(gate);
+        self
+    }
+
+    /// Changes whenever a run of this process finishes.
+    pub fn finished_runs(&self) -> watch::Receiver<u64> {
+        self.finished.subscribe()
+    }
+
+    /// The last finished run of `policy`: the newer of this process's last run (Observe
+    /// mode and dry runs included) and the last one recorded by any replica.
+    pub async fn last_finished(&self, policy: &str) -> crate::store::Result<Option<RunReport>> {
+        let mine = self.last_run(policy);
+        let mut conn = crate::store::acquire(&self.pool).await?;
+        let recorded = crate::store::reconcile_runs::list(&mut conn, Some(policy), 5)
+            .await?
+            .into_iter()
+            .find(|run| run.finished_at.is_some())
+            .map(RunReport::from);
+        Ok(match (mine, recorded) {
+            (Some(mine), Some(recorded)) if recorded.finished_at > mine.finished_at => {
+                Some(recorded)
+            }
+            (mine, recorded) => mine.or(recorded),
+        })
     }
 
     /// The last finished run of `policy`, if this process has run or seen one.
@@ -176,5 +215,7 @@ impl Reconciler {
             Err(poisoned) => poisoned.into_inner(),
         };
         last.insert(report.policy.clone(), report.clone());
+        drop(last);
+        self.finished.send_modify(|runs| *runs += 1);
     }
 }

@@ -32,7 +32,11 @@ impl Reconciler {
         info!("reconciling each policy at start and every reconcile.interval");
         loop {
             let now = Instant::now();
-            for policy in self.policies.all() {
+            let open = self
+                .schedule_gate
+                .as_ref()
+                .is_none_or(|gate| *gate.borrow());
+            for policy in self.policies.all().into_iter().filter(|_| open) {
                 let next = *due.entry(policy.name.clone()).or_insert(now);
                 // A policy that can call Stripe (a key Stripe has not refused; not
                 // suspended) is due; one that cannot is tried again at the next tick.

@@ -60,6 +60,19 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "controller",
+        &[
+            "domain",
+            "crd",
+            "policy",
+            "store",
+            "reconcile",
+            "backoff",
+            "metrics",
+            "telemetry",
+        ],
+    ),
+    (
         "transport",
         &[
             "domain",

@@ -7,6 +7,7 @@
 mod auth;
 mod binary;
 mod contract;
+mod controller;
 mod customers;
 mod http_limits;
 mod inbound;

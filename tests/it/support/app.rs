@@ -80,6 +80,15 @@ impl TestApp {
         }
     }
 
+    /// Shuts this replica down as SIGTERM would while others keep using the database (so
+    /// their sessions stay): waits for its tasks, not for the database to be idle.
+    pub async fn stop_replica(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().unwrap();
+        }
+    }
+
     /// Shuts the app down as SIGTERM would and waits until it has (Kafka tests call this
     /// before their broker goes away, so the consumer can leave its group cleanly).
     pub async fn stop(mut self) {

@@ -3,9 +3,11 @@
 //! from here, never from each other.
 
 pub mod app;
+pub mod cluster;
 pub mod customers;
 pub mod events;
 pub mod fault_proxy;
+pub mod kube_api;
 pub mod mock_kafka;
 pub mod policies;
 pub mod private_stripe;
