@@ -6,6 +6,7 @@
 
 mod auth;
 mod binary;
+mod chart;
 mod contract;
 mod controller;
 mod customers;
