@@ -460,3 +460,44 @@ fn the_example_sync_policies_validate_against_the_crds_schema() {
         .unwrap();
     assert!(!output.status.success(), "a bad mode passed the schema");
 }
+
+/// No Docker engine runs here, so the image is not built in CI; what can be checked is: the
+/// files the build copies exist, the build is `--locked`, the runtime stage is another
+/// (smaller) image that runs as a non-root user, and the chart runs what it starts.
+#[test]
+fn the_dockerfile_builds_locked_from_files_that_exist_and_runs_as_non_root() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "a build and a runtime stage: {stages:?}");
+    assert!(stages[1].contains("distroless"), "{}", stages[1]);
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let sources: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for source in &sources[..sources.len() - 1] {
+            assert!(
+                root().join(source).exists(),
+                "{line}: {source} does not exist"
+            );
+        }
+    }
+    let user = dockerfile
+        .lines()
+        .rfind(|l| l.starts_with("USER "))
+        .expect("a USER");
+    assert!(!user.contains(" 0") && !user.contains("root"), "{user}");
+    let docs = documents(&render_text(None));
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"], serde_json::json!(["serve"]));
+    let user_id = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"].clone();
+    assert!(
+        user.contains(&user_id.to_string()),
+        "the chart runs as {user_id}, the image as {user}"
+    );
+}
