@@ -22,14 +22,6 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Leadership that never changes (tests; a single replica that must always write).
-    pub fn fixed(leading: bool) -> Self {
-        let (tx, leading) = watch::channel(leading);
-        // Keep the value: a dropped sender would still let readers see it.
-        drop(tx);
-        Self { leading }
-    }
-
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow()
     }

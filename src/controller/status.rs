@@ -241,12 +241,7 @@ fn run_notice(run: &LastReconcile) -> Option<Notice> {
     }
 }
 
-/// Whether the policy is `Ready=True` in `status` (what `kubectl get sp` shows).
-pub fn is_ready(status: &SyncPolicyStatus) -> bool {
-    find(&status.conditions, condition_types::READY).is_some_and(|c| c.status == "True")
-}
-
-/// `Ready=False` with the reason a missing Secret gives, for a policy not in the registry.
+/// The readiness of a policy the registry does not hold (paysync's own checks refused it).
 pub fn not_in_registry() -> Readiness {
     Readiness {
         ready: false,

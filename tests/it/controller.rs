@@ -4,7 +4,7 @@
 //! replicas of which only the leader writes.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::support::app::{TestApp, wait_for};
@@ -12,32 +12,25 @@ use crate::support::cluster::{
     POLICIES, event_reasons, replica, secret, sync_policy, wait_condition, wait_event, wait_ready,
 };
 use crate::support::customers::wait_synced;
-use crate::support::events::{DEADLINE, customer_object, event};
+use crate::support::events::DEADLINE;
 use crate::support::kube_api::KubeApi;
-use crate::support::policies::{create_in, deliver_to};
+use crate::support::policies::{create_in, wait_delivery};
 use crate::support::private_stripe::PrivateStripe;
 use crate::support::reconcile::reconcile;
 use crate::support::stripe::{LOCALSTRIPE, Localstripe, unique_email};
 
-/// Waits until a delivery signed with `secret` to alpha's route gets `status`.
-async fn wait_delivery(app: &TestApp, secret: &str, status: StatusCode) {
-    let body = event(
-        "evt_controller_probe",
-        "customer.deleted",
-        0,
-        customer_object("cus_ControllerProbe", "probe@example.com", "P"),
-    );
-    wait_for(&format!("{secret} to get {status}"), DEADLINE, || async {
-        let got = deliver_to(app, "/webhooks/stripe/alpha", secret, &body)
-            .await
-            .status();
-        if got == status {
-            Ok(())
-        } else {
-            Err(got.to_string())
-        }
-    })
-    .await;
+/// Policy `alpha` (on the shared localstripe, with `spec`) and its Secret in a cluster, and
+/// a replica of paysync on it.
+async fn alpha_in_a_cluster(
+    pool: &PgPool,
+    webhook_secret: &str,
+    spec: Value,
+) -> (KubeApi, TestApp) {
+    let api = KubeApi::default();
+    api.apply(secret("alpha", webhook_secret));
+    api.apply(sync_policy("alpha", LOCALSTRIPE, spec));
+    let app = replica(pool, &api, "replica-a").await;
+    (api, app)
 }
 
 /// The end-to-end path: a SyncPolicy and its Secret created through the API make paysync
@@ -115,10 +108,7 @@ async fn a_missing_secret_is_not_ready_until_it_is_created(pool: PgPool) {
 /// old, without a restart.
 #[sqlx::test]
 async fn a_rotated_secret_changes_which_webhooks_are_accepted(pool: PgPool) {
-    let api = KubeApi::default();
-    api.apply(secret("alpha", "whsec_old"));
-    api.apply(sync_policy("alpha", LOCALSTRIPE, json!({})));
-    let app = replica(&pool, &api, "replica-a").await;
+    let (api, app) = alpha_in_a_cluster(&pool, "whsec_old", json!({})).await;
     wait_delivery(&app, "whsec_old", StatusCode::OK).await;
 
     api.apply(secret("alpha", "whsec_new"));
@@ -172,10 +162,7 @@ async fn a_spec_change_is_observed_and_observe_to_enforce_sends_what_waited(pool
 /// and then the cluster.
 #[sqlx::test]
 async fn deleting_a_policy_runs_the_finalizer_and_keeps_its_customers(pool: PgPool) {
-    let api = KubeApi::default();
-    api.apply(secret("alpha", "whsec_alpha"));
-    api.apply(sync_policy("alpha", LOCALSTRIPE, json!({})));
-    let app = replica(&pool, &api, "replica-a").await;
+    let (api, app) = alpha_in_a_cluster(&pool, "whsec_alpha", json!({})).await;
     let object = wait_ready(&api, "alpha", "True", None).await;
     assert_eq!(
         object["metadata"]["finalizers"],
@@ -212,10 +199,7 @@ async fn deleting_a_policy_runs_the_finalizer_and_keeps_its_customers(pool: PgPo
 /// cluster; when the leader stops, the other takes over.
 #[sqlx::test]
 async fn only_the_leader_writes_and_another_takes_over(pool: PgPool) {
-    let api = KubeApi::default();
-    api.apply(secret("alpha", "whsec_alpha"));
-    api.apply(sync_policy("alpha", LOCALSTRIPE, json!({})));
-    let first = replica(&pool, &api, "replica-a").await;
+    let (api, first) = alpha_in_a_cluster(&pool, "whsec_alpha", json!({})).await;
     wait_ready(&api, "alpha", "True", None).await;
     let second = replica(&pool, &api, "replica-b").await;
     wait_delivery(&second, "whsec_alpha", StatusCode::OK).await;

@@ -12,8 +12,9 @@ use crate::support::events::{DEADLINE, customer_object, event, processed, urlenc
 use crate::support::mock_kafka::MockKafka;
 use crate::support::policies::{
     ALPHA_SECRET, BETA_SECRET, PolicyFile, PolicyManifest, create_in, deliver_to, metric,
-    spawn_with_file, two_accounts, wait_metric,
+    spawn_with_file, two_accounts, wait_delivery, wait_metric,
 };
+use crate::support::reconcile::insert_local_only;
 use crate::support::stripe::{LOCALSTRIPE, LOCALSTRIPE_B, Localstripe, unique_email};
 
 /// Customers created in each account reach that account's Stripe and never the other's.
@@ -231,27 +232,6 @@ fn alpha(secret: &str, spec: Value) -> PolicyManifest<'_> {
     }
 }
 
-/// Waits until a delivery signed with `secret` to alpha's route gets `status`.
-async fn wait_delivery(app: &TestApp, secret: &str, status: StatusCode) {
-    let body = event(
-        "evt_reload_probe",
-        "customer.deleted",
-        0,
-        customer_object("cus_Reload", "r@example.com", "R"),
-    );
-    wait_for(&format!("{secret} to get {status}"), DEADLINE, || async {
-        let got = deliver_to(app, "/webhooks/stripe/alpha", secret, &body)
-            .await
-            .status();
-        if got == status {
-            Ok(())
-        } else {
-            Err(got.to_string())
-        }
-    })
-    .await;
-}
-
 /// Editing the file rotates the webhook secret and changes the rate limit without a
 /// restart; a broken edit keeps the last good policies.
 #[sqlx::test]
@@ -424,4 +404,31 @@ async fn a_missing_secret_or_a_rejected_key_syncs_nothing_until_fixed(pool: PgPo
     wait_synced(&app, &id, 1).await;
     wait_reason(&app, "Connected").await;
     app.stop().await;
+}
+
+/// A policy that starts writing queues what waited. A customer whose message is still waiting
+/// to be taken needs nothing more; one whose message a worker holds right now is queued again
+/// (the worker may have judged it under the old policy and be about to finish as "waits").
+#[sqlx::test]
+async fn a_message_a_worker_holds_does_not_count_as_queued(pool: PgPool) {
+    let id = insert_local_only(&pool, &unique_email("requeue")).await;
+    let customer: uuid::Uuid = id.parse().unwrap();
+    sqlx::query("insert into outbox (id, customer_id, op, version) values ($1, $2, 'create', 1)")
+        .bind(uuid::Uuid::now_v7())
+        .bind(customer)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let queued = paysync::store::customers::requeue_pending(&mut conn, "default").await;
+    assert_eq!(queued.unwrap(), 0, "its message still waits to be taken");
+
+    let mut claim = pool.begin().await.unwrap();
+    sqlx::query("select id from outbox where published_at is null for update")
+        .fetch_all(&mut *claim)
+        .await
+        .unwrap();
+    let queued = paysync::store::customers::requeue_pending(&mut conn, "default").await;
+    assert_eq!(queued.unwrap(), 1, "its message is held by a worker");
+    claim.rollback().await.unwrap();
 }

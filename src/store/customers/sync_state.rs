@@ -95,15 +95,19 @@ pub async fn oldest_pending_age(conn: &mut PgConnection) -> Result<f64> {
     .context("measuring the oldest unsynced change")
 }
 
-/// Queues every customer of `account` with a change not yet in Stripe and no message still on
-/// its way (a policy that now writes to Stripe sends what waited); returns how many.
+/// Queues every customer of `account` with a change not yet in Stripe and no message still
+/// waiting to be taken (a policy that now writes to Stripe sends what waited); returns how
+/// many. A message a worker holds right now does not count: it may have been judged under the
+/// policy as it was and be about to finish as "waits", so the customer is queued again (a
+/// second message for a synced customer is a no-op).
 pub async fn requeue_pending(conn: &mut PgConnection, account: &str) -> Result<u64> {
     let pending: Vec<(uuid::Uuid, i64, bool)> = sqlx::query_as(
         "select c.id, c.version, c.deleted_at is not null from customers c \
          where c.account = $1 and c.stripe_synced_version < c.version \
            and c.sync_state = 'pending' \
            and not exists (select 1 from outbox o \
-                           where o.customer_id = c.id and o.published_at is null) \
+                           where o.customer_id = c.id and o.published_at is null \
+                           for update skip locked) \
          order by c.id",
     )
     .bind(account)

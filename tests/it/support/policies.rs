@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use super::app::{
     TestApp, inbound_settings, kafka_settings, policy, settings, wait_for, worker_settings,
 };
+use super::events::{DEADLINE, customer_object, event};
 use super::mock_kafka::MockKafka;
 use super::stripe::{LOCALSTRIPE, LOCALSTRIPE_B};
 use super::webhooks::{now, signature};
@@ -153,6 +154,28 @@ pub async fn deliver_to(app: &TestApp, route: &str, secret: &str, body: &str) ->
         .send()
         .await
         .unwrap()
+}
+
+/// Waits until a delivery signed with `secret` to alpha's route gets `status` (a policy
+/// change or a rotated secret applies without a restart, so only eventually).
+pub async fn wait_delivery(app: &TestApp, secret: &str, status: StatusCode) {
+    let body = event(
+        "evt_reload_probe",
+        "customer.deleted",
+        0,
+        customer_object("cus_Reload", "r@example.com", "R"),
+    );
+    wait_for(&format!("{secret} to get {status}"), DEADLINE, || async {
+        let got = deliver_to(app, "/webhooks/stripe/alpha", secret, &body)
+            .await
+            .status();
+        if got == status {
+            Ok(())
+        } else {
+            Err(got.to_string())
+        }
+    })
+    .await;
 }
 
 /// The value of one metric sample (0 when absent).
