@@ -220,3 +220,26 @@ async fn only_the_leader_writes_and_another_takes_over(pool: PgPool) {
     assert!(event_reasons(&api, "alpha").contains(&"Suspended".to_owned()));
     second.stop().await;
 }
+
+/// A status write the API server refuses is retried with backoff (the first failure in a row
+/// is a `SyncError` Event); once the server takes writes again the status is written.
+#[sqlx::test]
+async fn a_refused_status_write_is_retried_until_it_lands(pool: PgPool) {
+    let api = KubeApi::default();
+    api.fail_status_writes(3);
+    api.apply(secret("alpha", "whsec_alpha"));
+    api.apply(sync_policy("alpha", LOCALSTRIPE, json!({})));
+    let app = replica(&pool, &api, "replica-a").await;
+    wait_event(&api, "alpha", "SyncError").await;
+    wait_ready(&api, "alpha", "True", Some("Connected")).await;
+    let refused = api
+        .writes()
+        .iter()
+        .filter(|w| w.path.ends_with("/status"))
+        .count();
+    assert!(
+        refused > 3,
+        "{refused} status writes: three refused, then one that landed"
+    );
+    app.stop().await;
+}

@@ -53,6 +53,8 @@ struct State {
     history: Vec<Change>,
     writes: Vec<Write>,
     changes: broadcast::Sender<Change>,
+    /// Status writes still to refuse with 500 (an API server having trouble).
+    failing_status_writes: usize,
 }
 
 /// The server; clone it to share.
@@ -77,6 +79,7 @@ impl Default for KubeApi {
                 history: Vec::new(),
                 writes: Vec::new(),
                 changes: broadcast::channel(4096).0,
+                failing_status_writes: 0,
             })),
         }
     }
@@ -140,6 +143,11 @@ impl KubeApi {
             .filter(|((c, _, _), _)| c == collection)
             .map(|(_, object)| object.clone())
             .collect()
+    }
+
+    /// Refuses the next `count` status writes with 500.
+    pub fn fail_status_writes(&self, count: usize) {
+        self.lock().failing_status_writes = count;
     }
 
     /// Every write by clients so far.

@@ -216,6 +216,14 @@ fn patch(
         );
     }
     let mut next = current.clone();
+    if route.subresource.as_deref() == Some("status") && state.failing_status_writes > 0 {
+        state.failing_status_writes -= 1;
+        return failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "etcd timed out",
+        );
+    }
     if route.subresource.as_deref() == Some("status") {
         merge(&mut next["status"], &patch["status"]);
     } else {
