@@ -117,6 +117,16 @@ pub struct Customer {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When paysync first tried to create it in Stripe (recorded before the call); `None`:
+    /// never, so nothing in Stripe can be this customer's and a create needs no lookup.
+    pub create_attempted_at: Option<DateTime<Utc>>,
+}
+
+impl Customer {
+    /// Whether syncing it to Stripe means creating it there (live, and not linked yet).
+    pub fn needs_create(&self) -> bool {
+        self.deleted_at.is_none() && self.stripe_id.is_none()
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +162,7 @@ impl Customer {
             created_at: updated,
             updated_at: updated,
             deleted_at: None,
+            create_attempted_at: None,
         }
     }
 }

@@ -8,10 +8,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::support::app::{TestApp, wait_for};
+use crate::support::app::{TestApp, settings, syncing_settings, wait_for};
 use crate::support::customers::{SYNC_DEADLINE, wait_synced};
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::mock_kafka::MockKafka;
+use crate::support::reconcile::spawn_app;
 use crate::support::stripe::{LOCALSTRIPE, Localstripe, unique_email};
 
 /// The version a deleted customer was synced at (it is 404 in the API).
@@ -344,5 +345,61 @@ async fn a_stalled_stripe_never_takes_the_connections_that_serve_the_api(pool: P
             .unwrap();
     assert_eq!(synced, 0, "the stall was over before the API was tried");
     proxy.set_plan(Vec::new()).await;
+    app.stop().await;
+}
+
+/// The Stripe calls of one operation so far (every result).
+async fn stripe_calls(app: &TestApp, operation: &str) -> f64 {
+    let wanted = format!("operation=\"{operation}\"");
+    app.metrics_text()
+        .await
+        .lines()
+        .filter(|line| line.starts_with("paysync_stripe_requests_total{") && line.contains(&wanted))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A customer never sent before costs one Stripe call: the attempt is recorded before the
+/// call, so there is nothing to look up. One whose earlier attempt's outcome is unknown
+/// (paysync died waiting for Stripe's answer, which created it) is looked up and linked,
+/// never created twice.
+#[sqlx::test]
+async fn a_first_create_is_one_call_and_an_unknown_attempt_is_looked_up(pool: PgPool) {
+    let app = spawn_app(&pool, syncing_settings(LOCALSTRIPE)).await;
+    let created = app.create_customer(&unique_email("one-call")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_synced(&app, &id, 1).await;
+    assert_eq!(stripe_calls(&app, "create_customer").await, 1.0);
+    assert_eq!(stripe_calls(&app, "list_customers").await, 0.0, "no lookup");
+    app.stop_replica().await;
+
+    // Queued with no worker running, then "attempted": Stripe holds it, paysync never heard.
+    let queued = spawn_app(&pool, settings()).await;
+    let email = unique_email("unknown-outcome");
+    let created = queued.create_customer(&email).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    queued.stop_replica().await;
+    sqlx::query("update customers set stripe_create_attempted_at = now() where id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stripe = Localstripe::new();
+    let made = stripe
+        .create_customer(&[
+            ("email", email.as_str()),
+            ("metadata[paysync_id]", id.as_str()),
+        ])
+        .await;
+
+    let app = spawn_app(&pool, syncing_settings(LOCALSTRIPE)).await;
+    let synced = wait_synced(&app, &id, 1).await;
+    assert_eq!(synced["sync"]["stripe_id"], made["id"]);
+    assert_eq!(stripe.customers_with_email(&email).await.len(), 1);
+    assert_eq!(stripe_calls(&app, "create_customer").await, 0.0);
+    assert!(
+        stripe_calls(&app, "list_customers").await >= 1.0,
+        "looked up"
+    );
     app.stop().await;
 }

@@ -251,8 +251,8 @@ async fn the_policies_file_is_applied_without_a_restart(pool: PgPool) {
         policy["spec"]["rateLimit"],
         json!({"requestsPerSecond": 1, "burst": 1})
     );
-    // At one request a second, three creates (a lookup and a create each) must wait for the
-    // budget: the new token bucket is the one in use.
+    // At one request a second, three creates (one call each) must wait for the budget: the
+    // new token bucket is the one in use.
     let mut ids = Vec::new();
     for n in 0..3 {
         let created = create_in(&app, "alpha", &unique_email(&format!("slow-{n}"))).await;

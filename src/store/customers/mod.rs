@@ -26,7 +26,7 @@ macro_rules! customer_columns {
         "id, account, email, name, phone, description, metadata, version, stripe_id, \
          stripe_synced_version, sync_state, sync_error, stripe_event_at, \
          stripe_write_started_at, stripe_written_at, stripe_synced_hash, created_at, updated_at, \
-         deleted_at"
+         deleted_at, stripe_create_attempted_at"
     };
 }
 
@@ -44,8 +44,8 @@ pub use from_stripe::{
 pub use locking::{lock_for_sync, lock_linked, lock_stripe_customer, lock_stripe_customers};
 pub use reconcile::{Listed, match_listed, queue_resync, unseen};
 pub use sync_state::{
-    SyncedWrite, count_by_state, mark_orphaned, oldest_pending_age, record_sync_failure,
-    record_synced, requeue_pending, reset_sync_state,
+    SyncedWrite, count_by_state, mark_orphaned, oldest_pending_age, record_create_attempt,
+    record_sync_failure, record_synced, requeue_pending, reset_sync_state,
 };
 
 #[derive(FromRow)]
@@ -69,6 +69,7 @@ struct CustomerRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
+    stripe_create_attempted_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<CustomerRow> for Customer {
@@ -104,6 +105,7 @@ impl TryFrom<CustomerRow> for Customer {
             created_at: row.created_at,
             updated_at: row.updated_at,
             deleted_at: row.deleted_at,
+            create_attempted_at: row.stripe_create_attempted_at,
         })
     }
 }

@@ -56,6 +56,21 @@ pub async fn mark_orphaned(conn: &mut PgConnection, id: CustomerId) -> Result<()
     Ok(())
 }
 
+/// Records, before the first create call, that paysync is about to create the customer in
+/// Stripe: from then on a create looks up first (the call may succeed unseen: a crash, a lost
+/// answer). Committed on its own, so it holds whatever happens to the call.
+pub async fn record_create_attempt(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
+    sqlx::query(
+        "update customers set stripe_create_attempted_at = coalesce(stripe_create_attempted_at, now()) \
+         where id = $1",
+    )
+    .bind(id.as_uuid())
+    .execute(conn)
+    .await
+    .context("recording a create attempt")?;
+    Ok(())
+}
+
 /// Records a failed sync so the API shows it (`sync.state = failed`, `sync.error`).
 pub async fn record_sync_failure(
     conn: &mut PgConnection,

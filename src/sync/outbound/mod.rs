@@ -193,6 +193,10 @@ impl OutboundSync {
             create_retry: self.create_retry,
         };
         let started = Utc::now();
+        if customer.needs_create() && customer.create_attempted_at.is_none() {
+            let mut conn = store::acquire(&self.pool).await?;
+            customers::record_create_attempt(&mut conn, customer.id).await?;
+        }
         match writer.apply(customer).await {
             Ok((outcome, stripe_id)) => {
                 self.record_synced(customer, stripe_id.as_deref(), started, outcome)

@@ -55,6 +55,8 @@ impl StripeWriter<'_> {
         }
         let target = match &customer.stripe_id {
             Some(stripe_id) => Some(stripe_id.clone()),
+            // Never attempted: nothing in Stripe is this customer's.
+            None if customer.create_attempted_at.is_none() => None,
             None => self
                 .stripe
                 .find_customer(&write.email, customer.id)
@@ -82,10 +84,11 @@ impl StripeWriter<'_> {
         Ok((Outcome::Deleted, Some(stripe_id)))
     }
 
-    /// Creates the customer in Stripe exactly once: look it up first (a previous attempt may
-    /// have created it before a crash or a lost response), and after an ambiguous failure look
-    /// again before trying anew. Stripe's Idempotency-Key is sent too, but the lookup must
-    /// hold on its own (the emulator ignores keys).
+    /// Creates the customer in Stripe exactly once, in one call when nothing was attempted
+    /// before (the attempt is recorded before the call). Where an earlier attempt's outcome is
+    /// unknown (a crash, a lost answer: `create_attempted_at` set), and after an ambiguous
+    /// failure, it looks the customer up before trying anew. Stripe's Idempotency-Key is sent
+    /// too, but the lookup must hold on its own (the emulator ignores keys).
     async fn create_or_link(
         &self,
         customer: &Customer,
@@ -95,7 +98,13 @@ impl StripeWriter<'_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if let Some(found) = self.stripe.find_customer(&write.email, customer.id).await? {
+            let outcome_unknown = attempt > 1 || customer.create_attempted_at.is_some();
+            let found = if outcome_unknown {
+                self.stripe.find_customer(&write.email, customer.id).await?
+            } else {
+                None
+            };
+            if let Some(found) = found {
                 if !matches_write(&found, write) {
                     let update_key = format!("paysync:update:{}:{}", customer.id, customer.version);
                     self.stripe
