@@ -270,8 +270,9 @@ impl Parts<'_> {
             Some(kafka) => {
                 let consumer = kafka::outbound::outbound_consumer(&kafka.settings)?;
                 info!(group = %kafka.settings.group("outbound"), "syncing local changes to Stripe (Kafka transport)");
+                let concurrency = worker.concurrency;
                 self.task(move |shutdown| {
-                    kafka::outbound::run_outbound(consumer, handler, shutdown).boxed()
+                    kafka::outbound::run_outbound(consumer, handler, concurrency, shutdown).boxed()
                 });
             }
             None => {

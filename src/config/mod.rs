@@ -178,8 +178,9 @@ pub struct OutboundArgs {
     #[arg(long, env = "PAYSYNC_NO_RELAY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_relay: bool,
 
-    /// Customers synced to Stripe at once (each holds a database connection meanwhile).
-    #[arg(long, env = "PAYSYNC_OUTBOUND_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Customers synced to Stripe at once, on either transport (each holds a database
+    /// connection meanwhile); to use the whole budget, requests/s × Stripe's latency.
+    #[arg(long, env = "PAYSYNC_OUTBOUND_CONCURRENCY", default_value_t = DEFAULT_OUTBOUND_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub outbound_concurrency: u32,
 
     /// Outbox rows claimed per batch.
@@ -347,6 +348,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYSYNC_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }
+
+/// `PAYSYNC_OUTBOUND_CONCURRENCY` unless set: a test-mode budget (25 requests/s) at Stripe's
+/// usual latency (~300 ms) needs 8 in flight; each holds a database connection, so two
+/// replicas stay well inside PostgreSQL's default 100 connections.
+pub const DEFAULT_OUTBOUND_CONCURRENCY: u32 = 16;
 
 /// `PAYSYNC_KUBERNETES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

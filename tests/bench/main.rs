@@ -52,9 +52,9 @@ where
 async fn outbound_tables() {
     println!("Outbound\n");
     println!(
-        "| transport | changes | commit→call p50 | commit→call p99 | commit→applied p50 | commit→applied p99 | sustained Stripe calls | share of budget |"
+        "| transport | changes | commit→call p50 | commit→call p99 | commit→applied p50 | commit→applied p99 | creates at Stripe latency 0 ms | 300 ms | 1,000 ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     in_fresh_database(outbound::outbound_postgres_transport).await;
     in_fresh_database(outbound::outbound_kafka_mock_cluster).await;
     in_fresh_database(outbound::outbound_kafka_tansu).await;

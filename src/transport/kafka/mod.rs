@@ -6,6 +6,7 @@
 
 mod consumer;
 mod envelope;
+mod in_flight;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;

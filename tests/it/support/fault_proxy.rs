@@ -37,6 +37,9 @@ struct ProxyState {
     requests: AtomicU64,
     /// Every request with when it arrived and when its answer came back from upstream.
     log: Mutex<Vec<Recorded>>,
+    /// Added to every forwarded request, as Stripe's own processing time (localstripe answers
+    /// in a few ms; Stripe in hundreds).
+    latency: Mutex<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +64,7 @@ impl FaultProxy {
             reject_marker: Mutex::new(None),
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            latency: Mutex::new(Duration::ZERO),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -74,6 +78,11 @@ impl FaultProxy {
     /// Repeats `plan` over the following requests (`None` = forward untouched).
     pub async fn set_plan(&self, plan: Vec<Option<Fault>>) {
         *self.state.plan.lock().await = plan;
+    }
+
+    /// Makes every forwarded request take `latency` longer, as real Stripe does.
+    pub async fn set_latency(&self, latency: Duration) {
+        *self.state.latency.lock().await = latency;
     }
 
     pub async fn reject_bodies_containing(&self, marker: Option<&str>) {
@@ -123,6 +132,10 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         _ => {}
     }
 
+    let latency = *state.latency.lock().await;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let url = format!(
         "{LOCALSTRIPE}{}",
         parts.uri.path_and_query().map_or("", |p| p.as_str())
