@@ -78,3 +78,11 @@ pub enum PlanFormat {
     Text,
     Json,
 }
+
+/// `PAYSYNC_KUBERNETES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubernetesMode {
+    Auto,
+    True,
+    False,
+}

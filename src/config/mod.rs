@@ -13,7 +13,7 @@ use crate::telemetry::LogFormat;
 
 mod commands;
 
-pub use commands::{CustomerCommand, DeadLetterCommand, PlanFormat, ReconcileArgs};
+pub use commands::{CustomerCommand, DeadLetterCommand, KubernetesMode, PlanFormat, ReconcileArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -353,14 +353,6 @@ pub struct ServeArgs {
 /// usual latency (~300 ms) needs 8 in flight; each holds a database connection, so two
 /// replicas stay well inside PostgreSQL's default 100 connections.
 pub const DEFAULT_OUTBOUND_CONCURRENCY: u32 = 16;
-
-/// `PAYSYNC_KUBERNETES`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KubernetesMode {
-    Auto,
-    True,
-    False,
-}
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.trim().is_empty() {

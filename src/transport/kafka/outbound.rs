@@ -46,43 +46,18 @@ pub async fn run_outbound(
             Some(finished) = running.join_next(), if !running.is_empty() => {
                 store(&consumer, &mut in_flight, finished);
             }
-            message = consumer.recv(), if !full => {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(e) => {
-                        warn!(error = %e, "reading from Kafka failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let at = Position {
-                    topic: message.topic().to_owned(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                };
-                in_flight.start(at.partition, at.offset);
-                match customer_of(&message) {
-                    Ok(id) => {
-                        let (handler, shutdown) = (handler.clone(), shutdown.clone());
-                        running.spawn(async move {
-                            let done = DEPENDENCY_BACKOFF
-                                .until_ok("an outbound message (database)", &shutdown, || {
-                                    handler.sync(id)
-                                })
-                                .await
-                                .is_some();
-                            Finished { at, done }
-                        });
-                    }
-                    Err(reason) => {
-                        let done = dead_letter_unreadable(
-                            Source::Outbound, &message, handler.dead_letters(), &reason, &shutdown,
-                        )
-                        .await;
-                        store(&consumer, &mut in_flight, Ok(Finished { at, done }));
+            message = consumer.recv(), if !full => match message {
+                Ok(message) => {
+                    let work = Work { handler: &handler, shutdown: &shutdown };
+                    if let Some(finished) = work.take(&message, &mut in_flight, &mut running).await {
+                        store(&consumer, &mut in_flight, Ok(finished));
                     }
                 }
-            }
+                Err(e) => {
+                    warn!(error = %e, "reading from Kafka failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
         }
     }
     while let Some(finished) = running.join_next().await {
@@ -90,6 +65,57 @@ pub async fn run_outbound(
     }
     close(consumer).await;
     info!("outbound consumer stopped");
+}
+
+/// What a message is handed to.
+struct Work<'a> {
+    handler: &'a Arc<dyn OutboundHandler>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Work<'_> {
+    /// Starts syncing the message's customer in `running`; an unreadable message is
+    /// dead-lettered here and returned as finished.
+    async fn take(
+        &self,
+        message: &BorrowedMessage<'_>,
+        in_flight: &mut InFlight,
+        running: &mut JoinSet<Finished>,
+    ) -> Option<Finished> {
+        let at = Position {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        in_flight.start(at.partition, at.offset);
+        match customer_of(message) {
+            Ok(id) => {
+                let (handler, shutdown) = (self.handler.clone(), self.shutdown.clone());
+                running.spawn(async move {
+                    let done = DEPENDENCY_BACKOFF
+                        .until_ok("an outbound message (database)", &shutdown, || {
+                            handler.sync(id)
+                        })
+                        .await
+                        .is_some();
+                    Finished { at, done }
+                });
+                None
+            }
+            Err(reason) => {
+                let dead_letters = self.handler.dead_letters();
+                let done = dead_letter_unreadable(
+                    Source::Outbound,
+                    message,
+                    dead_letters,
+                    &reason,
+                    self.shutdown,
+                )
+                .await;
+                Some(Finished { at, done })
+            }
+        }
+    }
 }
 
 /// Where a message is.
