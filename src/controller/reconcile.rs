@@ -196,10 +196,8 @@ pub(super) async fn apply_status(
 pub async fn customer_counts(ctx: &Context, name: &str) -> Result<CustomerCounts, Error> {
     let mut conn = store::acquire(&ctx.pool).await?;
     let mut counts = CustomerCounts::default();
-    for (account, state, count) in customers::count_by_state(&mut conn).await? {
-        if account == name {
-            counts.add(&state, count);
-        }
+    for (state, count) in customers::count_states_of(&mut conn, name).await? {
+        counts.add(&state, count);
     }
     Ok(counts)
 }

@@ -44,8 +44,8 @@ pub use from_stripe::{
 pub use locking::{lock_for_sync, lock_linked, lock_stripe_customer, lock_stripe_customers};
 pub use reconcile::{Listed, match_listed, queue_resync, unseen};
 pub use sync_state::{
-    SyncedWrite, count_by_state, mark_orphaned, oldest_pending_age, record_create_attempt,
-    record_sync_failure, record_synced, requeue_pending, reset_sync_state,
+    SyncedWrite, count_by_state, count_states_of, mark_orphaned, oldest_pending_age,
+    record_create_attempt, record_sync_failure, record_synced, requeue_pending, reset_sync_state,
 };
 
 #[derive(FromRow)]

@@ -136,6 +136,19 @@ pub async fn requeue_pending(conn: &mut PgConnection, account: &str) -> Result<u
     Ok(pending.len() as u64)
 }
 
+/// Live customers of one account by sync state: `(state, count)` (one index range, not the
+/// whole table: the controller asks per policy).
+pub async fn count_states_of(conn: &mut PgConnection, account: &str) -> Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "select sync_state, count(*) from customers where deleted_at is null and account = $1 \
+         group by sync_state",
+    )
+    .bind(account)
+    .fetch_all(conn)
+    .await
+    .context("counting a policy's customers by sync state")
+}
+
 /// Live customers by account and sync state: `(account, state, count)`.
 pub async fn count_by_state(conn: &mut PgConnection) -> Result<Vec<(String, String, i64)>> {
     sqlx::query_as(
