@@ -42,6 +42,9 @@ pub struct Settings {
     /// Apply Stripe events to PostgreSQL; `None` leaves them queued. The batch size also
     /// bounds a Kafka batch.
     pub inbound: Option<InboxSettings>,
+    /// With `inbound` and the PostgreSQL transport: apply events as they arrive at the
+    /// ingress where they can be, instead of queueing every one first.
+    pub apply_on_arrival: bool,
     /// Read each policy's Events API this often for events missed as webhooks.
     pub catch_up: Option<Duration>,
     /// The Kafka transport; `None` runs the workers over PostgreSQL.
@@ -106,6 +109,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         webhook_tolerance: args.stripe.stripe_webhook_tolerance,
         outbound: outbound_settings(&args.outbound),
         inbound: inbound_settings(&args.inbound, &args.outbound),
+        apply_on_arrival: args.inbound.apply_on_arrival,
         catch_up: catch_up_interval(&args.inbound),
         kafka: kafka_settings(&args.kafka),
         relay: (!args.outbound.no_relay).then_some(RelaySettings {

@@ -87,7 +87,6 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
     };
     parts.add_housekeeping();
     parts.add_policy_watch();
-    let queue = parts.inbound_queue();
     let handlers = handlers(
         settings.stripe_calls,
         &parts.pool,
@@ -96,6 +95,7 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
         &parts.dead_letters,
         &mut parts.registry,
     );
+    let queue = parts.inbound_queue(&handlers);
     parts.add_outbound(&handlers)?;
     parts.add_inbound(&handlers)?;
     parts.add_catch_up(&queue);
@@ -244,8 +244,9 @@ impl Parts<'_> {
         });
     }
 
-    /// Where webhooks and catch-up put Stripe events.
-    fn inbound_queue(&mut self) -> InboundQueue {
+    /// Where webhooks and catch-up put Stripe events; with the PostgreSQL transport, where
+    /// this process applies events, they are applied as they arrive where they can be.
+    fn inbound_queue(&mut self, handlers: &Handlers) -> InboundQueue {
         let writer_metrics = Arc::new(InboxWriterMetrics::register(&mut self.registry));
         match &self.kafka {
             Some(kafka) => InboundQueue::Kafka {
@@ -253,7 +254,9 @@ impl Parts<'_> {
                 topic: kafka.settings.inbound_topic(),
             },
             None => {
-                let (writer, tasks) = InboxWriter::new(self.pool.clone(), writer_metrics);
+                let applying = self.settings.inbound.is_some() && self.settings.apply_on_arrival;
+                let applier = applying.then(|| handlers.inbound.clone() as Arc<dyn InboundHandler>);
+                let (writer, tasks) = InboxWriter::new(self.pool.clone(), applier, writer_metrics);
                 self.task(move |_| async move { tasks.spawn() }.boxed());
                 InboundQueue::Postgres(writer)
             }

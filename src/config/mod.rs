@@ -204,6 +204,11 @@ pub struct InboundArgs {
     #[arg(long, env = "PAYSYNC_INBOUND_BATCH", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub inbound_batch: u32,
 
+    /// Apply Stripe events at the webhook ingress (PostgreSQL transport), a transaction per
+    /// gathered batch; off, every event is queued for the inbox workers first.
+    #[arg(long, env = "PAYSYNC_APPLY_ON_ARRIVAL", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub apply_on_arrival: bool,
+
     /// Workers draining the inbox of Stripe events at once (PostgreSQL transport).
     #[arg(long, env = "PAYSYNC_INBOUND_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub inbound_concurrency: u32,

@@ -130,7 +130,8 @@ impl From<store::Error> for ApiError {
                 tracing::warn!(error = %error_chain(&other), "input refused by the database");
                 Self::unprocessable("invalid_value", "a value cannot be stored as sent")
             }
-            other @ (E::Corrupt(_) | E::Database { .. }) => Self::internal(other),
+            // The API never takes a sync lock without waiting; seen here it is a fault.
+            other @ (E::Corrupt(_) | E::Database { .. } | E::SyncInFlight) => Self::internal(other),
         }
     }
 }

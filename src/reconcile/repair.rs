@@ -10,6 +10,7 @@ use super::Handlers;
 use super::diff::{Action, ActionKind};
 use crate::domain::Customer;
 use crate::policy::Policy;
+use crate::store::customers::SyncWait;
 use crate::store::{self, customers};
 use crate::stripe::{RateLimit, StripeCustomer};
 use crate::sync::Outcome;
@@ -84,7 +85,7 @@ impl Repairer {
     async fn link(&self, local: &Customer, stripe_id: &str) -> Result<(), String> {
         let linked = async {
             let mut tx = store::begin(&self.pool).await?;
-            customers::lock_for_sync(&mut tx, local.id).await?;
+            customers::lock_for_sync(&mut tx, local.id, SyncWait::Wait).await?;
             customers::link_stripe_id(&mut tx, local.id, stripe_id).await?;
             store::commit(tx).await
         };

@@ -20,9 +20,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{CustomerId, ValidationError};
 
@@ -54,6 +54,10 @@ pub enum Error {
     /// A metadata patch that is valid alone but leaves the customer over the key limit.
     #[error("{0}")]
     MetadataFull(String),
+    /// An outbound sync of the customer is in flight (its sync lock is held), and the caller
+    /// chose not to wait for it.
+    #[error("an outbound sync of the customer is in flight")]
+    SyncInFlight,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error("{context}")]
@@ -102,6 +106,19 @@ pub async fn begin(pool: &PgPool) -> Result<Transaction> {
 
 pub async fn commit(tx: Transaction) -> Result<()> {
     tx.commit().await.context("committing transaction")
+}
+
+/// Makes the rest of the transaction find rows by their indexes, never by scanning a table.
+/// For a transaction whose statements all look rows up by key (applying a batch of events):
+/// on a table whose statistics are stale (new, or grown fast since autovacuum last analyzed
+/// it) the planner takes it for a few rows and scans it, a cost that grows with every row
+/// (measured: 12 ms per batch at 3,000 events kept, against 0.1 ms by the primary key).
+pub async fn find_by_key_only(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("set local enable_seqscan = off")
+        .execute(conn)
+        .await
+        .context("preferring indexes")?;
+    Ok(())
 }
 
 /// One pooled connection, for reads that need no transaction.

@@ -136,7 +136,7 @@ impl DeadLetters {
     ) -> store::Result<bool> {
         let mut tx = store::begin(&self.pool).await?;
         let mine = match delivery {
-            Delivery::Kafka => {
+            Delivery::Kafka | Delivery::Arrival => {
                 processed_events::begin_processing(&mut tx, event).await? != Seen::Processed
             }
             Delivery::Inbox => processed_events::claim_one(&mut tx, event.event_id)

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use paysync::domain::DEFAULT_ACCOUNT;
 use paysync::store::processed_events::{self, EventRef};
@@ -29,7 +30,7 @@ use crate::support::mock_kafka::MockKafka;
 use crate::support::serve_process::{ServeProcess, database_url};
 use crate::support::webhooks::{now, signature};
 
-const SECRET: &str = "whsec_bench";
+pub(crate) const SECRET: &str = "whsec_bench";
 /// Distinct Stripe customers the events are about.
 const CUSTOMERS: usize = 10_000;
 /// Events queued for the apply benchmark.
@@ -40,7 +41,7 @@ const APPLY_EVENTS_MOCK: usize = 12_000;
 const TANSU: &str = "127.0.0.1:19092";
 
 /// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
+pub(crate) fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may contain spaces.
     let fields: Vec<&str> = stat
@@ -57,7 +58,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 /// CPU time of every PostgreSQL server process (the server is shared: run nothing else).
-fn postgres_cpu_time() -> Duration {
+pub(crate) fn postgres_cpu_time() -> Duration {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -72,7 +73,7 @@ fn postgres_cpu_time() -> Duration {
 }
 
 /// Busy and total CPU time of the whole machine so far (from /proc/stat, in ticks).
-fn machine_ticks() -> (u64, u64) {
+pub(crate) fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<u64> = stat
         .lines()
@@ -88,12 +89,23 @@ fn machine_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
-fn cores() -> f64 {
+pub(crate) fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// A realistic `customer.updated` event, as Stripe sends it (about 1.3 KB).
 fn customer_updated(event_id: &str, customer: usize, created: i64, name: &str) -> String {
+    customer_event("customer.updated", event_id, customer, created, name)
+}
+
+/// A realistic customer event of `kind`, as Stripe sends it (about 1.3 KB).
+pub(crate) fn customer_event(
+    kind: &str,
+    event_id: &str,
+    customer: usize,
+    created: i64,
+    name: &str,
+) -> String {
     json!({
         "id": event_id,
         "object": "event",
@@ -131,7 +143,7 @@ fn customer_updated(event_id: &str, customer: usize, created: i64, name: &str) -
         "livemode": false,
         "pending_webhooks": 1,
         "request": {"id": "req_bench", "idempotency_key": "dashboard-edit"},
-        "type": "customer.updated"
+        "type": kind
     })
     .to_string()
 }
@@ -152,13 +164,7 @@ async fn blast(target: SocketAddr, run: &str, connections: usize, duration: Dura
         .map(|connection| {
             let run = run.to_owned();
             tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(target).await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                let (mut sender, driver) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .unwrap();
-                tokio::spawn(driver);
+                let mut sender = connect(target).await;
                 let (mut latencies, mut failures) = (Vec::new(), 0);
                 let mut sequence = 0usize;
                 while Instant::now() < deadline {
@@ -169,17 +175,8 @@ async fn blast(target: SocketAddr, run: &str, connections: usize, duration: Dura
                         chrono::Utc::now().timestamp(),
                         &format!("Name {sequence}"),
                     );
-                    let request = hyper::Request::post("/webhooks/stripe")
-                        .header("host", target.to_string())
-                        .header("content-type", "application/json")
-                        .header("stripe-signature", signature(SECRET, now(), &body))
-                        .body(Full::new(Bytes::from(body)))
-                        .unwrap();
-                    let sent = Instant::now();
-                    let response = sender.send_request(request).await.unwrap();
-                    let ok = response.status() == hyper::StatusCode::OK;
-                    response.into_body().collect().await.unwrap();
-                    latencies.push(sent.elapsed());
+                    let (ok, latency) = deliver_one(&mut sender, target, body).await;
+                    latencies.push(latency);
                     failures += usize::from(!ok);
                     sequence += 1;
                 }
@@ -204,12 +201,43 @@ async fn blast(target: SocketAddr, run: &str, connections: usize, duration: Dura
     load
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// A keep-alive HTTP/1.1 connection to paysync (plain hyper, no pooling layer).
+pub(crate) async fn connect(target: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(target).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(driver);
+    sender
+}
+
+/// Delivers one event signed as Stripe signs it; whether it was answered 200, and how long
+/// the answer took.
+pub(crate) async fn deliver_one(
+    sender: &mut SendRequest<Full<Bytes>>,
+    target: SocketAddr,
+    body: String,
+) -> (bool, Duration) {
+    let request = hyper::Request::post("/webhooks/stripe")
+        .header("host", target.to_string())
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature(SECRET, now(), &body))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let sent = Instant::now();
+    let response = sender.send_request(request).await.unwrap();
+    let ok = response.status() == hyper::StatusCode::OK;
+    response.into_body().collect().await.unwrap();
+    (ok, sent.elapsed())
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -224,11 +252,7 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
     ];
     env.extend(transport_env);
     let server = ServeProcess::start(&env).await;
-    let target: SocketAddr = server
-        .base_url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let target = server.address();
     let run = uuid::Uuid::now_v7().simple().to_string();
     // Warm-up: connections, the pool, the broker's partitions.
     blast(target, &format!("{run}w"), 16, Duration::from_secs(2)).await;
@@ -267,12 +291,7 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
             100.0 * busy,
         );
     }
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let mean = |name: &str| {
         let value = |suffix: &str| {
             metrics

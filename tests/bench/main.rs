@@ -1,11 +1,12 @@
 //! The benchmarks, as a program that prints its own tables (docs/BENCHMARKS.md): run by
-//! `scripts/bench`, or `cargo test --test bench -- [outbound] [ingest] [apply] [reconcile]`. Not part of
+//! `scripts/bench`, or `cargo test --test bench -- [outbound] [ingest] [apply] [sync] [reconcile]`. Not part of
 //! `cargo test` (the target is `test = false`); built with the tests' profile, so it reuses
 //! their build. Each benchmark runs in a fresh database against the local services.
 
 // Test code fails by panicking; the production lints do not apply here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod end_to_end;
 mod inbound;
 mod outbound;
 mod reconcile;
@@ -80,6 +81,21 @@ async fn apply_tables() {
     in_fresh_database(inbound::apply_kafka_tansu).await;
 }
 
+async fn sync_tables() {
+    println!("\nInbound end to end: signed webhook → applied in `customers`, every worker on\n");
+    println!(
+        "| transport | conns | events / customers | 2xx events/s | applied events/s | p50 | p99 | CPU per event (paysync + PostgreSQL) | WAL per event | machine busy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for shape in end_to_end::SHAPES {
+        in_fresh_database(|pool| end_to_end::postgres_transport(pool, shape)).await;
+        in_fresh_database(|pool| end_to_end::postgres_transport_on_arrival(pool, shape)).await;
+    }
+    for shape in &end_to_end::SHAPES[..2] {
+        in_fresh_database(|pool| end_to_end::kafka_mock_cluster(pool, *shape)).await;
+    }
+}
+
 async fn reconcile_tables() {
     println!(
         "\nReconcile (a full run of `paysync reconcile --once`; Stripe is an in-memory fake)\n"
@@ -117,6 +133,9 @@ async fn main() {
     }
     if run("apply") {
         apply_tables().await;
+    }
+    if run("sync") {
+        sync_tables().await;
     }
     if run("reconcile") {
         reconcile_tables().await;

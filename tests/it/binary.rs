@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::support::app::wait_for;
+use crate::support::events::insert_linked_many;
 use crate::support::mock_kafka::MockKafka;
 use crate::support::serve_process::{
     DB_PASSWORD, PROCESS_DEADLINE, ServeProcess, TOKEN, database_url, paysync,
@@ -495,16 +496,7 @@ async fn the_dead_letters_cli_lists_and_replays(pool: PgPool) {
 async fn a_sigkill_mid_apply_loses_and_repeats_nothing(pool: PgPool) {
     const CUSTOMERS: usize = 1_000;
     const CHANGES: usize = 10;
-    sqlx::query(
-        "insert into customers (id, email, name, stripe_id, stripe_synced_version, sync_state) \
-         select gen_random_uuid(), 'kill-apply-' || n || '@example.com', 'v0', \
-                'cus_killapply' || n, 1, 'synced' \
-         from generate_series(1, $1) n",
-    )
-    .bind(CUSTOMERS as i64)
-    .execute(&pool)
-    .await
-    .unwrap();
+    insert_linked_many(&pool, "kill-apply", "killapply", CUSTOMERS).await;
     let mut env = vec![
         ("DATABASE_URL", database_url(&pool)),
         ("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned()),

@@ -4,6 +4,7 @@
 // Test code fails by panicking; the production lints do not apply here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod arrival;
 mod auth;
 mod binary;
 mod chart;

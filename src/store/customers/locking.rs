@@ -5,22 +5,52 @@ use uuid::Uuid;
 
 use super::{Customer, CustomerRow};
 use crate::domain::CustomerId;
-use crate::store::{DbContext, Result, locks};
+use crate::store::{DbContext, Error, Result, locks};
+
+/// Whether taking a customer's sync lock waits for an outbound sync in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncWait {
+    /// Wait for it: what it wrote to Stripe is known afterwards.
+    Wait,
+    /// Fail with [`Error::SyncInFlight`] instead: applying an event as it arrives must never
+    /// wait on Stripe (the event is queued for a worker, which waits).
+    Fail,
+}
 
 /// Takes the customer's sync lock (see [`locks`]) until the transaction ends: waits for an
-/// outbound sync in flight, so what it wrote to Stripe is known.
-pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(locks::customer_key(id))
-        .execute(conn)
+/// outbound sync in flight, so what it wrote to Stripe is known, or fails (`SyncWait::Fail`).
+pub async fn lock_for_sync(conn: &mut PgConnection, id: CustomerId, wait: SyncWait) -> Result<()> {
+    take_sync_locks(conn, &[locks::customer_key(id)], wait).await
+}
+
+/// Takes the sync locks of `keys` (sorted: two batches cannot deadlock) until the transaction
+/// ends.
+async fn take_sync_locks(conn: &mut PgConnection, keys: &[i64], wait: SyncWait) -> Result<()> {
+    let statement = match wait {
+        SyncWait::Wait => "select count(pg_advisory_xact_lock(key)) from unnest($1::int8[]) as key",
+        SyncWait::Fail => {
+            "select count(*) filter (where not pg_try_advisory_xact_lock(key)) \
+             from unnest($1::int8[]) as key"
+        }
+    };
+    let busy: i64 = sqlx::query_scalar(statement)
+        .bind(keys)
+        .fetch_one(conn)
         .await
-        .context("taking the customer's sync lock")?;
+        .context("taking the customers' sync locks")?;
+    if wait == SyncWait::Fail && busy > 0 {
+        return Err(Error::SyncInFlight);
+    }
     Ok(())
 }
 
 /// The customers linked to these Stripe customers, locked as [`lock_for_sync`] and
 /// [`lock_any`] lock one (in one order, so two batches cannot deadlock); their current rows.
-pub async fn lock_linked(conn: &mut PgConnection, stripe_ids: &[&str]) -> Result<Vec<Customer>> {
+pub async fn lock_linked(
+    conn: &mut PgConnection,
+    stripe_ids: &[&str],
+    wait: SyncWait,
+) -> Result<Vec<Customer>> {
     let ids: Vec<Uuid> = sqlx::query_scalar("select id from customers where stripe_id = any($1)")
         .bind(stripe_ids)
         .fetch_all(&mut *conn)
@@ -35,11 +65,7 @@ pub async fn lock_linked(conn: &mut PgConnection, stripe_ids: &[&str]) -> Result
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    sqlx::query("select count(pg_advisory_xact_lock(key)) from unnest($1::int8[]) as key")
-        .bind(&keys)
-        .execute(&mut *conn)
-        .await
-        .context("taking the customers' sync locks")?;
+    take_sync_locks(conn, &keys, wait).await?;
     sqlx::query_as::<_, CustomerRow>(concat!(
         "select ",
         customer_columns!(),

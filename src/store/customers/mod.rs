@@ -41,7 +41,9 @@ pub use from_stripe::{
     adopt, apply_from_stripe, delete_from_stripe, link_stripe_id, merge_from_stripe,
     note_stripe_event, orphan_from_stripe,
 };
-pub use locking::{lock_for_sync, lock_linked, lock_stripe_customer, lock_stripe_customers};
+pub use locking::{
+    SyncWait, lock_for_sync, lock_linked, lock_stripe_customer, lock_stripe_customers,
+};
 pub use reconcile::{Listed, match_listed, queue_resync, unseen};
 pub use sync_state::{
     SyncedWrite, count_by_state, count_states_of, mark_orphaned, oldest_pending_age,

@@ -14,8 +14,9 @@ use super::rules::{self, Decision, Skip};
 use super::write::{log_conflict, refetch};
 use super::{Context, Delivery, Failure, InboundSync, Outcome, Received};
 use crate::domain::{Customer, CustomerId, Op};
+use crate::store::customers::SyncWait;
 use crate::store::processed_events::{self, Seen};
-use crate::store::{customers, outbox};
+use crate::store::{self, customers, outbox};
 
 /// A linked customer while its batch is decided.
 struct Linked {
@@ -27,6 +28,23 @@ struct Linked {
 }
 
 impl InboundSync {
+    /// Applies events as they arrive, together, or tells the caller to queue them (see
+    /// [`super::InboundHandler::apply_arrived`]).
+    pub(super) async fn apply_on_arrival(&self, events: &[Received]) -> store::Result<bool> {
+        let mut tx = store::begin(&self.pool).await?;
+        match self.apply_batch(&mut tx, events, Delivery::Arrival).await {
+            Ok(outcomes) => {
+                store::commit(tx).await?;
+                self.record(events.iter().zip(outcomes));
+                Ok(true)
+            }
+            Err(failure) => {
+                debug!(error = %failure, events = events.len(), "not applied on arrival; queued for the workers");
+                Ok(false)
+            }
+        }
+    }
+
     /// Applies `events` in `conn` in order, each with its dedup record; the first failure
     /// stops it (the caller rolls back and applies the events one by one).
     pub(super) async fn apply_batch(
@@ -35,6 +53,7 @@ impl InboundSync {
         events: &[Received],
         delivery: Delivery,
     ) -> Result<Vec<Outcome>, Failure> {
+        store::find_by_key_only(conn).await?;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let pending = self
             .first_deliveries(conn, events, delivery, &mut outcomes)
@@ -44,7 +63,12 @@ impl InboundSync {
             .map(|(_, e, _)| e.stripe_id.as_str())
             .collect();
         customers::lock_stripe_customers(conn, &stripe_ids).await?;
-        let mut linked = lock_linked(conn, &stripe_ids).await?;
+        let wait = if delivery == Delivery::Arrival {
+            SyncWait::Fail
+        } else {
+            SyncWait::Wait
+        };
+        let mut linked = lock_linked(conn, &stripe_ids, wait).await?;
         let now = Utc::now();
         let mut requeued: Vec<(CustomerId, i64)> = Vec::new();
         for (index, event, context) in pending {
@@ -84,7 +108,7 @@ impl InboundSync {
         outcomes: &mut [Option<Outcome>],
     ) -> Result<Vec<(usize, IncomingEvent, Context)>, Failure> {
         let seen = match delivery {
-            Delivery::Kafka => {
+            Delivery::Kafka | Delivery::Arrival => {
                 let references: Vec<_> = events.iter().map(Received::event_ref).collect();
                 processed_events::begin_processing_many(conn, &references).await?
             }
@@ -100,7 +124,8 @@ impl InboundSync {
                 continue;
             }
             match self.context(&received.event.account) {
-                Ok(context) => {
+                Ok(mut context) => {
+                    context.on_arrival = delivery == Delivery::Arrival;
                     let event = self.incoming(received, &context).await?;
                     pending.push((index, event, context));
                 }
@@ -164,8 +189,9 @@ impl InboundSync {
 async fn lock_linked(
     conn: &mut PgConnection,
     stripe_ids: &[&str],
+    wait: SyncWait,
 ) -> Result<HashMap<String, Linked>, Failure> {
-    Ok(customers::lock_linked(conn, stripe_ids)
+    Ok(customers::lock_linked(conn, stripe_ids, wait)
         .await?
         .into_iter()
         .filter_map(|customer| {

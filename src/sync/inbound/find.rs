@@ -24,12 +24,12 @@ impl InboundSync {
         context: &Context,
     ) -> Result<Option<Customer>, Failure> {
         if let Some(linked) = customers::find_by_stripe_id(conn, &event.stripe_id).await? {
-            return Ok(lock(conn, &linked).await?);
+            return Ok(lock(conn, &linked, context).await?);
         }
         let deleting = event.kind == EventKind::Deleted;
         if let Some(id) = event.paysync_id
             && let Some(named) = customers::find_any(conn, id).await?
-            && let Some(named) = lock(conn, &named).await?
+            && let Some(named) = lock(conn, &named, context).await?
         {
             match rules::link(&named, &event.stripe_id) {
                 Link::Linked => return Ok(Some(named)),
@@ -66,7 +66,7 @@ impl InboundSync {
         else {
             return Ok(None);
         };
-        let Some(same_email) = lock(conn, &same_email).await? else {
+        let Some(same_email) = lock(conn, &same_email, context).await? else {
             return Ok(None);
         };
         match rules::link(&same_email, &event.stripe_id) {
@@ -95,8 +95,13 @@ impl InboundSync {
 }
 
 /// Takes the customer's sync lock (so an outbound sync in flight finishes first: its write
-/// to Stripe is then known) and its row lock; returns the current row.
-async fn lock(conn: &mut PgConnection, customer: &Customer) -> store::Result<Option<Customer>> {
-    customers::lock_for_sync(conn, customer.id).await?;
+/// to Stripe is then known; on arrival it fails instead) and its row lock; returns the current
+/// row.
+async fn lock(
+    conn: &mut PgConnection,
+    customer: &Customer,
+    context: &Context,
+) -> store::Result<Option<Customer>> {
+    customers::lock_for_sync(conn, customer.id, context.sync_wait()).await?;
     customers::lock_any(conn, customer.id).await
 }

@@ -9,12 +9,14 @@
 
 mod batch;
 pub mod event;
+mod failure;
 mod find;
 mod listed;
 mod metrics;
 pub mod rules;
 mod write;
 
+pub use failure::Failure;
 pub use metrics::InboundMetrics;
 
 use std::sync::Arc;
@@ -31,11 +33,11 @@ use crate::crd::{Direction, Mode};
 use crate::metrics::{count_for, observe_for};
 use crate::policy::PolicyRegistry;
 use crate::store;
+use crate::store::customers::SyncWait;
 use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::store::processed_events::{self, EventRef, Seen};
 use crate::stripe::StripeApi;
 use crate::stripe::event::StripeEvent;
-use crate::telemetry::error_chain;
 use rules::{Rules, Skip};
 
 /// Attempts of one event (alone, after its batch failed) before it is dead-lettered.
@@ -80,6 +82,9 @@ pub enum Delivery {
     Kafka,
     /// From the PostgreSQL inbox: its row is already claimed by the caller's transaction.
     Inbox,
+    /// As it arrives at the ingress (PostgreSQL transport): the dedup record is written now,
+    /// as from Kafka, and nothing waits on Stripe.
+    Arrival,
 }
 
 /// What handling one event did; the label is stored in `processed_events.outcome` and counted
@@ -128,36 +133,6 @@ impl Outcome {
     }
 }
 
-/// Why an event could not be applied.
-#[derive(Debug)]
-pub enum Failure {
-    /// Will fail again whatever is retried (bad event, data conflict): dead-letter it.
-    Permanent(String),
-    /// May pass later (database, Stripe unreachable).
-    Transient(String),
-}
-
-impl From<store::Error> for Failure {
-    fn from(error: store::Error) -> Self {
-        match error {
-            store::Error::EmailTaken => Self::Permanent(
-                "the Stripe customer's email is used by another live local customer".to_owned(),
-            ),
-            // The database refuses the data itself: another attempt fails the same way.
-            other if other.is_data_error() => Self::Permanent(error_chain(&other)),
-            other => Self::Transient(error_chain(&other)),
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Permanent(reason) | Self::Transient(reason) => f.write_str(reason),
-        }
-    }
-}
-
 /// What a transport hands Stripe events to.
 #[async_trait]
 pub trait InboundHandler: Send + Sync {
@@ -165,6 +140,13 @@ pub trait InboundHandler: Send + Sync {
     /// that fails. An error only when the database cannot record even a dead letter; the
     /// caller retries then.
     async fn apply_delivered(&self, events: &[Received]) -> store::Result<()>;
+
+    /// Applies events as they arrive (the PostgreSQL transport's ingress gathers concurrent
+    /// deliveries): together, in one transaction with their dedup records, never asking Stripe
+    /// nor waiting for an outbound sync. `Ok(false)` when they cannot all be applied so (an
+    /// order in doubt, a sync in flight, any failure): nothing of them is written, and the
+    /// caller queues them for the workers.
+    async fn apply_arrived(&self, events: &[Received]) -> store::Result<bool>;
 
     /// Applies events the caller claimed from the inbox in `tx`, and commits.
     async fn apply_claimed(&self, tx: store::Transaction, events: &[Received])
@@ -189,6 +171,20 @@ pub(super) struct Context {
     /// Asked for a customer's current state when an event's order is in doubt; without it
     /// the event itself is applied.
     pub stripe: Option<Arc<dyn StripeApi>>,
+    /// Applying as the event arrives: neither ask Stripe nor wait for a sync that does; such
+    /// an event fails here and is queued for a worker instead.
+    pub on_arrival: bool,
+}
+
+impl Context {
+    /// Whether taking a customer's sync lock may wait for an outbound sync in flight.
+    pub fn sync_wait(&self) -> SyncWait {
+        if self.on_arrival {
+            SyncWait::Fail
+        } else {
+            SyncWait::Wait
+        }
+    }
 }
 
 impl InboundSync {
@@ -224,6 +220,7 @@ impl InboundSync {
             account: account.to_owned(),
             rules: Rules::of(&policy.spec),
             stripe: policy.stripe(),
+            on_arrival: false,
         })
     }
 
@@ -327,7 +324,7 @@ impl InboundSync {
         received: &Received,
         delivery: Delivery,
     ) -> Result<Outcome, Failure> {
-        if delivery == Delivery::Kafka
+        if delivery != Delivery::Inbox
             && processed_events::begin_processing(conn, received.event_ref()).await?
                 == Seen::Processed
         {
@@ -353,7 +350,7 @@ async fn claim(
     delivery: Delivery,
 ) -> store::Result<bool> {
     Ok(match delivery {
-        Delivery::Kafka => true,
+        Delivery::Kafka | Delivery::Arrival => true,
         Delivery::Inbox => processed_events::claim_one(tx, &received.event.id)
             .await?
             .is_some(),
@@ -365,6 +362,10 @@ impl InboundHandler for InboundSync {
     async fn apply_delivered(&self, events: &[Received]) -> store::Result<()> {
         let tx = store::begin(&self.pool).await?;
         self.apply_in_batch(tx, events, Delivery::Kafka).await
+    }
+
+    async fn apply_arrived(&self, events: &[Received]) -> store::Result<bool> {
+        self.apply_on_arrival(events).await
     }
 
     async fn apply_claimed(

@@ -62,6 +62,11 @@ pub(super) async fn refetch(
         trusted.current = true;
         return Ok(trusted);
     };
+    if context.on_arrival {
+        return Err(Failure::Transient(
+            "the event's order is in doubt: Stripe is asked by a worker".to_owned(),
+        ));
+    }
     match stripe.retrieve_customer(&event.stripe_id).await {
         Ok(current) => event
             .refetched(current.as_ref())

@@ -1,6 +1,10 @@
-//! The inbox writer of the PostgreSQL transport: stores verified Stripe events for many
-//! concurrent webhook deliveries in one statement and one commit (group commit at the
-//! application). Each caller still returns only once its own events are committed.
+//! The inbox writer of the PostgreSQL transport: takes verified Stripe events for many
+//! concurrent webhook deliveries in one transaction and one commit (group commit at the
+//! application). Where this process applies events, the batch is applied right there, with
+//! its dedup records (one commit per batch, where queueing and then applying took two per
+//! event); what cannot be applied so (an order in doubt, an outbound sync in flight, any
+//! failure) is stored in the inbox for the workers instead. Each caller returns only once its
+//! own events are committed, applied or queued.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +14,11 @@ use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::metrics::latency_histogram;
+use crate::metrics::{Outcomes, count, latency_histogram};
 use crate::store;
 use crate::store::processed_events::{self, EventRef};
 use crate::stripe::event::StripeEvent;
-use crate::sync::QueueError;
+use crate::sync::{InboundHandler, QueueError, Received};
 use crate::telemetry::error_chain;
 
 /// Inbox writes in flight at once: one commits while the next gathers its rows.
@@ -28,11 +32,12 @@ const INBOX_QUEUE_DEPTH: usize = 10_000;
 /// does, at most this often, and always once after the last write.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
 
-/// `paysync_inbox_write_*`.
+/// `paysync_inbox_write_*`, `paysync_arrived_events_total`.
 #[derive(Debug)]
 pub struct InboxWriterMetrics {
     events: Histogram,
     duration: Histogram,
+    arrived: Outcomes,
 }
 
 impl InboxWriterMetrics {
@@ -40,22 +45,30 @@ impl InboxWriterMetrics {
         let metrics = Self {
             events: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             duration: latency_histogram(),
+            arrived: Outcomes::default(),
         };
         registry.register(
             "inbox_write_events",
-            "Events per inbox write: concurrent webhook deliveries share one insert and commit",
+            "Events per inbox write: concurrent webhook deliveries share one transaction and \
+             commit",
             metrics.events.clone(),
         );
         registry.register(
             "inbox_write_duration_seconds",
-            "Time one inbox write took, insert and commit",
+            "Time one inbox write took, applying or queueing, and commit",
             metrics.duration.clone(),
+        );
+        registry.register(
+            "arrived_events",
+            "Stripe events taken by the PostgreSQL transport's ingress, by what became of them \
+             before the 2xx: applied (on arrival) or queued (for the inbox workers)",
+            metrics.arrived.clone(),
         );
         metrics
     }
 }
 
-/// Writes inbox rows for many concurrent callers in one statement and one commit: while a
+/// Writes the events of many concurrent callers in one transaction and one commit: while a
 /// write is in flight, new events gather, and the next write takes them all (group commit at
 /// the application). Each caller still returns only once its own events are committed.
 #[derive(Clone)]
@@ -67,22 +80,36 @@ pub struct InboxWriter {
 /// runs (building paysync starts nothing).
 pub struct InboxWriterTasks {
     pool: PgPool,
+    applier: Option<Arc<dyn InboundHandler>>,
     metrics: Arc<InboxWriterMetrics>,
     receiver: mpsc::Receiver<PendingWrite>,
 }
 
 struct PendingWrite {
-    events: Vec<StripeEvent>,
+    events: Vec<Received>,
     done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The events of one write and the callers waiting for it.
+#[derive(Default)]
+struct Batch {
+    events: Vec<Received>,
+    callers: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
 impl InboxWriter {
     /// The writer and its tasks; writes wait until the tasks are spawned. The tasks stop when
-    /// the last clone of the writer is dropped.
-    pub fn new(pool: PgPool, metrics: Arc<InboxWriterMetrics>) -> (Self, InboxWriterTasks) {
+    /// the last clone of the writer is dropped. With an `applier` (this process applies
+    /// Stripe events), events are applied as they arrive where they can be.
+    pub fn new(
+        pool: PgPool,
+        applier: Option<Arc<dyn InboundHandler>>,
+        metrics: Arc<InboxWriterMetrics>,
+    ) -> (Self, InboxWriterTasks) {
         let (sender, receiver) = mpsc::channel(INBOX_QUEUE_DEPTH);
         let tasks = InboxWriterTasks {
             pool,
+            applier,
             metrics,
             receiver,
         };
@@ -90,6 +117,13 @@ impl InboxWriter {
     }
 
     pub async fn write(&self, events: Vec<StripeEvent>) -> Result<(), QueueError> {
+        let events = events
+            .into_iter()
+            .map(|event| Received {
+                event,
+                refetch: false,
+            })
+            .collect();
         let (done, committed) = oneshot::channel();
         self.sender
             .send(PendingWrite { events, done })
@@ -106,78 +140,103 @@ impl InboxWriterTasks {
     pub fn spawn(self) {
         let (written, wake) = mpsc::channel(1);
         tokio::spawn(notify_workers(self.pool.clone(), wake));
-        tokio::spawn(gather_and_write(
-            self.pool,
-            self.metrics,
-            self.receiver,
-            written,
-        ));
+        tokio::spawn(gather_and_write(self, written));
     }
 }
 
-async fn gather_and_write(
-    pool: PgPool,
-    metrics: Arc<InboxWriterMetrics>,
-    mut receiver: mpsc::Receiver<PendingWrite>,
-    written: mpsc::Sender<()>,
-) {
+async fn gather_and_write(tasks: InboxWriterTasks, written: mpsc::Sender<()>) {
+    let InboxWriterTasks {
+        pool,
+        applier,
+        metrics,
+        mut receiver,
+    } = tasks;
     let writers = Arc::new(Semaphore::new(CONCURRENT_INBOX_WRITES));
     while let Some(first) = receiver.recv().await {
         // Waiting for a free writer is when the next batch gathers.
         let Ok(permit) = writers.clone().acquire_owned().await else {
             return;
         };
-        let mut rows = first.events.len();
-        let mut batch = vec![first];
-        while rows < MAX_INBOX_BATCH {
+        let mut batch = Batch::default();
+        batch.add(first);
+        while batch.events.len() < MAX_INBOX_BATCH {
             match receiver.try_recv() {
-                Ok(pending) => {
-                    rows += pending.events.len();
-                    batch.push(pending);
-                }
+                Ok(pending) => batch.add(pending),
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
-        let metrics = metrics.clone();
+        let (pool, applier, metrics) = (pool.clone(), applier.clone(), metrics.clone());
         let wake = written.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = write_inbox(&pool, &batch).await;
-            metrics.events.observe(rows as f64);
+            let outcome = apply_or_queue(&pool, applier.as_deref(), &batch.events).await;
+            metrics.events.observe(batch.events.len() as f64);
             metrics.duration.observe(started.elapsed().as_secs_f64());
-            if outcome.is_ok() {
-                // Full means a wake-up is pending already, which covers these rows too.
-                let _ = wake.try_send(());
+            let label = match &outcome {
+                Ok(Written::Applied) => "applied",
+                Ok(Written::Queued) => {
+                    // Full means a wake-up is pending already, which covers these rows too.
+                    let _ = wake.try_send(());
+                    "queued"
+                }
+                Err(_) => "failed",
+            };
+            for _ in &batch.events {
+                count(&metrics.arrived, label);
             }
-            for pending in batch {
+            let outcome = outcome.map(|_| ());
+            for caller in batch.callers {
                 // The caller may have gone (its client disconnected); nothing to tell then.
-                let _ = pending.done.send(outcome.clone());
+                let _ = caller.send(outcome.clone());
             }
             drop(permit);
         });
     }
 }
 
-async fn write_inbox(pool: &PgPool, batch: &[PendingWrite]) -> Result<(), String> {
-    let rows: Vec<(EventRef<'_>, &str)> = batch
+impl Batch {
+    fn add(&mut self, pending: PendingWrite) {
+        self.events.extend(pending.events);
+        self.callers.push(pending.done);
+    }
+}
+
+/// What a write did with its events.
+enum Written {
+    Applied,
+    Queued,
+}
+
+/// Applies the events now if this process applies events and they can be, else queues them in
+/// the inbox.
+async fn apply_or_queue(
+    pool: &PgPool,
+    applier: Option<&dyn InboundHandler>,
+    events: &[Received],
+) -> Result<Written, String> {
+    if let Some(applier) = applier {
+        match applier.apply_arrived(events).await {
+            Ok(true) => return Ok(Written::Applied),
+            Ok(false) => {}
+            // The commit's outcome may be unknown: queueing stores only what is not recorded.
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "applying on arrival failed; queueing")
+            }
+        }
+    }
+    write_inbox(pool, events)
+        .await
+        .map(|()| Written::Queued)
+        .map_err(|e| error_chain(&e))
+}
+
+async fn write_inbox(pool: &PgPool, events: &[Received]) -> store::Result<()> {
+    let rows: Vec<(EventRef<'_>, &str)> = events
         .iter()
-        .flat_map(|pending| &pending.events)
-        .map(|event| {
-            let reference = EventRef {
-                event_id: &event.id,
-                kind: &event.kind,
-                account: &event.account,
-                stripe_customer_id: event.customer_id.as_deref(),
-            };
-            (reference, event.raw.as_str())
-        })
+        .map(|received| (received.event_ref(), received.event.raw.as_str()))
         .collect();
-    let write = async {
-        let mut conn = store::acquire(pool).await?;
-        processed_events::enqueue(&mut conn, &rows).await
-    };
-    write.await.map_err(|e| error_chain(&e))
+    let mut conn = store::acquire(pool).await?;
+    processed_events::enqueue(&mut conn, &rows).await
 }
 
 /// Wakes the inbox workers of every replica (LISTEN/NOTIFY) after writes, coalescing bursts.

@@ -225,6 +225,7 @@ pub fn settings() -> Settings {
         webhook_tolerance: DEFAULT_TOLERANCE,
         outbound: None,
         inbound: None,
+        apply_on_arrival: false,
         catch_up: None,
         reconcile: false,
         kafka: None,

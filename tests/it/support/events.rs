@@ -51,6 +51,23 @@ pub async fn insert_linked(pool: &PgPool, email: &str, name: &str, stripe_id: &s
     id.to_string()
 }
 
+/// `count` local customers named `v0`, `<email>-<n>@example.com` linked to `cus_<stripe><n>`
+/// (n from 1), in sync.
+pub async fn insert_linked_many(pool: &PgPool, email: &str, stripe: &str, count: usize) {
+    sqlx::query(
+        "insert into customers (id, email, name, stripe_id, stripe_synced_version, sync_state) \
+         select gen_random_uuid(), $2 || '-' || n || '@example.com', 'v0', 'cus_' || $3 || n, \
+                1, 'synced' \
+         from generate_series(1, $1) n",
+    )
+    .bind(count as i64)
+    .bind(email)
+    .bind(stripe)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// A signed `customer.*` event as Stripe sends it.
 pub fn event(event_id: &str, kind: &str, created: i64, customer: Value) -> String {
     json!({

@@ -14,7 +14,13 @@ pub struct MockKafka {
 
 impl MockKafka {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A mock cluster started with these arguments (`--partitions 16`, …).
+    pub async fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_paysync-mock-kafka"))
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -1,0 +1,239 @@
+//! Applying Stripe events as they arrive (PostgreSQL transport): concurrent deliveries are
+//! applied in one transaction before their 2xx; what cannot be applied without waiting on
+//! Stripe waits in the inbox for the workers; a SIGKILL under load loses no acknowledged event
+//! and applies none twice.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use paysync::app::Settings;
+use paysync::domain::CustomerId;
+use paysync::store::locks::customer_key;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::{Connection as _, PgConnection, PgPool};
+
+use crate::support::app::{TestApp, wait_for};
+use crate::support::events::{
+    DEADLINE, customer_object, deliver_signed, event, inbound_app_settings, insert_linked,
+    insert_linked_many, local_row,
+};
+use crate::support::serve_process::{PROCESS_DEADLINE, ServeProcess, database_url};
+use crate::support::webhooks::{SECRET, now, signature};
+
+/// `processed_at` of the event's dedup record: `None` while it waits in the inbox.
+async fn processed_at(pool: &PgPool, event_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("select processed_at from processed_events where event_id = $1")
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The PostgreSQL transport, applying events as they arrive.
+fn arriving() -> Settings {
+    Settings {
+        apply_on_arrival: true,
+        ..inbound_app_settings(None, None)
+    }
+}
+
+#[sqlx::test]
+async fn an_event_is_applied_before_its_2xx(pool: PgPool) {
+    let app = TestApp::spawn_settings(pool.clone(), arriving()).await;
+    let id = insert_linked(&pool, "arrives@example.com", "Before", "cus_arrives").await;
+    let body = event(
+        "evt_arrives",
+        "customer.updated",
+        now(),
+        customer_object("cus_arrives", "arrives@example.com", "On arrival"),
+    );
+    deliver_signed(&app, &body).await;
+    // No waiting: the 2xx came after the commit that applied it.
+    assert_eq!(
+        local_row(&pool, &id).await,
+        (Some("On arrival".to_owned()), 2, false)
+    );
+    assert!(processed_at(&pool, "evt_arrives").await.is_some());
+    let outcome: Option<String> =
+        sqlx::query_scalar("select outcome from processed_events where event_id = 'evt_arrives'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome.as_deref(), Some("applied"));
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("paysync_arrived_events_total{outcome=\"applied\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_event_for_a_customer_being_synced_waits_in_the_inbox_not_in_the_request(pool: PgPool) {
+    let app = TestApp::spawn_settings(pool.clone(), arriving()).await;
+    let id = insert_linked(&pool, "syncing@example.com", "Before", "cus_syncing").await;
+    // An outbound sync in flight holds the customer's sync lock as a session lock.
+    let mut sync = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    let key = customer_key(CustomerId::from_uuid(id.parse().unwrap()));
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut sync)
+        .await
+        .unwrap();
+    let body = event(
+        "evt_syncing",
+        "customer.updated",
+        now(),
+        customer_object("cus_syncing", "syncing@example.com", "After the sync"),
+    );
+    deliver_signed(&app, &body).await;
+    assert_eq!(
+        processed_at(&pool, "evt_syncing").await,
+        None,
+        "queued, not applied"
+    );
+    assert_eq!(local_row(&pool, &id).await.0.as_deref(), Some("Before"));
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut sync)
+        .await
+        .unwrap();
+    wait_for("the queued event applied", DEADLINE, || async {
+        match local_row(&pool, &id).await.0 {
+            Some(name) if name == "After the sync" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    sync.close().await.unwrap();
+    app.stop().await;
+}
+
+/// Sends every body until it is answered 200, to whichever server `target` names now (a
+/// delivery that got no 200 is delivered again, as Stripe does).
+async fn deliver_until_acknowledged(bodies: Vec<String>, target: Arc<RwLock<String>>) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    futures::stream::iter(bodies)
+        .map(|body| {
+            let (client, target) = (client.clone(), target.clone());
+            async move {
+                loop {
+                    let url = format!("{}/webhooks/stripe", target.read().unwrap());
+                    let sent = client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .header("stripe-signature", signature(SECRET, now(), &body))
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match sent.map(|response| response.status()) {
+                        Ok(StatusCode::OK) => return,
+                        Ok(status) if status.is_client_error() => panic!("{status} for {body}"),
+                        // Killed, restarting, or 503 while it cannot queue: deliver again.
+                        _ => assert!(Instant::now() < deadline, "no 200 for {body}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+async fn count_processed(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from processed_events where processed_at is not null")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_sigkill_under_webhook_load_loses_no_acknowledged_event_and_applies_none_twice(
+    pool: PgPool,
+) {
+    const CUSTOMERS: usize = 1_000;
+    const CHANGES: usize = 100;
+    const EVENTS: i64 = (CUSTOMERS * CHANGES) as i64;
+    insert_linked_many(&pool, "kill-load", "killload", CUSTOMERS).await;
+    let env = vec![
+        ("DATABASE_URL", database_url(&pool)),
+        ("STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()),
+        ("PAYSYNC_APPLY_ON_ARRIVAL", "true".to_owned()),
+    ];
+    let server = ServeProcess::start(&env).await;
+    let target = Arc::new(RwLock::new(server.base_url.clone()));
+    let base = now() - 1_000;
+    // Each customer's changes in order, one second apart; one change of every customer at a time.
+    let bodies: Vec<String> = (1..=CHANGES)
+        .flat_map(|change| {
+            (1..=CUSTOMERS).map(move |n| {
+                event(
+                    &format!("evt_killload_{n}_{change}"),
+                    "customer.updated",
+                    base + change as i64,
+                    json!({"id": format!("cus_killload{n}"), "object": "customer",
+                           "email": format!("kill-load-{n}@example.com"), "name": format!("v{change}")}),
+                )
+            })
+        })
+        .collect();
+    let load = tokio::spawn(deliver_until_acknowledged(bodies, target.clone()));
+    wait_for(
+        "a third of the events applied",
+        PROCESS_DEADLINE * 4,
+        || async {
+            match count_processed(&pool).await {
+                done if done >= EVENTS / 3 => Ok(()),
+                done => Err(done.to_string()),
+            }
+        },
+    )
+    .await;
+    server.sigkill().await;
+    let at_kill = count_processed(&pool).await;
+    assert!(
+        at_kill < EVENTS,
+        "the kill must land part-way ({at_kill} applied)"
+    );
+
+    let restarted = ServeProcess::start(&env).await;
+    *target.write().unwrap() = restarted.base_url.clone();
+    load.await.unwrap();
+    wait_for("every event handled", Duration::from_secs(120), || async {
+        match count_processed(&pool).await {
+            done if done == EVENTS => Ok(()),
+            done => Err(format!("{done} of {EVENTS}")),
+        }
+    })
+    .await;
+    // Each applied event raised its customer's version by one: a version ahead of the applied
+    // events would be an event applied twice, behind it an acknowledged one lost.
+    let miscounted: i64 = sqlx::query_scalar(
+        "select count(*) from customers c where c.version - 1 <> \
+         (select count(*) from processed_events p \
+          where p.stripe_customer_id = c.stripe_id and p.outcome = 'applied')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        miscounted, 0,
+        "customers whose version is not 1 + their applied events"
+    );
+    let at_last: i64 = sqlx::query_scalar("select count(*) from customers where name = $1")
+        .bind(format!("v{CHANGES}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        at_last, CUSTOMERS as i64,
+        "every customer at its last change"
+    );
+    restarted.sigterm_and_wait().await;
+}
