@@ -148,17 +148,14 @@ pub async fn begin_processing_many(
     Ok(seen)
 }
 
-/// [`finish`] for a batch: `(event id, outcome)` pairs. The `any` finds the rows by the
-/// primary key: joined with the unnested pairs alone, PostgreSQL hashes the whole table, so
-/// a small batch cost a scan of every event kept.
+/// [`finish`] for a batch: `(event id, outcome)` pairs.
 pub async fn finish_many(conn: &mut PgConnection, outcomes: &[(&str, &str)]) -> Result<()> {
     let ids: Vec<&str> = outcomes.iter().map(|(id, _)| *id).collect();
     let labels: Vec<&str> = outcomes.iter().map(|(_, outcome)| *outcome).collect();
     sqlx::query(
         "update processed_events p set processed_at = coalesce(p.processed_at, now()), \
          outcome = u.outcome, payload = null \
-         from unnest($1::text[], $2::text[]) as u(id, outcome) \
-         where p.event_id = u.id and p.event_id = any($1)",
+         from unnest($1::text[], $2::text[]) as u(id, outcome) where p.event_id = u.id",
     )
     .bind(&ids)
     .bind(&labels)

@@ -17,7 +17,7 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use crate::support::app::{TestApp, wait_for};
 use crate::support::events::{
     DEADLINE, customer_object, deliver_signed, event, inbound_app_settings, insert_linked,
-    insert_linked_many, local_row,
+    insert_linked_many, local_row, processed,
 };
 use crate::support::serve_process::{PROCESS_DEADLINE, ServeProcess, database_url};
 use crate::support::webhooks::{SECRET, now, signature};
@@ -110,6 +110,32 @@ async fn an_event_for_a_customer_being_synced_waits_in_the_inbox_not_in_the_requ
     })
     .await;
     sync.close().await.unwrap();
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_event_that_cannot_be_applied_is_queued_and_dead_lettered_by_a_worker(pool: PgPool) {
+    let app = TestApp::spawn_settings(pool.clone(), arriving()).await;
+    // A Stripe customer without an email cannot be adopted: a permanent failure.
+    let body = event(
+        "evt_no_email",
+        "customer.created",
+        now(),
+        json!({"id": "cus_no_email", "object": "customer", "email": null, "name": "Nobody"}),
+    );
+    deliver_signed(&app, &body).await;
+    assert_eq!(processed(&app, "evt_no_email").await, "dead_lettered");
+    let letters: i64 =
+        sqlx::query_scalar("select count(*) from dead_letters where key = 'evt_no_email'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(letters, 1);
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("paysync_arrived_events_total{outcome=\"queued\"} 1"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

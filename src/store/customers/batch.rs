@@ -52,8 +52,7 @@ impl<'a> Columns<'a> {
 
 /// Writes the state a batch of Stripe events left customers in (see
 /// `sync::inbound::rules::after`), in one statement. `updated_at` is set to now where
-/// `changed`. The `any` finds the rows by the primary key (joined with the unnested rows
-/// alone, PostgreSQL may hash the whole table for a small batch).
+/// `changed`.
 pub async fn write_back(conn: &mut PgConnection, customers: &[(&Customer, bool)]) -> Result<()> {
     if customers.is_empty() {
         return Ok(());
@@ -76,7 +75,7 @@ pub async fn write_back(conn: &mut PgConnection, customers: &[(&Customer, bool)]
                      $12::bool[], $13::bool[], $14::text[]) \
               as u(id, email, name, phone, description, metadata, version, synced, state, \
                    event_at, hash, changed, deleted, stripe_id) \
-         where c.id = u.id and c.id = any($1)",
+         where c.id = u.id",
     )
     .bind(&columns.ids)
     .bind(&columns.emails)

@@ -63,11 +63,7 @@ impl InboundSync {
             .map(|(_, e, _)| e.stripe_id.as_str())
             .collect();
         customers::lock_stripe_customers(conn, &stripe_ids).await?;
-        let wait = if delivery == Delivery::Arrival {
-            SyncWait::Fail
-        } else {
-            SyncWait::Wait
-        };
+        let wait = super::sync_wait(delivery == Delivery::Arrival);
         let mut linked = lock_linked(conn, &stripe_ids, wait).await?;
         let now = Utc::now();
         let mut requeued: Vec<(CustomerId, i64)> = Vec::new();

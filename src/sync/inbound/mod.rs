@@ -179,11 +179,16 @@ pub(super) struct Context {
 impl Context {
     /// Whether taking a customer's sync lock may wait for an outbound sync in flight.
     pub fn sync_wait(&self) -> SyncWait {
-        if self.on_arrival {
-            SyncWait::Fail
-        } else {
-            SyncWait::Wait
-        }
+        sync_wait(self.on_arrival)
+    }
+}
+
+/// Applying on arrival never waits for an outbound sync; every other path does.
+fn sync_wait(on_arrival: bool) -> SyncWait {
+    if on_arrival {
+        SyncWait::Fail
+    } else {
+        SyncWait::Wait
     }
 }
 

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::metrics::{Outcomes, count, latency_histogram};
+use crate::metrics::{OutcomeLabels, Outcomes, latency_histogram};
 use crate::store;
 use crate::store::processed_events::{self, EventRef};
 use crate::stripe::event::StripeEvent;
@@ -181,9 +181,7 @@ async fn gather_and_write(tasks: InboxWriterTasks, written: mpsc::Sender<()>) {
                 }
                 Err(_) => "failed",
             };
-            for _ in &batch.events {
-                count(&metrics.arrived, label);
-            }
+            add(&metrics.arrived, label, batch.events.len() as u64);
             let outcome = outcome.map(|_| ());
             for caller in batch.callers {
                 // The caller may have gone (its client disconnected); nothing to tell then.
@@ -192,6 +190,14 @@ async fn gather_and_write(tasks: InboxWriterTasks, written: mpsc::Sender<()>) {
             drop(permit);
         });
     }
+}
+
+/// Counts `events` events of one outcome.
+fn add(family: &Outcomes, outcome: &str, events: u64) {
+    let labels = OutcomeLabels {
+        outcome: outcome.to_owned(),
+    };
+    family.get_or_create(&labels).inc_by(events);
 }
 
 impl Batch {
