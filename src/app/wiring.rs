@@ -18,7 +18,7 @@ use crate::metrics::{self, Registry};
 use crate::policy::file::ReloadMetrics;
 use crate::policy::{self, PolicyRegistry, ReadinessCollector, StripeFactory};
 use crate::reconcile::{Handlers, ReconcileMetrics, Reconciler};
-use crate::store::locks::LockPool;
+use crate::store::locks::{CUSTOMER_LOCK_SESSIONS, LockPool};
 use crate::stripe::{HttpStripe, RateLimit, StripeMetrics, StripeSettings};
 use crate::sync::catch_up::{CatchUp, CatchUpMetrics};
 use crate::sync::dead_letters::{DeadLetterMetrics, DeadLetters};
@@ -30,9 +30,9 @@ use crate::transport::InboundQueue;
 use crate::transport::kafka::{self, KafkaProbe, KafkaSettings};
 use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
 
-/// Connections the lock pool keeps besides one per customer synced at once and one per inbox
-/// worker: the outbox relay's claim, catch-up's lock, the reconciler's lock and the syncs of
-/// its repairs, the controller's leader lock, and a spare.
+/// Connections the lock pool keeps besides the sessions holding customers' sync locks and one
+/// per inbox worker: the outbox worker's claim, the outbox relay's claim, catch-up's lock, the
+/// reconciler's lock, the controller's leader lock, and spares.
 const LOCK_POOL_BASE: u32 = 7;
 
 mod cluster;
@@ -142,9 +142,8 @@ pub(super) fn handlers(
 
 /// Connections held while waiting on Stripe or Kafka, apart from the pool serving requests.
 fn lock_pool(settings: &Settings, pool: &PgPool) -> LockPool {
-    let syncs = settings.outbound.map_or(1, |o| o.concurrency);
     let inbox = settings.inbound.map_or(0, |i| i.concurrency);
-    let size = u32::try_from(syncs + inbox)
+    let size = u32::try_from(CUSTOMER_LOCK_SESSIONS + inbox)
         .unwrap_or(u32::MAX)
         .saturating_add(LOCK_POOL_BASE);
     let held = PgPoolOptions::new()
@@ -322,8 +321,9 @@ impl Parts<'_> {
         info!(group = %kafka.settings.group("inbound"), "applying Stripe events (Kafka transport)");
         let health = self.health.clone();
         let batch = usize::try_from(inbound.batch_size).unwrap_or(1).max(1);
+        let lanes = inbound.concurrency;
         self.task(move |shutdown| {
-            kafka::inbound::run_inbound(consumer, handler, health, batch, shutdown).boxed()
+            kafka::inbound::run_inbound(consumer, handler, health, batch, lanes, shutdown).boxed()
         });
         Ok(())
     }

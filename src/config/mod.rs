@@ -178,9 +178,9 @@ pub struct OutboundArgs {
     #[arg(long, env = "PAYSYNC_NO_RELAY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_relay: bool,
 
-    /// Customers synced to Stripe at once, on either transport (each holds a database
-    /// connection meanwhile); to use the whole budget, requests/s × Stripe's latency.
-    #[arg(long, env = "PAYSYNC_OUTBOUND_CONCURRENCY", default_value_t = DEFAULT_OUTBOUND_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Customers synced to Stripe at once, on either transport; to use the whole budget,
+    /// requests/s × Stripe's latency. Those beyond what the budget allows wait for it.
+    #[arg(long, env = "PAYSYNC_OUTBOUND_CONCURRENCY", default_value_t = DEFAULT_OUTBOUND_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub outbound_concurrency: u32,
 
     /// Outbox rows claimed per batch.
@@ -209,7 +209,7 @@ pub struct InboundArgs {
     #[arg(long, env = "PAYSYNC_APPLY_ON_ARRIVAL", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub apply_on_arrival: bool,
 
-    /// Workers draining the inbox of Stripe events at once (PostgreSQL transport).
+    /// Inbox workers; with Kafka, also lanes applying the inbound topic's partitions at once.
     #[arg(long, env = "PAYSYNC_INBOUND_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub inbound_concurrency: u32,
 
@@ -354,10 +354,10 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
 }
 
-/// `PAYSYNC_OUTBOUND_CONCURRENCY` unless set: a test-mode budget (25 requests/s) at Stripe's
-/// usual latency (~300 ms) needs 8 in flight; each holds a database connection, so two
-/// replicas stay well inside PostgreSQL's default 100 connections.
-pub const DEFAULT_OUTBOUND_CONCURRENCY: u32 = 16;
+/// `PAYSYNC_OUTBOUND_CONCURRENCY` unless set: a live budget (100 requests/s) at 1 s per call.
+/// A sync in flight costs a task and a lock on a shared session (`store::locks`), no
+/// connection; those beyond the budget wait for it, holding only their customer's lock.
+pub const DEFAULT_OUTBOUND_CONCURRENCY: u32 = 100;
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.trim().is_empty() {

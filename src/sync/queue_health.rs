@@ -3,8 +3,9 @@
 //! (readiness details, metrics) so an alert can fire; readiness itself stays up, because a
 //! restart does not unstick a queue and Stripe's deliveries must keep being accepted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -106,9 +107,9 @@ struct Measured {
 #[derive(Debug, Default)]
 pub struct QueueHealth {
     snapshot: RwLock<Option<QueueSnapshot>>,
-    /// When the oldest message the Kafka inbound consumer holds was produced (Unix ms; 0 when
-    /// it holds none). A consumer stuck on a message keeps this old.
-    kafka_inbound_in_hand_since: AtomicI64,
+    /// For each lane of the Kafka inbound consumer holding messages, when the oldest of them
+    /// was produced (Unix ms). A lane stuck on a message keeps this old.
+    kafka_inbound_in_hand_since: std::sync::Mutex<HashMap<usize, i64>>,
 }
 
 impl QueueHealth {
@@ -117,22 +118,27 @@ impl QueueHealth {
         *self.snapshot.read().await
     }
 
-    /// The Kafka inbound consumer holds messages produced at `since_ms` and later.
-    pub fn kafka_inbound_holding(&self, since_ms: i64) {
-        self.kafka_inbound_in_hand_since
-            .store(since_ms, Ordering::Relaxed);
+    /// A lane of the Kafka inbound consumer holds messages produced at `since_ms` and later.
+    pub fn kafka_inbound_holding(&self, lane: usize, since_ms: i64) {
+        self.in_hand().insert(lane, since_ms);
     }
 
-    /// The Kafka inbound consumer finished what it held.
-    pub fn kafka_inbound_idle(&self) {
-        self.kafka_inbound_in_hand_since.store(0, Ordering::Relaxed);
+    /// A lane of the Kafka inbound consumer finished what it held.
+    pub fn kafka_inbound_idle(&self, lane: usize) {
+        self.in_hand().remove(&lane);
     }
 
     fn kafka_inbound_age(&self) -> f64 {
-        match self.kafka_inbound_in_hand_since.load(Ordering::Relaxed) {
-            0 => 0.0,
-            since => ((Utc::now().timestamp_millis() - since).max(0) as f64) / 1000.0,
+        match self.in_hand().values().min() {
+            None => 0.0,
+            Some(since) => ((Utc::now().timestamp_millis() - since).max(0) as f64) / 1000.0,
         }
+    }
+
+    fn in_hand(&self) -> std::sync::MutexGuard<'_, HashMap<usize, i64>> {
+        self.kafka_inbound_in_hand_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -21,12 +21,14 @@ use paysync::transport::kafka::relay::RelaySettings;
 
 /// Stripe's test-mode limit, the budget the benchmark configures.
 const RATE_BUDGET: u32 = 25;
+/// Stripe's live-mode limit, the budget of the live rows.
+const LIVE_RATE_BUDGET: u32 = 100;
 /// Changes in the latency phase, paced well below the budget.
 const LATENCY_CHANGES: usize = 200;
 const LATENCY_PACE: Duration = Duration::from_millis(200);
-/// Customers created at once in each throughput phase (one create call each): 15 s of the
-/// budget.
-const THROUGHPUT_CUSTOMERS: usize = 375;
+/// Seconds of the budget each throughput phase's creates take (one call each): 375 customers
+/// in test mode, 1,500 live.
+const THROUGHPUT_SECONDS: usize = 15;
 /// Stripe's processing time in each throughput phase: localstripe's own (a few ms), and real
 /// Stripe's typical and slow answers.
 const STRIPE_LATENCIES: [Duration; 3] = [
@@ -42,8 +44,13 @@ struct KafkaTarget {
     options: Vec<(String, String)>,
 }
 
-async fn spawn(pool: PgPool, proxy: &FaultProxy, kafka: Option<&KafkaTarget>) -> TestApp {
-    let budget = json!({"rateLimit": {"requestsPerSecond": RATE_BUDGET, "burst": RATE_BUDGET}});
+async fn spawn(
+    pool: PgPool,
+    proxy: &FaultProxy,
+    kafka: Option<&KafkaTarget>,
+    rate: u32,
+) -> TestApp {
+    let budget = json!({"rateLimit": {"requestsPerSecond": rate, "burst": rate}});
     let mut settings = with_spec(syncing_settings(&proxy.base_url), budget);
     // As `paysync serve` runs by default.
     if let Some(outbound) = settings.outbound.as_mut() {
@@ -99,11 +106,11 @@ async fn wait_all_synced(app: &TestApp, deadline: Duration) {
     .await;
 }
 
-/// Creates `THROUGHPUT_CUSTOMERS` customers at once and waits until Stripe has them all;
-/// the rate of Stripe calls paysync issued meanwhile, and over how long.
-async fn throughput(app: &TestApp, proxy: &FaultProxy) -> (f64, f64) {
+/// Creates `THROUGHPUT_SECONDS` of the budget's customers at once and waits until Stripe
+/// has them all; the rate of Stripe calls paysync issued meanwhile, and over how long.
+async fn throughput(app: &TestApp, proxy: &FaultProxy, rate: u32) -> (f64, f64) {
     let before = proxy.recorded().await.len();
-    let emails: Vec<String> = (0..THROUGHPUT_CUSTOMERS)
+    let emails: Vec<String> = (0..THROUGHPUT_SECONDS * rate as usize)
         .map(|_| unique_email("bench-load"))
         .collect();
     futures::stream::iter(&emails)
@@ -119,9 +126,59 @@ async fn throughput(app: &TestApp, proxy: &FaultProxy) -> (f64, f64) {
     ((calls.len() - 1) as f64 / elapsed, elapsed)
 }
 
+/// The share of the budget `rate` paysync's Stripe calls used at each Stripe latency.
+async fn shares_of_budget(
+    app: &TestApp,
+    proxy: &FaultProxy,
+    rate: u32,
+    latencies: &[Duration],
+) -> Vec<String> {
+    let mut shares = Vec::new();
+    for latency in latencies {
+        proxy.set_latency(*latency).await;
+        let (calls_per_second, elapsed) = throughput(app, proxy, rate).await;
+        shares.push(format!(
+            "{:.1} req/s over {:.1} s = {:.0}%",
+            calls_per_second,
+            elapsed,
+            100.0 * calls_per_second / f64::from(rate)
+        ));
+    }
+    proxy.set_latency(Duration::ZERO).await;
+    shares
+}
+
+/// The live rows: the share of a 100 req/s budget used at real Stripe's latencies.
+async fn run_live(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
+    let proxy = FaultProxy::start().await;
+    let app = spawn(pool, &proxy, kafka, LIVE_RATE_BUDGET).await;
+    let shares = shares_of_budget(&app, &proxy, LIVE_RATE_BUDGET, &STRIPE_LATENCIES[1..]).await;
+    assert_valid(&app).await;
+    println!("| {transport} | {} |", shares.join(" | "));
+    app.stop().await;
+}
+
+/// A valid run has no 429s and no dead letters.
+async fn assert_valid(app: &TestApp) {
+    let metrics = app.metrics_text().await;
+    let rate_limited = metrics
+        .lines()
+        .filter(|l| l.contains("result=\"rate_limited\""))
+        .count();
+    let dead: i64 = sqlx::query_scalar("select count(*) from dead_letters")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (rate_limited, dead),
+        (0, 0),
+        "a valid run has no 429s and no dead letters"
+    );
+}
+
 async fn run(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
     let proxy = FaultProxy::start().await;
-    let app = spawn(pool, &proxy, kafka).await;
+    let app = spawn(pool, &proxy, kafka, RATE_BUDGET).await;
 
     // Latency: changes to 20 synced customers, one every 200 ms (5/s, a fifth of the budget).
     let mut ids = Vec::new();
@@ -167,33 +224,9 @@ async fn run(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
 
     // Throughput: many customers at once, so the budget is the bottleneck, at each Stripe
     // latency.
-    let mut shares = Vec::new();
-    for latency in STRIPE_LATENCIES {
-        proxy.set_latency(latency).await;
-        let (rate, elapsed) = throughput(&app, &proxy).await;
-        shares.push(format!(
-            "{:.1} req/s over {:.1} s = {:.0}%",
-            rate,
-            elapsed,
-            100.0 * rate / f64::from(RATE_BUDGET)
-        ));
-    }
-    proxy.set_latency(Duration::ZERO).await;
+    let shares = shares_of_budget(&app, &proxy, RATE_BUDGET, &STRIPE_LATENCIES).await;
 
-    let metrics = app.metrics_text().await;
-    let rate_limited = metrics
-        .lines()
-        .filter(|l| l.contains("result=\"rate_limited\""))
-        .count();
-    let dead: i64 = sqlx::query_scalar("select count(*) from dead_letters")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        (rate_limited, dead),
-        (0, 0),
-        "a valid run has no 429s and no dead letters"
-    );
+    assert_valid(&app).await;
 
     println!(
         "| {transport} | {} | {} | {} | {} | {} | {} |",
@@ -207,11 +240,27 @@ async fn run(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
     app.stop().await;
 }
 
-pub async fn outbound_postgres_transport(pool: PgPool) {
-    run(pool, "PostgreSQL", None).await;
+/// Which rows a run measures.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    /// Latency, and throughput at every Stripe latency, at the test-mode budget.
+    Test,
+    /// Throughput at real Stripe latencies at the live-mode budget.
+    Live,
 }
 
-pub async fn outbound_kafka_mock_cluster(pool: PgPool) {
+async fn run_with(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>, budget: Budget) {
+    match budget {
+        Budget::Test => run(pool, transport, kafka).await,
+        Budget::Live => run_live(pool, transport, kafka).await,
+    }
+}
+
+pub async fn outbound_postgres_transport(pool: PgPool, budget: Budget) {
+    run_with(pool, "PostgreSQL", None, budget).await;
+}
+
+pub async fn outbound_kafka_mock_cluster(pool: PgPool, budget: Budget) {
     let kafka = MockKafka::start().await;
     let target = KafkaTarget {
         brokers: kafka.bootstrap.clone(),
@@ -223,14 +272,15 @@ pub async fn outbound_kafka_mock_cluster(pool: PgPool) {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
     };
-    run(pool, "Kafka (librdkafka mock cluster)", Some(&target)).await;
+    let transport = "Kafka (librdkafka mock cluster)";
+    run_with(pool, transport, Some(&target), budget).await;
 }
 
-pub async fn outbound_kafka_tansu(pool: PgPool) {
+pub async fn outbound_kafka_tansu(pool: PgPool, budget: Budget) {
     let target = KafkaTarget {
         brokers: "127.0.0.1:19092".to_owned(),
         topic_prefix: format!("paysync-bench-{}", uuid::Uuid::now_v7().simple()),
         options: Vec::new(),
     };
-    run(pool, "Kafka (tansu)", Some(&target)).await;
+    run_with(pool, "Kafka (tansu)", Some(&target), budget).await;
 }

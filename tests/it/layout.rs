@@ -17,7 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("backoff", &[]),
     ("metrics", &[]),
     ("telemetry", &[]),
-    ("store", &["domain"]),
+    ("store", &["domain", "backoff"]),
     ("stripe", &["domain", "backoff", "metrics", "telemetry"]),
     ("config", &["domain", "telemetry"]),
     (

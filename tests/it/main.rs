@@ -24,4 +24,5 @@ mod reconcile;
 // Shared with the benchmark program, which uses parts the tests do not.
 #[allow(dead_code)]
 mod support;
+mod sync_locks;
 mod webhooks;

@@ -3,8 +3,8 @@
 //! Level-based: a message only names a customer; the handler reads the row as it is now and
 //! brings Stripe to it. Bursts of changes collapse, redeliveries are no-ops
 //! (`stripe_synced_version >= version`), and the order of messages does not matter. One sync
-//! of a customer at a time (its sync lock, on a held connection, so no transaction and no
-//! pooled connection waits on Stripe); the result is committed in a short transaction.
+//! of a customer at a time (its sync lock, a session lock on a session shared with the other
+//! syncs, so no transaction and no pooled connection waits on Stripe); the result is committed in a short transaction.
 //!
 //! The customer's account (its policy) is looked up at each sync: a policy that does not
 //! write to Stripe now (Observe, StripeToLocal, suspended, removed, no usable key) leaves the

@@ -11,6 +11,7 @@ use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -31,35 +32,122 @@ pub fn inbound_consumer(settings: &KafkaSettings) -> Result<StreamConsumer> {
 }
 
 /// Runs until `shutdown`, then closes the consumer (committing the stored offsets).
+///
+/// Batches are applied by `lanes` tasks at once, each partition always by the same lane (its
+/// number modulo `lanes`): a partition's events, and so each customer's, stay in order, and
+/// each lane stores its partitions' offsets in order. One lane's transaction waiting on
+/// PostgreSQL no longer holds up the others.
 pub async fn run_inbound(
     consumer: StreamConsumer,
     handler: Arc<dyn InboundHandler>,
     health: Arc<QueueHealth>,
     batch_size: usize,
+    lanes: usize,
     shutdown: CancellationToken,
 ) {
+    let consumer = Arc::new(consumer);
+    let (senders, running): (Vec<_>, Vec<_>) = (0..lanes.max(1))
+        .map(|index| {
+            let (sender, receiver) = mpsc::channel(LANE_QUEUE);
+            let lane = Lane {
+                index,
+                consumer: consumer.clone(),
+                handler: handler.clone(),
+                health: health.clone(),
+                batch_size,
+            };
+            let running = tokio::spawn(lane.run(receiver, shutdown.clone()));
+            (sender, running)
+        })
+        .collect();
     while let Some(messages) = next_batch(&consumer, batch_size, &shutdown).await {
-        let oldest = messages
-            .iter()
-            .filter_map(|m| m.timestamp().to_millis())
-            .min();
-        health.kafka_inbound_holding(oldest.unwrap_or_else(|| Utc::now().timestamp_millis()));
-        let handled = handle(&messages, handler.as_ref(), &shutdown).await;
-        health.kafka_inbound_idle();
-        if !handled {
-            // Shutting down mid-retry: the offsets stay, the messages are read again.
+        if !dispatch(messages, &senders, &shutdown).await {
             break;
         }
-        for message in &messages {
-            if let Err(e) =
-                consumer.store_offset(message.topic(), message.partition(), message.offset())
-            {
-                warn!(error = %e, "storing the consumer offset failed");
+    }
+    // The lanes finish what they were handed (or, shutting down mid-retry, leave it unstored
+    // to be read again).
+    drop(senders);
+    for lane in futures::future::join_all(running).await {
+        if let Err(e) = lane {
+            warn!(error = %e, "an inbound lane failed");
+        }
+    }
+    match Arc::try_unwrap(consumer) {
+        Ok(consumer) => close(consumer).await,
+        Err(_) => warn!("the inbound consumer is still in use; not closed"),
+    }
+    info!("inbound consumer stopped");
+}
+
+/// Batches a lane may have waiting: bounds what is read ahead of what is applied.
+const LANE_QUEUE: usize = 2;
+
+/// Hands each message to its partition's lane; false when shutting down (or a lane stopped).
+async fn dispatch(
+    messages: Vec<OwnedMessage>,
+    lanes: &[mpsc::Sender<Vec<OwnedMessage>>],
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut split: Vec<Vec<OwnedMessage>> = lanes.iter().map(|_| Vec::new()).collect();
+    for message in messages {
+        let lane = usize::try_from(message.partition()).unwrap_or(0) % lanes.len();
+        split[lane].push(message);
+    }
+    for (lane, messages) in lanes.iter().zip(split) {
+        if messages.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            sent = lane.send(messages) => if sent.is_err() { return false },
+        }
+    }
+    true
+}
+
+/// Applies the batches of some partitions, in order, and stores their offsets.
+struct Lane {
+    index: usize,
+    consumer: Arc<StreamConsumer>,
+    handler: Arc<dyn InboundHandler>,
+    health: Arc<QueueHealth>,
+    batch_size: usize,
+}
+
+impl Lane {
+    async fn run(self, mut queue: mpsc::Receiver<Vec<OwnedMessage>>, shutdown: CancellationToken) {
+        while let Some(mut messages) = queue.recv().await {
+            // What else waits for this lane goes into the same transaction.
+            while messages.len() < self.batch_size {
+                match queue.try_recv() {
+                    Ok(more) => messages.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let oldest = messages
+                .iter()
+                .filter_map(|m| m.timestamp().to_millis())
+                .min();
+            let since = oldest.unwrap_or_else(|| Utc::now().timestamp_millis());
+            self.health.kafka_inbound_holding(self.index, since);
+            let handled = handle(&messages, self.handler.as_ref(), &shutdown).await;
+            self.health.kafka_inbound_idle(self.index);
+            if !handled {
+                // Shutting down mid-retry: the offsets stay, the messages are read again.
+                return;
+            }
+            for message in &messages {
+                let (topic, partition) = (message.topic(), message.partition());
+                if let Err(e) = self
+                    .consumer
+                    .store_offset(topic, partition, message.offset())
+                {
+                    warn!(error = %e, "storing the consumer offset failed");
+                }
             }
         }
     }
-    close(consumer).await;
-    info!("inbound consumer stopped");
 }
 
 /// The next batch: the first message to arrive, and whatever else is ready now (nothing

@@ -5,15 +5,22 @@
 //!
 //! Lock order (so no two holders wait on each other): a batch claim (outbox rows or inbox
 //! events) → per Stripe customer locks (sorted) → per customer sync locks (sorted keys) →
-//! customer rows (by id). A customer's sync lock is a session lock on a held connection; the
-//! inbound worker takes the same key as a transaction lock, so it waits for a sync in flight
-//! and then knows what paysync wrote.
+//! customer rows (by id). A customer's sync lock is a session lock on one of a few shared
+//! sessions ([`customer`]); the inbound worker takes the same key as a transaction lock, so it
+//! waits for a sync in flight and then knows what paysync wrote.
+
+mod customer;
+
+pub use customer::{CustomerLock, SESSIONS as CUSTOMER_LOCK_SESSIONS};
+
+use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 
 use super::{DbContext, Result, Transaction};
 use crate::domain::CustomerId;
+use customer::CustomerLocks;
 
 /// Namespace of catch-up's advisory locks (the two-key form, apart from the customer locks).
 const CATCH_UP_LOCK_NAMESPACE: i32 = 0x7079_6331; // "pyc1"
@@ -34,40 +41,28 @@ pub fn customer_key(id: CustomerId) -> i64 {
 #[derive(Clone, Debug)]
 pub struct LockPool {
     pool: PgPool,
+    customers: Arc<CustomerLocks>,
 }
 
-/// A session advisory lock on a held connection. Release it with [`SessionLock::release`];
+/// An account-wide session advisory lock (catch-up, reconcile, leader) on a held connection
+/// of its own. Release it with [`SessionLock::release`];
 /// dropped unreleased (a cancelled task, an error on the way), its connection is closed
 /// rather than returned to the pool, which ends the session and so frees the lock.
 pub struct SessionLock {
     conn: Option<PoolConnection<Postgres>>,
-    unlock: Unlock,
-}
-
-#[derive(Debug, Clone)]
-enum Unlock {
-    One(i64),
-    Two(i32, String),
+    namespace: i32,
+    account: String,
 }
 
 impl LockPool {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let customers = Arc::new(CustomerLocks::new(pool.clone()));
+        Self { pool, customers }
     }
 
     /// Waits for and takes the sync lock of a customer.
-    pub async fn lock_customer(&self, id: CustomerId) -> Result<SessionLock> {
-        let key = customer_key(id);
-        let mut conn = self.acquire().await?;
-        sqlx::query("select pg_advisory_lock($1)")
-            .bind(key)
-            .execute(&mut *conn)
-            .await
-            .context("taking the customer's sync lock")?;
-        Ok(SessionLock {
-            conn: Some(conn),
-            unlock: Unlock::One(key),
-        })
+    pub async fn lock_customer(&self, id: CustomerId) -> Result<CustomerLock> {
+        self.customers.lock(customer_key(id)).await
     }
 
     /// Takes an account's catch-up lock if no other replica holds it.
@@ -99,7 +94,8 @@ impl LockPool {
             .context("taking an account lock")?;
         Ok(taken.then(|| SessionLock {
             conn: Some(conn),
-            unlock: Unlock::Two(namespace, account.to_owned()),
+            namespace,
+            account: account.to_owned(),
         }))
     }
 
@@ -111,8 +107,10 @@ impl LockPool {
             .context("starting a claim transaction")
     }
 
-    /// Closes every held connection (at shutdown, after the tasks stopped).
+    /// Closes every held connection (at shutdown, after the tasks stopped); the pool's close
+    /// waits for connections still out, so the sync lock sessions are closed first.
     pub async fn close(&self) {
+        self.customers.close().await;
         self.pool.close().await;
     }
 
@@ -137,21 +135,11 @@ impl SessionLock {
         let Some(mut conn) = self.conn.take() else {
             return Ok(());
         };
-        let unlocked = match &self.unlock {
-            Unlock::One(key) => {
-                sqlx::query("select pg_advisory_unlock($1)")
-                    .bind(*key)
-                    .execute(&mut *conn)
-                    .await
-            }
-            Unlock::Two(namespace, account) => {
-                sqlx::query("select pg_advisory_unlock($1, hashtext($2))")
-                    .bind(*namespace)
-                    .bind(account)
-                    .execute(&mut *conn)
-                    .await
-            }
-        };
+        let unlocked = sqlx::query("select pg_advisory_unlock($1, hashtext($2))")
+            .bind(self.namespace)
+            .bind(&self.account)
+            .execute(&mut *conn)
+            .await;
         if unlocked.is_err() {
             // Not returned to the pool with the lock possibly still held.
             drop(conn.detach());
