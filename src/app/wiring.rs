@@ -31,9 +31,9 @@ use crate::transport::kafka::{self, KafkaProbe, KafkaSettings};
 use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
 
 /// Connections the lock pool keeps besides the sessions holding customers' sync locks and one
-/// per inbox worker: the outbox worker's claim, the outbox relay's claim, catch-up's lock, the
-/// reconciler's lock, the controller's leader lock, and spares.
-const LOCK_POOL_BASE: u32 = 7;
+/// per inbox worker: the outbox worker's two claims, the outbox relay's claim, catch-up's
+/// lock, the reconciler's lock, the controller's leader lock, and spares.
+const LOCK_POOL_BASE: u32 = 8;
 
 mod cluster;
 

@@ -68,6 +68,8 @@ pub mod condition_types {
 /// The reasons of the `Ready` condition.
 pub mod reasons {
     pub const CONNECTED: &str = "Connected";
+    /// The key's probe has not answered yet.
+    pub const CHECKING: &str = "Checking";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const KEY_MISSING: &str = "KeyMissing";
     pub const STRIPE_REJECTED_KEY: &str = "StripeRejectedKey";

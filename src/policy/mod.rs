@@ -38,7 +38,7 @@ pub fn apply(
     for name in changes.added.iter().chain(&changes.changed) {
         if let Some(policy) = registry.get(name) {
             let readiness = policy.readiness();
-            if !readiness.ready && readiness.reason != "Checking" {
+            if !readiness.ready && readiness.reason != reasons::CHECKING {
                 warn!(policy = %name, reason = readiness.reason, message = %readiness.message, "policy is not ready");
             } else {
                 info!(policy = %name, "policy in effect");

@@ -240,7 +240,7 @@ impl PolicyRegistry {
             Err(NotReady { reason, message }) => (None, Readiness::not(reason, message)),
             Ok(credentials) => (
                 Some(credentials),
-                Readiness::not("Checking", "not checked yet"),
+                Readiness::not(reasons::CHECKING, "not checked yet"),
             ),
         };
         let webhooks = credentials
@@ -287,7 +287,13 @@ impl PolicyRegistry {
                 .and_then(|c| c.api_key.as_ref())
                 .is_some_and(|old_key| old_key.expose_secret() == key.expose_secret())
         {
-            policy.set_readiness(old.stored_readiness());
+            let readiness = old.stored_readiness();
+            // The old policy's probe may still be out, and its answer goes to the old policy
+            // object: this one is probed again, or it would stay `Checking`.
+            if readiness.reason == reasons::CHECKING {
+                changes.to_probe.push(policy.name.clone());
+            }
+            policy.set_readiness(readiness);
             return Some(client.clone());
         }
         match (self.factory)(&policy.name, key, &policy.spec) {

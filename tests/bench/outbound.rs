@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use crate::support::app::{TestApp, kafka_settings, syncing_settings, wait_for, with_spec};
 use crate::support::fault_proxy::{FaultProxy, Recorded};
 use crate::support::mock_kafka::MockKafka;
+use crate::support::private_stripe::PrivateStripe;
 use crate::support::stripe::unique_email;
 use paysync::transport::kafka::relay::RelaySettings;
 
@@ -52,6 +53,9 @@ async fn spawn(
 ) -> TestApp {
     let budget = json!({"rateLimit": {"requestsPerSecond": rate, "burst": rate}});
     let mut settings = with_spec(syncing_settings(&proxy.base_url), budget);
+    // As `paysync serve` runs by default (`STRIPE_TIMEOUT`), not the tests' short timeout: at
+    // 1 s per call, localstripe queueing a burst of 100 creates takes longer than 2 s.
+    settings.stripe_calls.timeout = Duration::from_secs(20);
     // As `paysync serve` runs by default.
     if let Some(outbound) = settings.outbound.as_mut() {
         outbound.concurrency = paysync::config::DEFAULT_OUTBOUND_CONCURRENCY as usize;
@@ -150,7 +154,10 @@ async fn shares_of_budget(
 
 /// The live rows: the share of a 100 req/s budget used at real Stripe's latencies.
 async fn run_live(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
-    let proxy = FaultProxy::start().await;
+    // A localstripe of the run's own: the shared one slows as it fills (30 creates/s after
+    // the test suite and a few runs), and this measures paysync, not localstripe.
+    let stripe = PrivateStripe::start().await;
+    let proxy = FaultProxy::start_to(&stripe.base).await;
     let app = spawn(pool, &proxy, kafka, LIVE_RATE_BUDGET).await;
     let shares = shares_of_budget(&app, &proxy, LIVE_RATE_BUDGET, &STRIPE_LATENCIES[1..]).await;
     assert_valid(&app).await;
@@ -177,7 +184,10 @@ async fn assert_valid(app: &TestApp) {
 }
 
 async fn run(pool: PgPool, transport: &str, kafka: Option<&KafkaTarget>) {
-    let proxy = FaultProxy::start().await;
+    // A localstripe of the run's own: the shared one slows as it fills (30 creates/s after
+    // the test suite and a few runs), and this measures paysync, not localstripe.
+    let stripe = PrivateStripe::start().await;
+    let proxy = FaultProxy::start_to(&stripe.base).await;
     let app = spawn(pool, &proxy, kafka, RATE_BUDGET).await;
 
     // Latency: changes to 20 synced customers, one every 200 ms (5/s, a fifth of the budget).

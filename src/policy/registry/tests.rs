@@ -50,6 +50,7 @@ fn definition(name: &str, key: Option<&str>, spec: serde_json::Value) -> PolicyD
 fn a_change_that_leaves_key_base_and_rate_alone_keeps_the_client() {
     let (registry, made) = registry();
     registry.replace(vec![definition("eu", Some("sk_1"), json!({}))]);
+    registry.get("eu").unwrap().set_readiness(connected());
     let changes = registry.replace(vec![definition(
         "eu",
         Some("sk_1"),
@@ -157,4 +158,28 @@ fn a_suspended_policy_is_not_ready_and_resuming_restores_its_key_state() {
     );
     registry.replace(vec![definition("eu", Some("sk_1"), json!({}))]);
     assert_eq!(registry.get("eu").unwrap().readiness().reason, "Checking");
+}
+
+fn connected() -> Readiness {
+    Readiness {
+        ready: true,
+        reason: reasons::CONNECTED,
+        message: "the API key was accepted".to_owned(),
+    }
+}
+
+/// A policy changed while its key's probe is still out keeps the client, and is probed again:
+/// that probe's answer goes to the replaced policy, and this one would stay `Checking`.
+#[test]
+fn a_change_before_the_probe_answered_is_probed_again() {
+    let (registry, made) = registry();
+    let first = registry.replace(vec![definition("eu", Some("sk_1"), json!({}))]);
+    assert_eq!(first.to_probe, ["eu"]);
+    let changes = registry.replace(vec![definition(
+        "eu",
+        Some("sk_1"),
+        json!({"suspend": true}),
+    )]);
+    assert_eq!(changes.to_probe, ["eu"]);
+    assert_eq!(made.load(Ordering::SeqCst), 1, "the client is kept");
 }

@@ -30,6 +30,8 @@ pub enum Fault {
 
 struct ProxyState {
     upstream: reqwest::Client,
+    /// Where requests are forwarded: the shared localstripe, or a private one.
+    upstream_base: String,
     /// Faults for requests in turn: request n gets `plan[n % plan.len()]` when `Some`.
     plan: Mutex<Vec<Option<Fault>>>,
     /// A body marker answered with 400 for as long as it is set.
@@ -57,9 +59,16 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// In front of the shared localstripe.
     pub async fn start() -> Self {
+        Self::start_to(LOCALSTRIPE).await
+    }
+
+    /// In front of the Stripe at `upstream_base` (a private localstripe, say).
+    pub async fn start_to(upstream_base: &str) -> Self {
         let state = Arc::new(ProxyState {
             upstream: reqwest::Client::new(),
+            upstream_base: upstream_base.to_owned(),
             plan: Mutex::new(Vec::new()),
             reject_marker: Mutex::new(None),
             requests: AtomicU64::new(0),
@@ -137,7 +146,8 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         tokio::time::sleep(latency).await;
     }
     let url = format!(
-        "{LOCALSTRIPE}{}",
+        "{}{}",
+        state.upstream_base,
         parts.uri.path_and_query().map_or("", |p| p.as_str())
     );
     let logged_body = body.clone();
