@@ -135,3 +135,50 @@ async fn a_sync_lock_waits_for_the_inbound_workers_transaction(pool: PgPool) {
     lock.release().await.unwrap();
     assert_eq!(free_elsewhere(&pool, &[customer_key(id)]).await, 1);
 }
+
+/// A shared session that ends (its backend terminated, as a restarted or failed-over
+/// PostgreSQL would) frees the locks on it; the next lock on it opens a new session, and the
+/// release of a lock that ended with the old one succeeds without touching the new.
+#[sqlx::test]
+async fn a_lost_session_is_replaced_and_its_locks_are_free(pool: PgPool) {
+    let locks = LockPool::new(pool.clone());
+    let id = CustomerId::new();
+    let key = customer_key(id);
+    let held = locks.lock_customer(id).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "select count(pg_terminate_backend(pid)) from pg_locks \
+         where locktype = 'advisory' and objsubid = 1 \
+         and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "one session held the lock");
+    wait_for("the lost session's lock freed", DEADLINE, || async {
+        match free_elsewhere(&pool, &[key]).await {
+            1 => Ok(()),
+            _ => Err("still held".to_owned()),
+        }
+    })
+    .await;
+
+    // The first use of the lost session fails (the caller retries, as for any database
+    // error); after that, locks work on a new session.
+    let same_session = |other: &CustomerId| {
+        customer_key(*other).rem_euclid(CUSTOMER_LOCK_SESSIONS as i64)
+            == key.rem_euclid(CUSTOMER_LOCK_SESSIONS as i64)
+    };
+    let other = std::iter::repeat_with(CustomerId::new)
+        .find(same_session)
+        .unwrap();
+    let again = wait_for("a lock on a new session", DEADLINE, || async {
+        locks.lock_customer(other).await.map_err(|e| e.to_string())
+    })
+    .await;
+    held.release()
+        .await
+        .expect("releasing a lock its lost session freed");
+    assert_eq!(free_elsewhere(&pool, &[customer_key(other)]).await, 0);
+    again.release().await.unwrap();
+    assert_eq!(free_elsewhere(&pool, &[customer_key(other)]).await, 1);
+}
