@@ -121,6 +121,14 @@ pub async fn find_by_key_only(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+/// A transaction that finds rows by their indexes only ([`find_by_key_only`]), begun in one
+/// round trip.
+pub async fn begin_by_key_only(pool: &PgPool) -> Result<Transaction> {
+    pool.begin_with("begin; set local enable_seqscan = off")
+        .await
+        .context("starting transaction")
+}
+
 /// One pooled connection, for reads that need no transaction.
 pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
     pool.acquire()

@@ -51,6 +51,18 @@ pub const SHAPES: [Shape; 3] = [
     },
 ];
 
+/// [`SHAPES`], or only those with as many connections as `PAYSYNC_BENCH_CONNECTIONS` says
+/// (to profile one row).
+pub fn chosen_shapes() -> Vec<Shape> {
+    let connections: Option<usize> = std::env::var("PAYSYNC_BENCH_CONNECTIONS")
+        .ok()
+        .map(|n| n.parse().expect("PAYSYNC_BENCH_CONNECTIONS: a number"));
+    SHAPES
+        .into_iter()
+        .filter(|shape| connections.is_none_or(|n| n == shape.connections))
+        .collect()
+}
+
 /// The event bodies of a load, in the order they are sent: event `i` is about customer
 /// `i % customers`, its first one a `customer.created`, each at a later second than the last.
 fn events(shape: Shape, run: &str) -> Vec<String> {

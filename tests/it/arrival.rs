@@ -139,6 +139,79 @@ async fn an_event_that_cannot_be_applied_is_queued_and_dead_lettered_by_a_worker
     app.stop().await;
 }
 
+/// `outcome` of the event's dedup record, as it is now.
+async fn outcome(pool: &PgPool, event_id: &str) -> Option<String> {
+    sqlx::query_scalar("select outcome from processed_events where event_id = $1")
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_redelivery_changes_nothing_and_new_customers_are_adopted_on_arrival(pool: PgPool) {
+    let app = TestApp::spawn_settings(pool.clone(), arriving()).await;
+    let id = insert_linked(&pool, "again@example.com", "Before", "cus_again").await;
+    let first = event(
+        "evt_again",
+        "customer.updated",
+        now(),
+        customer_object("cus_again", "again@example.com", "Once"),
+    );
+    deliver_signed(&app, &first).await;
+    // Stripe delivers an event again when it missed the 2xx: the record stands, nothing moves.
+    deliver_signed(&app, &first).await;
+    assert_eq!(
+        local_row(&pool, &id).await,
+        (Some("Once".to_owned()), 2, false)
+    );
+    assert_eq!(
+        outcome(&pool, "evt_again").await.as_deref(),
+        Some("applied")
+    );
+
+    // A customer paysync does not know yet, and a linked one, arriving together.
+    let created = event(
+        "evt_new",
+        "customer.created",
+        now(),
+        customer_object("cus_new", "new@example.com", "New"),
+    );
+    let updated = event(
+        "evt_again_2",
+        "customer.updated",
+        now() + 1,
+        customer_object("cus_again", "again@example.com", "Twice"),
+    );
+    futures::join!(
+        deliver_signed(&app, &created),
+        deliver_signed(&app, &updated)
+    );
+    assert_eq!(
+        local_row(&pool, &id).await,
+        (Some("Twice".to_owned()), 3, false)
+    );
+    assert_eq!(outcome(&pool, "evt_new").await.as_deref(), Some("adopted"));
+    assert_eq!(
+        outcome(&pool, "evt_again_2").await.as_deref(),
+        Some("applied")
+    );
+    let adopted: Option<String> =
+        sqlx::query_scalar("select name from customers where stripe_id = 'cus_new'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(adopted.as_deref(), Some("New"));
+    let metrics = app.metrics_text().await;
+    for line in [
+        "paysync_arrived_events_total{outcome=\"applied\"} 4",
+        "paysync_inbound_events_total{policy=\"default\",outcome=\"duplicate\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    app.stop().await;
+}
+
 /// Sends every body until it is answered 200, to whichever server `target` names now (a
 /// delivery that got no 200 is delivered again, as Stripe does).
 async fn deliver_until_acknowledged(bodies: Vec<String>, target: Arc<RwLock<String>>) {

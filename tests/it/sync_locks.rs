@@ -182,3 +182,30 @@ async fn a_lost_session_is_replaced_and_its_locks_are_free(pool: PgPool) {
     again.release().await.unwrap();
     assert_eq!(free_elsewhere(&pool, &[customer_key(other)]).await, 1);
 }
+
+/// Applying on arrival tries a customer's sync lock in SQL (`paysync_customer_key`, a
+/// migration), while outbound syncs hold it by the Rust key: the two must be one key.
+#[sqlx::test]
+async fn the_sql_key_of_a_customer_is_the_rust_one(pool: PgPool) {
+    let mut ids: Vec<uuid::Uuid> = (0..500).map(|_| CustomerId::new().as_uuid()).collect();
+    ids.extend([
+        uuid::Uuid::nil(),
+        uuid::Uuid::max(),
+        uuid::Uuid::from_u64_pair(u64::MAX, 1),
+        uuid::Uuid::from_u64_pair(1 << 63, 0),
+        uuid::Uuid::from_u64_pair(0, 1 << 63),
+    ]);
+    let in_sql: Vec<i64> = sqlx::query_scalar(
+        "select paysync_customer_key(id) from unnest($1::uuid[]) with ordinality u(id, n) \
+             order by n",
+    )
+    .bind(&ids)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let in_rust: Vec<i64> = ids
+        .iter()
+        .map(|id| customer_key(CustomerId::from_uuid(*id)))
+        .collect();
+    assert_eq!(in_sql, in_rust);
+}

@@ -80,6 +80,41 @@ pub async fn lock_linked(
     .collect()
 }
 
+/// A customer row read with its sync lock tried in the same statement.
+#[derive(sqlx::FromRow)]
+struct TriedRow {
+    #[sqlx(flatten)]
+    row: CustomerRow,
+    /// The sync lock was free, and is now this transaction's.
+    free: bool,
+}
+
+/// [`lock_linked`] for applying on arrival, in one statement: the linked customers' rows are
+/// locked and their sync locks tried (never waited for, so the order of the two does not
+/// matter); [`Error::SyncInFlight`] if one is held. The key is the migration's
+/// `paysync_customer_key`, the same as [`locks::customer_key`].
+pub async fn try_lock_linked(
+    conn: &mut PgConnection,
+    stripe_ids: &[&str],
+) -> Result<Vec<Customer>> {
+    let rows: Vec<TriedRow> = sqlx::query_as(concat!(
+        "select ",
+        customer_columns!(),
+        ", pg_try_advisory_xact_lock(paysync_customer_key(id)) as free \
+         from customers where stripe_id = any($1) order by id for update"
+    ))
+    .bind(stripe_ids)
+    .fetch_all(conn)
+    .await
+    .context("locking customers")?;
+    if rows.iter().any(|tried| !tried.free) {
+        return Err(Error::SyncInFlight);
+    }
+    rows.into_iter()
+        .map(|tried| Customer::try_from(tried.row))
+        .collect()
+}
+
 /// Namespace of the per-Stripe-customer advisory locks (the two-key form, apart from the
 /// one-key customer locks of [`lock_for_sync`]).
 const STRIPE_CUSTOMER_LOCK_NAMESPACE: i32 = 0x7079_7363; // "pysc"

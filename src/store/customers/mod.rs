@@ -43,6 +43,7 @@ pub use from_stripe::{
 };
 pub use locking::{
     SyncWait, lock_for_sync, lock_linked, lock_stripe_customer, lock_stripe_customers,
+    try_lock_linked,
 };
 pub use reconcile::{Listed, match_listed, queue_resync, unseen};
 pub use sync_state::{

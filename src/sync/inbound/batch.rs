@@ -19,7 +19,7 @@ use crate::store::processed_events::{self, Seen};
 use crate::store::{self, customers, outbox};
 
 /// A linked customer while its batch is decided.
-struct Linked {
+pub(super) struct Linked {
     customer: Customer,
     /// Some column changed: write the row back.
     touched: bool,
@@ -27,24 +27,17 @@ struct Linked {
     changed: bool,
 }
 
-impl InboundSync {
-    /// Applies events as they arrive, together, or tells the caller to queue them (see
-    /// [`super::InboundHandler::apply_arrived`]).
-    pub(super) async fn apply_on_arrival(&self, events: &[Received]) -> store::Result<bool> {
-        let mut tx = store::begin(&self.pool).await?;
-        match self.apply_batch(&mut tx, events, Delivery::Arrival).await {
-            Ok(outcomes) => {
-                store::commit(tx).await?;
-                self.record(events.iter().zip(outcomes));
-                Ok(true)
-            }
-            Err(failure) => {
-                debug!(error = %failure, events = events.len(), "not applied on arrival; queued for the workers");
-                Ok(false)
-            }
+impl Linked {
+    pub(super) fn new(customer: Customer) -> Self {
+        Self {
+            customer,
+            touched: false,
+            changed: false,
         }
     }
+}
 
+impl InboundSync {
     /// Applies `events` in `conn` in order, each with its dedup record; the first failure
     /// stops it (the caller rolls back and applies the events one by one).
     pub(super) async fn apply_batch(
@@ -132,7 +125,7 @@ impl InboundSync {
     }
 
     /// Decides one event of a linked customer and applies it to the row in memory.
-    async fn decide_linked(
+    pub(super) async fn decide_linked(
         &self,
         state: &mut Linked,
         mut event: IncomingEvent,
@@ -187,23 +180,23 @@ async fn lock_linked(
     stripe_ids: &[&str],
     wait: SyncWait,
 ) -> Result<HashMap<String, Linked>, Failure> {
-    Ok(customers::lock_linked(conn, stripe_ids, wait)
-        .await?
-        .into_iter()
+    Ok(by_stripe_id(
+        customers::lock_linked(conn, stripe_ids, wait).await?,
+    ))
+}
+
+/// Linked customers by their Stripe id, as a batch decides them.
+pub(super) fn by_stripe_id(rows: Vec<Customer>) -> HashMap<String, Linked> {
+    rows.into_iter()
         .filter_map(|customer| {
             let stripe_id = customer.stripe_id.clone()?;
-            let state = Linked {
-                customer,
-                touched: false,
-                changed: false,
-            };
-            Some((stripe_id, state))
+            Some((stripe_id, Linked::new(customer)))
         })
-        .collect())
+        .collect()
 }
 
 /// Writes back the rows the batch touched, and the corrections local wins must push.
-async fn write_linked(
+pub(super) async fn write_linked(
     conn: &mut PgConnection,
     linked: &HashMap<String, Linked>,
     requeued: Vec<(CustomerId, i64)>,

@@ -7,10 +7,12 @@
 //! a time, each in its own transaction, with bounded retries; what still fails goes to the
 //! dead-letter table, so a bad event never stops the worker.
 
+mod arrival;
 mod batch;
 pub mod event;
 mod failure;
 mod find;
+mod linked;
 mod listed;
 mod metrics;
 pub mod rules;
@@ -365,6 +367,14 @@ async fn claim(
 #[async_trait]
 impl InboundHandler for InboundSync {
     async fn apply_delivered(&self, events: &[Received]) -> store::Result<()> {
+        match self.apply_linked(events, false).await {
+            Ok(Some(outcomes)) => {
+                self.record(events.iter().zip(outcomes));
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(failure) => debug!(error = %failure, "batch failed; applying it the general way"),
+        }
         let tx = store::begin(&self.pool).await?;
         self.apply_in_batch(tx, events, Delivery::Kafka).await
     }

@@ -1,0 +1,90 @@
+//! The common case of a batch, every event about a customer already linked, in four round
+//! trips: begin, read and lock the linked rows (their sync locks tried in the same
+//! statement, never waited for), write them back, and insert the dedup records with their
+//! outcomes; then commit. Anything else takes the general path
+//! ([`InboundSync::apply_batch`]) instead: a redelivery (its dedup record exists), an event
+//! that may adopt or link a customer (that needs the per-Stripe-customer locks first, see
+//! ARCHITECTURE "Locks"), a sync lock held by an outbound sync.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+
+use super::batch::{by_stripe_id, write_linked};
+use super::event::IncomingEvent;
+use super::{Context, Failure, InboundSync, Outcome, Received};
+use crate::domain::CustomerId;
+use crate::store::processed_events::{self, EventRef};
+use crate::store::{self, customers};
+
+impl InboundSync {
+    /// Applies `events` if they are the common case, and commits: `None` (nothing written)
+    /// when they are not. `on_arrival`: as in [`Context::on_arrival`].
+    pub(super) async fn apply_linked(
+        &self,
+        events: &[Received],
+        on_arrival: bool,
+    ) -> Result<Option<Vec<Outcome>>, Failure> {
+        let mut distinct = HashSet::with_capacity(events.len());
+        if events
+            .iter()
+            .any(|r| r.refetch || !distinct.insert(r.event.id.as_str()))
+        {
+            return Ok(None);
+        }
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        let pending = self.read_events(events, on_arrival, &mut outcomes).await?;
+        let stripe_ids: Vec<&str> = pending
+            .iter()
+            .map(|(_, e, _)| e.stripe_id.as_str())
+            .collect();
+        let mut tx = store::begin_by_key_only(&self.pool).await?;
+        let mut linked = by_stripe_id(customers::try_lock_linked(&mut tx, &stripe_ids).await?);
+        let now = Utc::now();
+        let mut requeued: Vec<(CustomerId, i64)> = Vec::new();
+        for (index, event, context) in pending {
+            let Some(state) = linked.get_mut(&event.stripe_id) else {
+                return Ok(None);
+            };
+            let outcome = self
+                .decide_linked(state, event, &context, now, &mut requeued)
+                .await?;
+            outcomes[index] = Some(outcome);
+        }
+        write_linked(&mut tx, &linked, requeued).await?;
+        let records: Vec<(EventRef<'_>, &str)> = events
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(received, outcome)| {
+                Some((received.event_ref(), outcome.as_ref()?.label()))
+            })
+            .collect();
+        if processed_events::record_processed(&mut tx, &records).await? < records.len() as u64 {
+            return Ok(None);
+        }
+        store::commit(tx).await?;
+        Ok(Some(outcomes.into_iter().flatten().collect()))
+    }
+
+    /// The events to decide, with their index and their policy's rules; those their policy
+    /// does not apply get their outcome in `outcomes` at once.
+    async fn read_events(
+        &self,
+        events: &[Received],
+        on_arrival: bool,
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<Vec<(usize, IncomingEvent, Context)>, Failure> {
+        let mut pending = Vec::with_capacity(events.len());
+        for (index, received) in events.iter().enumerate() {
+            match self.context(&received.event.account) {
+                Ok(mut context) => {
+                    context.on_arrival = on_arrival;
+                    let event = self.incoming(received, &context).await?;
+                    pending.push((index, event, context));
+                }
+                Err(instead) => outcomes[index] = Some(instead),
+            }
+        }
+        Ok(pending)
+    }
+}
