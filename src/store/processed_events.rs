@@ -148,39 +148,6 @@ pub async fn begin_processing_many(
     Ok(seen)
 }
 
-/// Writes the dedup records of events applied in this transaction, with their outcomes, in
-/// one statement (a record inserted processed needs no second write). Returns how many were
-/// new: fewer than given means some were recorded already (a redelivery, or one queued in
-/// the inbox), and the caller must not commit what it applied for them.
-pub async fn record_processed(
-    conn: &mut PgConnection,
-    events: &[(EventRef<'_>, &str)],
-) -> Result<u64> {
-    let ids: Vec<&str> = events.iter().map(|(e, _)| e.event_id).collect();
-    let kinds: Vec<&str> = events.iter().map(|(e, _)| e.kind).collect();
-    let accounts: Vec<&str> = events.iter().map(|(e, _)| e.account).collect();
-    let customers: Vec<Option<&str>> = events.iter().map(|(e, _)| e.stripe_customer_id).collect();
-    let outcomes: Vec<&str> = events.iter().map(|(_, outcome)| *outcome).collect();
-    let inserted = sqlx::query(
-        "insert into processed_events \
-         (event_id, type, account, stripe_customer_id, processed_at, outcome) \
-         select id, kind, account, customer, now(), outcome \
-         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-              as batch (id, kind, account, customer, outcome) \
-         on conflict (event_id) do nothing",
-    )
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&accounts)
-    .bind(&customers)
-    .bind(&outcomes)
-    .execute(conn)
-    .await
-    .context("recording applied Stripe events")?
-    .rows_affected();
-    Ok(inserted)
-}
-
 /// [`finish`] for a batch: `(event id, outcome)` pairs.
 pub async fn finish_many(conn: &mut PgConnection, outcomes: &[(&str, &str)]) -> Result<()> {
     let ids: Vec<&str> = outcomes.iter().map(|(id, _)| *id).collect();

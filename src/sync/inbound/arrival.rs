@@ -1,5 +1,6 @@
 //! Applying events as they arrive (the PostgreSQL transport's ingress gathers concurrent
-//! deliveries): the common case in four round trips ([`InboundSync::apply_linked`]), else
+//! deliveries): the common case in three round trips and the commit
+//! ([`InboundSync::apply_linked`]), else
 //! the general path, both without waiting on Stripe; what neither can apply is queued.
 
 use tracing::debug;

@@ -201,12 +201,24 @@ pub(super) async fn write_linked(
     linked: &HashMap<String, Linked>,
     requeued: Vec<(CustomerId, i64)>,
 ) -> Result<(), Failure> {
-    let touched: Vec<(&Customer, bool)> = linked
+    customers::write_back(conn, &touched(linked)).await?;
+    requeue(conn, requeued).await
+}
+
+/// The rows the batch touched, and whether their content changed.
+pub(super) fn touched(linked: &HashMap<String, Linked>) -> Vec<(&Customer, bool)> {
+    linked
         .values()
         .filter(|state| state.touched)
         .map(|state| (&state.customer, state.changed))
-        .collect();
-    customers::write_back(conn, &touched).await?;
+        .collect()
+}
+
+/// Queues the corrections local wins must push to Stripe.
+pub(super) async fn requeue(
+    conn: &mut PgConnection,
+    requeued: Vec<(CustomerId, i64)>,
+) -> Result<(), Failure> {
     for (id, version) in requeued {
         outbox::insert(conn, id, Op::Update, version).await?;
     }

@@ -1,7 +1,7 @@
-//! The common case of a batch, every event about a customer already linked, in four round
-//! trips: begin, read and lock the linked rows (their sync locks tried in the same
-//! statement, never waited for), write them back, and insert the dedup records with their
-//! outcomes; then commit. Anything else takes the general path
+//! The common case of a batch, every event about a customer already linked, in three round
+//! trips and the commit: begin, read and lock the linked rows (their sync locks tried in
+//! the same statement, never waited for), then write them back and insert the dedup records
+//! with their outcomes in one statement. Anything else takes the general path
 //! ([`InboundSync::apply_batch`]) instead: a redelivery (its dedup record exists), an event
 //! that may adopt or link a customer (that needs the per-Stripe-customer locks first, see
 //! ARCHITECTURE "Locks"), a sync lock held by an outbound sync.
@@ -10,11 +10,11 @@ use std::collections::HashSet;
 
 use chrono::Utc;
 
-use super::batch::{by_stripe_id, write_linked};
+use super::batch::{by_stripe_id, requeue, touched};
 use super::event::IncomingEvent;
 use super::{Context, Failure, InboundSync, Outcome, Received};
 use crate::domain::CustomerId;
-use crate::store::processed_events::{self, EventRef};
+use crate::store::processed_events::EventRef;
 use crate::store::{self, customers};
 
 impl InboundSync {
@@ -51,7 +51,7 @@ impl InboundSync {
                 .await?;
             outcomes[index] = Some(outcome);
         }
-        write_linked(&mut tx, &linked, requeued).await?;
+        requeue(&mut tx, requeued).await?;
         let records: Vec<(EventRef<'_>, &str)> = events
             .iter()
             .zip(&outcomes)
@@ -59,7 +59,9 @@ impl InboundSync {
                 Some((received.event_ref(), outcome.as_ref()?.label()))
             })
             .collect();
-        if processed_events::record_processed(&mut tx, &records).await? < records.len() as u64 {
+        let recorded =
+            customers::write_back_recording(&mut tx, &touched(&linked), &records).await?;
+        if recorded < records.len() as u64 {
             return Ok(None);
         }
         store::commit(tx).await?;
