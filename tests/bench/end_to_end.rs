@@ -257,3 +257,18 @@ pub async fn kafka_mock_cluster(pool: PgPool, shape: Shape) {
     let env = vec![("KAFKA_BROKERS", kafka.bootstrap.clone())];
     run(pool, "Kafka (librdkafka mock cluster)", env, shape).await;
 }
+
+/// tansu, a Kafka-protocol broker of its own (`scripts/services up --kafka`), with a topic
+/// prefix of this run's: the mock cluster answers a fetch with one record batch per
+/// partition, which caps how fast any consumer can read from it.
+pub async fn kafka_tansu(pool: PgPool, shape: Shape) {
+    let env = vec![
+        ("KAFKA_BROKERS", crate::inbound::TANSU.to_owned()),
+        (
+            "KAFKA_TOPIC_PREFIX",
+            format!("paysync-bench-{}", uuid::Uuid::now_v7().simple()),
+        ),
+        ("KAFKA_PARTITIONS", "16".to_owned()),
+    ];
+    run(pool, "Kafka (tansu)", env, shape).await;
+}

@@ -38,7 +38,7 @@ const APPLY_EVENTS: usize = 50_000;
 /// librdkafka's mock broker keeps at most 5 MB per partition (older messages are dropped, as
 /// retention would), so the queue it holds up front is smaller: 4 partitions × ~4.5 MB.
 const APPLY_EVENTS_MOCK: usize = 12_000;
-const TANSU: &str = "127.0.0.1:19092";
+pub const TANSU: &str = "127.0.0.1:19092";
 
 /// CPU time (user + system) a process has used so far.
 pub(crate) fn cpu_time(pid: u32) -> Duration {

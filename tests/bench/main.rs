@@ -109,6 +109,7 @@ async fn sync_tables(postgres: bool, kafka: bool) {
     // The mock cluster cannot hold the largest load (5 MB per partition).
     for shape in shapes.iter().filter(|s| kafka && s.events <= 20_000) {
         in_fresh_database(|pool| end_to_end::kafka_mock_cluster(pool, *shape)).await;
+        in_fresh_database(|pool| end_to_end::kafka_tansu(pool, *shape)).await;
     }
 }
 
