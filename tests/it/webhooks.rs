@@ -62,6 +62,41 @@ async fn a_verified_event_is_in_the_inbox_before_the_2xx_and_stored_once(pool: P
 }
 
 #[sqlx::test]
+async fn concurrent_deliveries_share_writes_and_each_is_stored_before_its_2xx(pool: PgPool) {
+    let app = spawn(pool, None).await;
+    let bodies: Vec<String> = (0..300)
+        .map(|i| customer_event(&format!("evt_many_{i}"), "customer.updated", "cus_Many"))
+        .collect();
+    let signed: Vec<(&String, String)> = bodies
+        .iter()
+        .map(|body| (body, signature(SECRET, now(), body)))
+        .collect();
+    let answers = futures::future::join_all(
+        signed
+            .iter()
+            .map(|(body, signature)| deliver(&app, body, Some(signature))),
+    )
+    .await;
+    assert!(answers.iter().all(|r| r.status() == StatusCode::OK));
+    assert_eq!(
+        inbox(&app).await.len(),
+        300,
+        "every answered delivery is stored"
+    );
+    // Group commit: deliveries that arrive while a write is in flight share the next one.
+    let metrics = app.metrics_text().await;
+    let writes: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("paysync_inbox_write_events_count "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no inbox write count in {metrics}"));
+    assert!(
+        (1..300).contains(&writes),
+        "{writes} writes for 300 deliveries"
+    );
+}
+
+#[sqlx::test]
 async fn forged_expired_oversized_and_malformed_deliveries_store_nothing(pool: PgPool) {
     let app = spawn(pool, None).await;
     let body = customer_event("evt_bad_1", "customer.created", "cus_Bad1");

@@ -6,7 +6,8 @@
 //! failure) is stored in the inbox for the workers instead. Each caller returns only once its
 //! own events are committed, applied or queued.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -25,7 +26,7 @@ use crate::telemetry::error_chain;
 const CONCURRENT_INBOX_WRITES: usize = 2;
 /// Most events in one inbox write.
 const MAX_INBOX_BATCH: usize = 500;
-/// Events waiting for an inbox write before callers wait for room (backpressure).
+/// Deliveries waiting for an inbox write before callers wait for room (backpressure).
 const INBOX_QUEUE_DEPTH: usize = 10_000;
 /// Shortest time between two wake-ups of the inbox workers. PostgreSQL serializes the commits
 /// of transactions that NOTIFY, so the writes do not notify themselves: a separate notifier
@@ -71,18 +72,42 @@ impl InboxWriterMetrics {
 /// Writes the events of many concurrent callers in one transaction and one commit: while a
 /// write is in flight, new events gather, and the next write takes them all (group commit at
 /// the application). Each caller still returns only once its own events are committed.
+///
+/// A delivery that finds a writer free starts one itself (a task, so a client that hangs up
+/// cancels nothing of the others' write); a writer takes what waits, writes it, and goes on
+/// while more waits. There is no gathering task in between: at one delivery at a time, a
+/// hop between tasks (and the threads they wake) is a large part of a delivery's cost.
 #[derive(Clone)]
 pub struct InboxWriter {
-    sender: mpsc::Sender<PendingWrite>,
+    shared: Arc<Shared>,
 }
 
-/// The writer's tasks, not yet running: started by [`InboxWriterTasks::spawn`] when paysync
-/// runs (building paysync starts nothing).
+/// The writer's notifier task, not yet running: started by [`InboxWriterTasks::spawn`] when
+/// paysync runs (building paysync starts nothing).
 pub struct InboxWriterTasks {
+    pool: PgPool,
+    wake: mpsc::Receiver<()>,
+}
+
+/// What every clone of the writer and its write tasks share.
+struct Shared {
     pool: PgPool,
     applier: Option<Arc<dyn InboundHandler>>,
     metrics: Arc<InboxWriterMetrics>,
-    receiver: mpsc::Receiver<PendingWrite>,
+    /// Room for deliveries waiting for a write: callers wait for it (backpressure).
+    room: Semaphore,
+    /// Deliveries waiting and writers running, decided under one lock: a delivery that
+    /// finds every writer busy is sure to be taken by one of them.
+    state: Mutex<Waiting>,
+    /// Wakes the notifier after a queued write.
+    written: mpsc::Sender<()>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<PendingWrite>,
+    /// Writers running, at most [`CONCURRENT_INBOX_WRITES`].
+    writers: usize,
 }
 
 struct PendingWrite {
@@ -98,22 +123,27 @@ struct Batch {
 }
 
 impl InboxWriter {
-    /// The writer and its tasks; writes wait until the tasks are spawned. The tasks stop when
-    /// the last clone of the writer is dropped. With an `applier` (this process applies
-    /// Stripe events), events are applied as they arrive where they can be.
+    /// The writer and its notifier task. With an `applier` (this process applies Stripe
+    /// events), events are applied as they arrive where they can be. The notifier stops when
+    /// the last clone of the writer is dropped.
     pub fn new(
         pool: PgPool,
         applier: Option<Arc<dyn InboundHandler>>,
         metrics: Arc<InboxWriterMetrics>,
     ) -> (Self, InboxWriterTasks) {
-        let (sender, receiver) = mpsc::channel(INBOX_QUEUE_DEPTH);
-        let tasks = InboxWriterTasks {
-            pool,
+        let (written, wake) = mpsc::channel(1);
+        let shared = Shared {
+            pool: pool.clone(),
             applier,
             metrics,
-            receiver,
+            room: Semaphore::new(INBOX_QUEUE_DEPTH),
+            state: Mutex::default(),
+            written,
         };
-        (Self { sender }, tasks)
+        let writer = Self {
+            shared: Arc::new(shared),
+        };
+        (writer, InboxWriterTasks { pool, wake })
     }
 
     pub async fn write(&self, events: Vec<StripeEvent>) -> Result<(), QueueError> {
@@ -125,10 +155,24 @@ impl InboxWriter {
             })
             .collect();
         let (done, committed) = oneshot::channel();
-        self.sender
-            .send(PendingWrite { events, done })
+        let room = self
+            .shared
+            .room
+            .acquire()
             .await
             .map_err(|_| QueueError::Stopped)?;
+        // Given back when a writer takes the delivery.
+        room.forget();
+        let start = {
+            let mut state = self.shared.state();
+            state.queue.push_back(PendingWrite { events, done });
+            let free = state.writers < CONCURRENT_INBOX_WRITES;
+            state.writers += usize::from(free);
+            free
+        };
+        if start {
+            tokio::spawn(write_waiting(self.shared.clone()));
+        }
         committed
             .await
             .map_err(|_| QueueError::Stopped)?
@@ -138,57 +182,75 @@ impl InboxWriter {
 
 impl InboxWriterTasks {
     pub fn spawn(self) {
-        let (written, wake) = mpsc::channel(1);
-        tokio::spawn(notify_workers(self.pool.clone(), wake));
-        tokio::spawn(gather_and_write(self, written));
+        tokio::spawn(notify_workers(self.pool, self.wake));
     }
 }
 
-async fn gather_and_write(tasks: InboxWriterTasks, written: mpsc::Sender<()>) {
-    let InboxWriterTasks {
-        pool,
-        applier,
-        metrics,
-        mut receiver,
-    } = tasks;
-    let writers = Arc::new(Semaphore::new(CONCURRENT_INBOX_WRITES));
-    while let Some(first) = receiver.recv().await {
-        // Waiting for a free writer is when the next batch gathers.
-        let Ok(permit) = writers.clone().acquire_owned().await else {
-            return;
-        };
+/// A writer: writes what waits, batch after batch, and stops when nothing does (deciding so
+/// under the lock a delivery queues under, so none is left behind).
+async fn write_waiting(shared: Arc<Shared>) {
+    // A writer that panicked must still give its place back.
+    let running = WriterPlace(&shared);
+    while let Some(batch) = shared.take_waiting() {
+        shared.room.add_permits(batch.callers.len());
+        shared.write(batch).await;
+    }
+    std::mem::forget(running);
+}
+
+/// Gives a writer's place back if its task ends without deciding to stop (a panic).
+struct WriterPlace<'a>(&'a Shared);
+
+impl Drop for WriterPlace<'_> {
+    fn drop(&mut self) {
+        self.0.state().writers -= 1;
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What waits now, up to one write's worth; `None` (and this writer stops) when nothing.
+    fn take_waiting(&self) -> Option<Batch> {
+        let mut state = self.state();
+        if state.queue.is_empty() {
+            state.writers -= 1;
+            return None;
+        }
         let mut batch = Batch::default();
-        batch.add(first);
         while batch.events.len() < MAX_INBOX_BATCH {
-            match receiver.try_recv() {
-                Ok(pending) => batch.add(pending),
-                Err(_) => break,
+            match state.queue.pop_front() {
+                Some(pending) => batch.add(pending),
+                None => break,
             }
         }
-        let (pool, applier, metrics) = (pool.clone(), applier.clone(), metrics.clone());
-        let wake = written.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let outcome = apply_or_queue(&pool, applier.as_deref(), &batch.events).await;
-            metrics.events.observe(batch.events.len() as f64);
-            metrics.duration.observe(started.elapsed().as_secs_f64());
-            let label = match &outcome {
-                Ok(Written::Applied) => "applied",
-                Ok(Written::Queued) => {
-                    // Full means a wake-up is pending already, which covers these rows too.
-                    let _ = wake.try_send(());
-                    "queued"
-                }
-                Err(_) => "failed",
-            };
-            add(&metrics.arrived, label, batch.events.len() as u64);
-            let outcome = outcome.map(|_| ());
-            for caller in batch.callers {
-                // The caller may have gone (its client disconnected); nothing to tell then.
-                let _ = caller.send(outcome.clone());
+        Some(batch)
+    }
+
+    /// Applies or queues one batch, and answers its callers.
+    async fn write(&self, batch: Batch) {
+        let started = Instant::now();
+        let outcome = apply_or_queue(&self.pool, self.applier.as_deref(), &batch.events).await;
+        let metrics = &self.metrics;
+        metrics.events.observe(batch.events.len() as f64);
+        metrics.duration.observe(started.elapsed().as_secs_f64());
+        let label = match &outcome {
+            Ok(Written::Applied) => "applied",
+            Ok(Written::Queued) => {
+                // Full means a wake-up is pending already, which covers these rows too.
+                let _ = self.written.try_send(());
+                "queued"
             }
-            drop(permit);
-        });
+            Err(_) => "failed",
+        };
+        add(&metrics.arrived, label, batch.events.len() as u64);
+        let outcome = outcome.map(|_| ());
+        for caller in batch.callers {
+            // The caller may have gone (its client disconnected); nothing to tell then.
+            let _ = caller.send(outcome.clone());
+        }
     }
 }
 
