@@ -41,10 +41,8 @@ async fn the_api_honours_its_openapi_document_under_fuzzing(pool: PgPool) {
     let run = Command::new(schemathesis())
         .args(["--config-file", config, "run"])
         .arg(app.url("/openapi.json"))
-        // No `--checks all`: every check is on by default, and a CLI option outranks the
-        // config file's per-operation settings, so naming them here switched the exemptions
-        // of schemathesis.toml back on (a create replayed by its Idempotency-Key after the
-        // customer was deleted then failed `ensure_resource_availability` now and then).
+        // No `--checks all`: every check is on by default, and a command-line option
+        // outranks the config file's per-operation settings (schemathesis.toml).
         .args(["--max-examples", MAX_EXAMPLES])
         // One worker: hypothesis 6.170's lambda-description cache is not thread-safe (a
         // second worker thread now and then fails the run with an internal AST error).
