@@ -8,16 +8,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use paysync::app::Settings;
-use paysync::domain::CustomerId;
-use paysync::store::locks::customer_key;
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::support::app::{TestApp, wait_for};
 use crate::support::events::{
-    DEADLINE, customer_object, deliver_signed, event, inbound_app_settings, insert_linked,
-    insert_linked_many, local_row, processed,
+    DEADLINE, SyncInFlight, customer_object, deliver_signed, event, inbound_app_settings,
+    insert_linked, insert_linked_many, local_row, processed,
 };
 use crate::support::serve_process::{PROCESS_DEADLINE, ServeProcess, database_url};
 use crate::support::webhooks::{SECRET, now, signature};
@@ -25,6 +23,15 @@ use crate::support::webhooks::{SECRET, now, signature};
 /// `processed_at` of the event's dedup record: `None` while it waits in the inbox.
 async fn processed_at(pool: &PgPool, event_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     sqlx::query_scalar("select processed_at from processed_events where event_id = $1")
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// `outcome` of the event's dedup record, as it is now.
+async fn outcome(pool: &PgPool, event_id: &str) -> Option<String> {
+    sqlx::query_scalar("select outcome from processed_events where event_id = $1")
         .bind(event_id)
         .fetch_one(pool)
         .await
@@ -56,12 +63,10 @@ async fn an_event_is_applied_before_its_2xx(pool: PgPool) {
         (Some("On arrival".to_owned()), 2, false)
     );
     assert!(processed_at(&pool, "evt_arrives").await.is_some());
-    let outcome: Option<String> =
-        sqlx::query_scalar("select outcome from processed_events where event_id = 'evt_arrives'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(outcome.as_deref(), Some("applied"));
+    assert_eq!(
+        outcome(&pool, "evt_arrives").await.as_deref(),
+        Some("applied")
+    );
     let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("paysync_arrived_events_total{outcome=\"applied\"} 1"),
@@ -74,16 +79,7 @@ async fn an_event_is_applied_before_its_2xx(pool: PgPool) {
 async fn an_event_for_a_customer_being_synced_waits_in_the_inbox_not_in_the_request(pool: PgPool) {
     let app = TestApp::spawn_settings(pool.clone(), arriving()).await;
     let id = insert_linked(&pool, "syncing@example.com", "Before", "cus_syncing").await;
-    // An outbound sync in flight holds the customer's sync lock as a session lock.
-    let mut sync = PgConnection::connect_with(&pool.connect_options())
-        .await
-        .unwrap();
-    let key = customer_key(CustomerId::from_uuid(id.parse().unwrap()));
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(key)
-        .execute(&mut sync)
-        .await
-        .unwrap();
+    let sync = SyncInFlight::hold(&pool, &id).await;
     let body = event(
         "evt_syncing",
         "customer.updated",
@@ -97,11 +93,7 @@ async fn an_event_for_a_customer_being_synced_waits_in_the_inbox_not_in_the_requ
         "queued, not applied"
     );
     assert_eq!(local_row(&pool, &id).await.0.as_deref(), Some("Before"));
-    sqlx::query("select pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut sync)
-        .await
-        .unwrap();
+    sync.end().await;
     wait_for("the queued event applied", DEADLINE, || async {
         match local_row(&pool, &id).await.0 {
             Some(name) if name == "After the sync" => Ok(()),
@@ -109,7 +101,6 @@ async fn an_event_for_a_customer_being_synced_waits_in_the_inbox_not_in_the_requ
         }
     })
     .await;
-    sync.close().await.unwrap();
     app.stop().await;
 }
 
@@ -137,15 +128,6 @@ async fn an_event_that_cannot_be_applied_is_queued_and_dead_lettered_by_a_worker
         "{metrics}"
     );
     app.stop().await;
-}
-
-/// `outcome` of the event's dedup record, as it is now.
-async fn outcome(pool: &PgPool, event_id: &str) -> Option<String> {
-    sqlx::query_scalar("select outcome from processed_events where event_id = $1")
-        .bind(event_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[sqlx::test]

@@ -40,6 +40,11 @@ impl InboundSync {
             .collect();
         let mut tx = store::begin_by_key_only(&self.pool).await?;
         let mut linked = by_stripe_id(customers::try_lock_linked(&mut tx, &stripe_ids).await?);
+        // Known before anything is decided: no refetch, no conflict logged, for a batch that
+        // then goes the general way.
+        if !stripe_ids.iter().all(|id| linked.contains_key(*id)) {
+            return Ok(None);
+        }
         let now = Utc::now();
         let mut requeued: Vec<(CustomerId, i64)> = Vec::new();
         for (index, event, context) in pending {
@@ -52,13 +57,7 @@ impl InboundSync {
             outcomes[index] = Some(outcome);
         }
         requeue(&mut tx, requeued).await?;
-        let records: Vec<(EventRef<'_>, &str)> = events
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(received, outcome)| {
-                Some((received.event_ref(), outcome.as_ref()?.label()))
-            })
-            .collect();
+        let records = dedup_records(events, &outcomes);
         let recorded =
             customers::write_back_recording(&mut tx, &touched(&linked), &records).await?;
         if recorded < records.len() as u64 {
@@ -89,4 +88,16 @@ impl InboundSync {
         }
         Ok(pending)
     }
+}
+
+/// The dedup records of decided events, with their outcomes.
+fn dedup_records<'a>(
+    events: &'a [Received],
+    outcomes: &[Option<Outcome>],
+) -> Vec<(EventRef<'a>, &'static str)> {
+    events
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(received, outcome)| Some((received.event_ref(), outcome.as_ref()?.label())))
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! The outbound worker over the PostgreSQL transport: claims outbox rows directly (no Kafka),
-//! syncs each customer once per batch, and marks the rows done; two batches at a time. The claim is held on a
-//! connection of the lock pool while Stripe answers, never on one that serves requests.
+//! syncs each customer once per batch, and marks the rows done; two batches at a time. A
+//! claim is held on a connection of the lock pool while Stripe answers, never on one that
+//! serves requests.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use paysync::app::Settings;
+use paysync::domain::CustomerId;
+use paysync::store::locks::customer_key;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 use super::app::{
     TestApp, inbound_settings, kafka_settings, settings, syncing_settings, wait_for, with_webhooks,
@@ -145,4 +147,36 @@ pub async fn replay(app: &TestApp, letter: &Value) -> StatusCode {
 
 pub fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace('@', "%40")
+}
+
+/// An outbound sync in flight, as far as inbound sees it: the customer's sync lock held as a
+/// session lock on a connection of its own (as `store::locks::customer` holds it).
+pub struct SyncInFlight {
+    conn: PgConnection,
+    pub key: i64,
+}
+
+impl SyncInFlight {
+    pub async fn hold(pool: &PgPool, customer_id: &str) -> Self {
+        let mut conn = PgConnection::connect_with(&pool.connect_options())
+            .await
+            .unwrap();
+        let key = customer_key(CustomerId::from_uuid(customer_id.parse().unwrap()));
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self { conn, key }
+    }
+
+    /// The sync ends: its lock is released.
+    pub async fn end(mut self) {
+        sqlx::query("select pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut self.conn)
+            .await
+            .unwrap();
+        self.conn.close().await.unwrap();
+    }
 }
