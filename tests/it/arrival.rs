@@ -75,6 +75,47 @@ async fn an_event_is_applied_before_its_2xx(pool: PgPool) {
     app.stop().await;
 }
 
+/// Updates of `customers` so far, and how many of them were HOT (no new index entries), as
+/// PostgreSQL's statistics count them once the writing session reports them.
+async fn customer_updates(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relname = 'customers'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn a_stripe_change_to_a_synced_customer_is_written_in_place(pool: PgPool) {
+    let app = TestApp::spawn_settings(pool.clone(), arriving()).await;
+    insert_linked_many(&pool, "in-place", "inplace", 3).await;
+    for n in 1..=3 {
+        let body = event(
+            &format!("evt_in_place_{n}"),
+            "customer.updated",
+            now(),
+            customer_object(
+                &format!("cus_inplace{n}"),
+                &format!("in-place-{n}@example.com"),
+                "Renamed",
+            ),
+        );
+        deliver_signed(&app, &body).await;
+    }
+    // Every change bumps the version and the synced version: neither may be read by an index,
+    // or each applied event writes a new entry into every index of the table.
+    let (updates, in_place) = wait_for("the updates counted", DEADLINE, || async {
+        match customer_updates(&pool).await {
+            (3, in_place) => Ok((3, in_place)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(in_place, updates, "every update a HOT update");
+    app.stop().await;
+}
+
 #[sqlx::test]
 async fn an_event_for_a_customer_being_synced_waits_in_the_inbox_not_in_the_request(pool: PgPool) {
     let app = TestApp::spawn_settings(pool.clone(), arriving()).await;

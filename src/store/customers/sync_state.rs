@@ -102,8 +102,8 @@ pub async fn reset_sync_state(conn: &mut PgConnection, id: CustomerId) -> Result
 /// none waits). Failed customers are not waiting: they are in the dead-letter table.
 pub async fn oldest_pending_age(conn: &mut PgConnection) -> Result<f64> {
     sqlx::query_scalar(
-        "select coalesce(extract(epoch from now() - min(updated_at)), 0)::float8 \
-         from customers where stripe_synced_version < version and sync_state = 'pending'",
+        "select coalesce(extract(epoch from now() - min(pending_since)), 0)::float8 \
+         from customers where pending_since is not null",
     )
     .fetch_one(conn)
     .await
@@ -118,8 +118,7 @@ pub async fn oldest_pending_age(conn: &mut PgConnection) -> Result<f64> {
 pub async fn requeue_pending(conn: &mut PgConnection, account: &str) -> Result<u64> {
     let pending: Vec<(uuid::Uuid, i64, bool)> = sqlx::query_as(
         "select c.id, c.version, c.deleted_at is not null from customers c \
-         where c.account = $1 and c.stripe_synced_version < c.version \
-           and c.sync_state = 'pending' \
+         where c.account = $1 and c.unsynced and c.sync_state = 'pending' \
            and not exists (select 1 from outbox o \
                            where o.customer_id = c.id and o.published_at is null \
                            for update skip locked) \
