@@ -108,6 +108,13 @@ pub async fn commit(tx: Transaction) -> Result<()> {
     tx.commit().await.context("committing transaction")
 }
 
+/// Rolls back now, rather than when the connection is next used: for a caller that then takes
+/// again the locks the transaction held (a rollback on drop runs a moment later, in the
+/// background, and a `SKIP LOCKED` claim meanwhile would skip rows that are free).
+pub async fn rollback(tx: Transaction) -> Result<()> {
+    tx.rollback().await.context("rolling back")
+}
+
 /// Makes the rest of the transaction find rows by their indexes, never by scanning a table.
 /// For a transaction whose statements all look rows up by key (applying a batch of events):
 /// on a table whose statistics are stale (new, or grown fast since autovacuum last analyzed

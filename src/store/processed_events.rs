@@ -205,6 +205,19 @@ pub async fn claim_queued(conn: &mut PgConnection, limit: i64) -> Result<Vec<Inb
     .context("claiming inbox events")
 }
 
+/// Claims those of these events still waiting that no other worker holds; returns their ids.
+pub async fn claim_listed(conn: &mut PgConnection, event_ids: &[&str]) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "select event_id from processed_events \
+         where event_id = any($1) and processed_at is null \
+         order by received_at for update skip locked",
+    )
+    .bind(event_ids)
+    .fetch_all(conn)
+    .await
+    .context("claiming inbox events again")
+}
+
 /// Claims one waiting event, if no other worker holds it.
 pub async fn claim_one(conn: &mut PgConnection, event_id: &str) -> Result<Option<InboxRow>> {
     sqlx::query_as(

@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use crate::support::app::{TestApp, inbound_settings, syncing_settings, wait_for, with_webhooks};
 use crate::support::customers::wait_synced;
 use crate::support::events::{
-    DEADLINE, customer_object, deliver_signed, event, inbound_app_settings, insert_linked,
-    local_row, processed, replay, wait_listed,
+    DEADLINE, an_event_waits_for_a_sync_in_flight, customer_object, deliver_signed, event,
+    inbound_app_settings, insert_linked, local_row, processed, replay, wait_listed,
 };
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::mock_kafka::MockKafka;
@@ -21,6 +21,15 @@ use crate::support::webhooks::{SECRET, deliver, now, signature};
 
 async fn spawn(pool: PgPool, kafka: Option<&MockKafka>, stripe: Option<&str>) -> TestApp {
     TestApp::spawn_settings(pool, inbound_app_settings(kafka, stripe)).await
+}
+
+/// The inbox workers' common batch only tries a customer's sync lock; on finding it held, the
+/// events are claimed again and the general path waits for the sync.
+#[sqlx::test]
+async fn a_queued_event_waits_for_its_customers_sync_in_flight(pool: PgPool) {
+    let app = spawn(pool, None, None).await;
+    an_event_waits_for_a_sync_in_flight(&app).await;
+    app.stop().await;
 }
 
 /// Customers created, updated and deleted directly in localstripe appear, change and

@@ -18,8 +18,8 @@ use sqlx::PgPool;
 use crate::support::app::{TestApp, kafka_settings, settings, wait_for};
 use crate::support::customers::wait_synced;
 use crate::support::events::{
-    SyncInFlight, customer_object, deliver_signed, event, inbound_app_settings, insert_linked,
-    insert_linked_many, local_row,
+    an_event_waits_for_a_sync_in_flight, customer_object, deliver_signed, event,
+    inbound_app_settings, insert_linked_many,
 };
 use crate::support::mock_kafka::MockKafka;
 use crate::support::stripe::{LOCALSTRIPE, Localstripe, unique_email};
@@ -283,51 +283,13 @@ async fn inbound_lanes_keep_each_customers_events_in_order(pool: PgPool) {
     app.stop().await;
 }
 
-/// An event for a customer whose outbound sync is in flight (its sync lock held as a session
-/// lock, as `store::locks::customer` holds it) is applied only once the sync ends: the
-/// consumer's common batch only tries the lock, and on finding it held the general path
-/// waits for it, so what the sync wrote to Stripe is known.
+/// An event for a customer whose outbound sync is in flight is applied only once the sync
+/// ends: the consumer's common batch only tries the sync lock, and on finding it held the
+/// general path waits for it, so what the sync wrote to Stripe is known.
 #[sqlx::test]
 async fn an_event_waits_for_its_customers_sync_in_flight(pool: PgPool) {
     let kafka = MockKafka::start().await;
     let app = TestApp::spawn_settings(pool.clone(), inbound_app_settings(Some(&kafka), None)).await;
-    let id = insert_linked(&pool, "inflight@example.com", "Before", "cus_InFlight").await;
-    let sync = SyncInFlight::hold(&pool, &id).await;
-    let body = event(
-        "evt_in_flight",
-        "customer.updated",
-        now(),
-        customer_object("cus_InFlight", "inflight@example.com", "After the sync"),
-    );
-    deliver_signed(&app, &body).await;
-    wait_for(
-        "the consumer waiting for the sync lock",
-        DEADLINE,
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_locks where locktype = 'advisory' and not granted \
-             and objsubid = 1 and ((classid::int8 << 32) | objid::int8) = $1",
-            )
-            .bind(sync.key)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            if waiting == 1 {
-                Ok(())
-            } else {
-                Err("not waiting".to_owned())
-            }
-        },
-    )
-    .await;
-    assert_eq!(local_row(&pool, &id).await.0.as_deref(), Some("Before"));
-    sync.end().await;
-    wait_for("the event applied after the sync", DEADLINE, || async {
-        match local_row(&pool, &id).await {
-            (Some(name), 2, false) if name == "After the sync" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    an_event_waits_for_a_sync_in_flight(&app).await;
     app.stop().await;
 }

@@ -124,6 +124,38 @@ pub async fn write_back_recording(
     Ok(inserted)
 }
 
+/// [`write_back`], and the claimed inbox events of the batch marked processed with their
+/// outcomes (`(event id, outcome)` pairs), in one statement: the inbox workers' form of
+/// [`write_back_recording`]. Returns how many events it marked.
+pub async fn write_back_finishing(
+    conn: &mut PgConnection,
+    customers: &[(&Customer, bool)],
+    outcomes: &[(&str, &str)],
+) -> Result<u64> {
+    let columns = Columns::of(customers)?;
+    let ids: Vec<&str> = outcomes.iter().map(|(id, _)| *id).collect();
+    let labels: Vec<&str> = outcomes.iter().map(|(_, outcome)| *outcome).collect();
+    let query = sqlx::query(concat!(
+        "with written as (",
+        write_back_sql!(),
+        " returning 1) \
+         update processed_events p set processed_at = coalesce(p.processed_at, now()), \
+         outcome = u.outcome, payload = null \
+         from unnest($15::text[], $16::text[]) as u(id, outcome) where p.event_id = u.id"
+    ));
+    let finished = columns
+        .bind(query)
+        .bind(&ids)
+        .bind(&labels)
+        .execute(conn)
+        .await
+        .map_err(email_conflict(
+            "writing Stripe changes and finishing their events",
+        ))?
+        .rows_affected();
+    Ok(finished)
+}
+
 /// Dedup records to insert, one array per column.
 struct Records<'a> {
     ids: Vec<&'a str>,

@@ -36,7 +36,7 @@ mod locking;
 mod reconcile;
 mod sync_state;
 
-pub use batch::{write_back, write_back_recording};
+pub use batch::{write_back, write_back_finishing, write_back_recording};
 pub use from_stripe::{
     adopt, apply_from_stripe, delete_from_stripe, link_stripe_id, merge_from_stripe,
     note_stripe_event, orphan_from_stripe,

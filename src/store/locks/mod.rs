@@ -107,6 +107,15 @@ impl LockPool {
             .context("starting a claim transaction")
     }
 
+    /// [`Self::begin`], finding rows by their indexes only (`store::find_by_key_only`), in
+    /// one round trip: for a claim whose batch is then applied by key.
+    pub async fn begin_by_key_only(&self) -> Result<Transaction> {
+        self.pool
+            .begin_with(concat!("begin; ", super::by_key_only!()))
+            .await
+            .context("starting a claim transaction")
+    }
+
     /// Closes every held connection (at shutdown, after the tasks stopped); the pool's close
     /// waits for connections still out, so the sync lock sessions are closed first.
     pub async fn close(&self) {

@@ -12,7 +12,7 @@ impl InboundSync {
     /// Applies events as they arrive, together, or tells the caller to queue them (see
     /// [`super::InboundHandler::apply_arrived`]).
     pub(super) async fn apply_on_arrival(&self, events: &[Received]) -> store::Result<bool> {
-        let applied = match self.apply_linked(events, true).await {
+        let applied = match self.apply_linked(events, Delivery::Arrival).await {
             Ok(Some(outcomes)) => Ok(outcomes),
             Ok(None) => self.apply_batch_on_arrival(events).await,
             Err(failure) => Err(failure),

@@ -15,11 +15,13 @@ mod find;
 mod linked;
 mod listed;
 mod metrics;
+mod outcome;
 pub mod rules;
 mod write;
 
 pub use failure::Failure;
 pub use metrics::InboundMetrics;
+pub use outcome::Outcome;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +31,7 @@ use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 use tracing::{debug, instrument, warn};
 
-use super::dead_letters::{DEAD_LETTERED, DeadLetters};
+use super::dead_letters::DeadLetters;
 use crate::backoff::Backoff;
 use crate::crd::{Direction, Mode};
 use crate::metrics::{count_for, observe_for};
@@ -40,7 +42,7 @@ use crate::store::dead_letters::{NewDeadLetter, Source};
 use crate::store::processed_events::{self, EventRef, Seen};
 use crate::stripe::StripeApi;
 use crate::stripe::event::StripeEvent;
-use rules::{Rules, Skip};
+use rules::Rules;
 
 /// Attempts of one event (alone, after its batch failed) before it is dead-lettered.
 const MAX_ATTEMPTS: u32 = 5;
@@ -89,52 +91,6 @@ pub enum Delivery {
     Arrival,
 }
 
-/// What handling one event did; the label is stored in `processed_events.outcome` and counted
-/// in `paysync_inbound_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    Adopted,
-    Deleted,
-    KeptLocal,
-    /// A conflict settled field by field: some fields from each side.
-    Merged,
-    /// Deleted in Stripe; kept locally, unlinked (`deletion: Orphan`).
-    Orphaned,
-    Skipped(Skip),
-    /// Already applied before (a redelivery).
-    Duplicate,
-    DeadLettered,
-    /// No policy of that name (removed): nothing applied; the reconciler reports it.
-    NoPolicy,
-    /// The policy is suspended: nothing applied.
-    Suspended,
-    /// The policy syncs LocalToStripe: recorded and counted as drift, never applied.
-    Drift,
-    /// The policy is in Observe mode: counted, not applied.
-    Observed,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Adopted => "adopted",
-            Self::Deleted => "deleted",
-            Self::KeptLocal => "kept_local",
-            Self::Merged => "merged",
-            Self::Orphaned => "orphaned",
-            Self::Skipped(skip) => skip.label(),
-            Self::Duplicate => "duplicate",
-            Self::DeadLettered => DEAD_LETTERED,
-            Self::NoPolicy => "no_policy",
-            Self::Suspended => "suspended",
-            Self::Drift => "drift",
-            Self::Observed => "observed",
-        }
-    }
-}
-
 /// What a transport hands Stripe events to.
 #[async_trait]
 pub trait InboundHandler: Send + Sync {
@@ -149,6 +105,17 @@ pub trait InboundHandler: Send + Sync {
     /// order in doubt, a sync in flight, any failure): nothing of them is written, and the
     /// caller queues them for the workers.
     async fn apply_arrived(&self, events: &[Received]) -> store::Result<bool>;
+
+    /// Applies events the caller claimed from the inbox in `tx` (begun finding rows by key
+    /// only), and commits, if they are the common case (every one about a customer already
+    /// linked, none whose sync is in flight): `Ok(false)` when they are not, and `tx` is rolled
+    /// back (the claim released, so the general path takes its locks in their order): the
+    /// caller claims them again for [`Self::apply_claimed`].
+    async fn apply_claimed_linked(
+        &self,
+        tx: store::Transaction,
+        events: &[Received],
+    ) -> store::Result<bool>;
 
     /// Applies events the caller claimed from the inbox in `tx`, and commits.
     async fn apply_claimed(&self, tx: store::Transaction, events: &[Received])
@@ -367,7 +334,7 @@ async fn claim(
 #[async_trait]
 impl InboundHandler for InboundSync {
     async fn apply_delivered(&self, events: &[Received]) -> store::Result<()> {
-        match self.apply_linked(events, false).await {
+        match self.apply_linked(events, Delivery::Kafka).await {
             Ok(Some(outcomes)) => {
                 self.record(events.iter().zip(outcomes));
                 return Ok(());
@@ -381,6 +348,25 @@ impl InboundHandler for InboundSync {
 
     async fn apply_arrived(&self, events: &[Received]) -> store::Result<bool> {
         self.apply_on_arrival(events).await
+    }
+
+    async fn apply_claimed_linked(
+        &self,
+        mut tx: store::Transaction,
+        events: &[Received],
+    ) -> store::Result<bool> {
+        match self.apply_linked_in(&mut tx, events, Delivery::Inbox).await {
+            Ok(Some(outcomes)) => {
+                store::commit(tx).await?;
+                self.record(events.iter().zip(outcomes));
+                return Ok(true);
+            }
+            Ok(None) => {}
+            Err(failure) => debug!(error = %failure, "batch failed; applying it the general way"),
+        }
+        // The claim is free before the caller claims the events again.
+        store::rollback(tx).await?;
+        Ok(false)
     }
 
     async fn apply_claimed(

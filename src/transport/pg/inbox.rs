@@ -3,6 +3,7 @@
 //! which applies them in the claiming transaction. With the Kafka transport it still runs:
 //! replayed dead letters come back through the inbox.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use sqlx::PgPool;
@@ -54,7 +55,7 @@ async fn drain_batch(
     handler: &dyn InboundHandler,
     limit: i64,
 ) -> store::Result<usize> {
-    let mut tx = locks.begin().await?;
+    let mut tx = locks.begin_by_key_only().await?;
     let rows = processed_events::claim_queued(&mut tx, limit).await?;
     let claimed = rows.len();
     if claimed == 0 {
@@ -77,7 +78,9 @@ async fn drain_batch(
         }
     }
     if unreadable.is_empty() {
-        handler.apply_claimed(tx, &events).await?;
+        if !handler.apply_claimed_linked(tx, &events).await? {
+            apply_claimed_again(locks, handler, events).await?;
+        }
         return Ok(claimed);
     }
     // Set those aside first; the readable ones are claimed again at once.
@@ -86,6 +89,29 @@ async fn drain_batch(
         dead_letter_unreadable(handler, &row, &reason).await?;
     }
     Ok(claimed)
+}
+
+/// The general path for events the common batch did not apply: claimed again (those another
+/// worker took meanwhile are its own now), and applied.
+async fn apply_claimed_again(
+    locks: &LockPool,
+    handler: &dyn InboundHandler,
+    events: Vec<Received>,
+) -> store::Result<()> {
+    let mut tx = locks.begin().await?;
+    let ids: Vec<&str> = events.iter().map(|r| r.event.id.as_str()).collect();
+    let claimed: HashSet<String> = processed_events::claim_listed(&mut tx, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let events: Vec<Received> = events
+        .into_iter()
+        .filter(|r| claimed.contains(&r.event.id))
+        .collect();
+    if !events.is_empty() {
+        handler.apply_claimed(tx, &events).await?;
+    }
+    Ok(())
 }
 
 /// An inbox row that is not a Stripe event (it was verified before it was stored, so this

@@ -180,3 +180,48 @@ impl SyncInFlight {
         self.conn.close().await.unwrap();
     }
 }
+
+/// An event for a customer whose outbound sync is in flight (its sync lock held as a session
+/// lock, as `store::locks::customer` holds it) waits for the sync (a transaction waits for
+/// the lock, the row is unchanged), and is applied once the sync ends.
+pub async fn an_event_waits_for_a_sync_in_flight(app: &TestApp) {
+    let pool = &app.pool;
+    let id = insert_linked(pool, "inflight@example.com", "Before", "cus_InFlight").await;
+    let sync = SyncInFlight::hold(pool, &id).await;
+    let body = event(
+        "evt_in_flight",
+        "customer.updated",
+        now(),
+        customer_object("cus_InFlight", "inflight@example.com", "After the sync"),
+    );
+    deliver_signed(app, &body).await;
+    wait_for(
+        "a transaction waiting for the sync lock",
+        DEADLINE,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_locks where locktype = 'advisory' and not granted \
+             and objsubid = 1 and ((classid::int8 << 32) | objid::int8) = $1",
+            )
+            .bind(sync.key)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if waiting == 1 {
+                Ok(())
+            } else {
+                Err("not waiting".to_owned())
+            }
+        },
+    )
+    .await;
+    assert_eq!(local_row(pool, &id).await.0.as_deref(), Some("Before"));
+    sync.end().await;
+    wait_for("the event applied after the sync", DEADLINE, || async {
+        match local_row(pool, &id).await {
+            (Some(name), 2, false) if name == "After the sync" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
