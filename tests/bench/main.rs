@@ -106,6 +106,9 @@ async fn sync_tables(postgres: bool, kafka: bool) {
         in_fresh_database(|pool| end_to_end::postgres_transport(pool, *shape)).await;
         in_fresh_database(|pool| end_to_end::postgres_transport_on_arrival(pool, *shape)).await;
     }
+    if postgres && shapes.iter().any(|s| s.connections == 64) {
+        in_fresh_database(end_to_end::http_ceiling).await;
+    }
     // The mock cluster cannot hold the largest load (5 MB per partition).
     for shape in shapes.iter().filter(|s| kafka && s.events <= 20_000) {
         in_fresh_database(|pool| end_to_end::kafka_mock_cluster(pool, *shape)).await;
