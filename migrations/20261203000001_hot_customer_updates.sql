@@ -6,6 +6,11 @@
 -- read two generated columns instead, which keep their value when a synced customer takes a
 -- Stripe change (false and null before and after).
 
+-- Room on each page for the new version of a row, which a HOT update must place on the same
+-- page. Set first: adding the stored columns below rewrites the table, which then leaves
+-- that room on the pages of the rows already there too.
+alter table customers set (fillfactor = 85);
+
 -- A change that Stripe has not been sent.
 alter table customers
     add column unsynced boolean not null
@@ -26,7 +31,3 @@ drop index customers_pending_account_idx;
 create index customers_unsynced_idx on customers (account, id) where unsynced;
 create index customers_pending_since_idx on customers (pending_since)
     where pending_since is not null;
-
--- Room on each page for the new version of a row, which a HOT update must place on the same
--- page (pages written before this keep theirs until rewritten).
-alter table customers set (fillfactor = 85);
