@@ -148,20 +148,33 @@ pub async fn begin_processing_many(
     Ok(seen)
 }
 
+/// The update of [`finish_many`], its event ids and outcomes bound as the parameters named
+/// (a macro, so the inbox workers' common batch can run it after its write-back in one
+/// statement: `store::customers::write_back_finishing`).
+macro_rules! finish_many_sql {
+    ($ids:literal, $outcomes:literal) => {
+        concat!(
+            "update processed_events p set processed_at = coalesce(p.processed_at, now()), \
+             outcome = u.outcome, payload = null from unnest(",
+            $ids,
+            "::text[], ",
+            $outcomes,
+            "::text[]) as u(id, outcome) where p.event_id = u.id"
+        )
+    };
+}
+pub(crate) use finish_many_sql;
+
 /// [`finish`] for a batch: `(event id, outcome)` pairs.
 pub async fn finish_many(conn: &mut PgConnection, outcomes: &[(&str, &str)]) -> Result<()> {
     let ids: Vec<&str> = outcomes.iter().map(|(id, _)| *id).collect();
     let labels: Vec<&str> = outcomes.iter().map(|(_, outcome)| *outcome).collect();
-    sqlx::query(
-        "update processed_events p set processed_at = coalesce(p.processed_at, now()), \
-         outcome = u.outcome, payload = null \
-         from unnest($1::text[], $2::text[]) as u(id, outcome) where p.event_id = u.id",
-    )
-    .bind(&ids)
-    .bind(&labels)
-    .execute(conn)
-    .await
-    .context("marking Stripe events processed")?;
+    sqlx::query(finish_many_sql!("$1", "$2"))
+        .bind(&ids)
+        .bind(&labels)
+        .execute(conn)
+        .await
+        .context("marking Stripe events processed")?;
     Ok(())
 }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use crate::inbound::{
-    SECRET, connect, cores, cpu_time, customer_event, deliver_one, machine_ticks, ms, percentile,
-    postgres_cpu_time,
+    SECRET, busy_between, connect, cores, cpu_time, customer_event, deliver_one, machine_ticks, ms,
+    percentile, postgres_cpu_time,
 };
 use crate::support::app::wait_for;
 use crate::support::mock_kafka::MockKafka;
@@ -195,6 +195,16 @@ async fn customers_at_last_event(pool: &PgPool, shape: Shape) -> i64 {
     .unwrap()
 }
 
+/// What every `paysync serve` of this benchmark is started with: its database, the webhook
+/// secret the load is signed with, and the log line the harness waits for.
+fn server_env(pool: &PgPool) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url(pool)),
+        ("STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()),
+        ("RUST_LOG", "warn,paysync::app=info".to_owned()),
+    ]
+}
+
 /// One run of `shape` against `paysync serve` with `transport_env`, in the fresh database
 /// behind `pool`.
 async fn run(
@@ -203,12 +213,8 @@ async fn run(
     transport_env: Vec<(&'static str, String)>,
     shape: Shape,
 ) {
-    let mut env = vec![
-        ("DATABASE_URL", database_url(&pool)),
-        ("STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()),
-        ("PAYSYNC_DATABASE_MAX_CONNECTIONS", "16".to_owned()),
-        ("RUST_LOG", "warn,paysync::app=info".to_owned()),
-    ];
+    let mut env = server_env(&pool);
+    env.push(("PAYSYNC_DATABASE_MAX_CONNECTIONS", "16".to_owned()));
     env.extend(transport_env);
     for name in ["PAYSYNC_INBOUND_BATCH", "PAYSYNC_INBOUND_CONCURRENCY"] {
         if let Ok(value) = std::env::var(name) {
@@ -246,8 +252,7 @@ async fn run(
         shape.customers as i64,
         "every customer ends at its last event"
     );
-    let busy = (machine_after.0 - machine_before.0) as f64
-        / (machine_after.1 - machine_before.1).max(1) as f64;
+    let busy = busy_between(machine_before, machine_after);
     let events = shape.events as f64;
     println!(
         "| {transport} | {} | {} / {} | {:.0} | **{:.0}** | {} | {} | {:.0} µs + {:.0} µs | {:.2} KB | {:.0}% of {:.0} cores |",
@@ -283,12 +288,7 @@ async fn run(
 /// storing (`invoice.paid`), so each delivery is read, verified and parsed and nothing is
 /// written. 2xx/s, latency, paysync's CPU per delivery and how busy the machine was.
 pub async fn http_ceiling(pool: PgPool) {
-    let env = vec![
-        ("DATABASE_URL", database_url(&pool)),
-        ("STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()),
-        ("RUST_LOG", "warn,paysync::app=info".to_owned()),
-    ];
-    let server = ServeProcess::start(&env).await;
+    let server = ServeProcess::start(&server_env(&pool)).await;
     let shape = SHAPES[2];
     let run = uuid::Uuid::now_v7().simple().to_string();
     let base = now() - 60;
@@ -303,8 +303,7 @@ pub async fn http_ceiling(pool: PgPool) {
     let server_cpu = cpu_time(server.pid()) - server_before;
     let machine_after = machine_ticks();
     assert_eq!(delivered.failures, 0, "every delivery answered 2xx");
-    let busy = (machine_after.0 - machine_before.0) as f64
-        / (machine_after.1 - machine_before.1).max(1) as f64;
+    let busy = busy_between(machine_before, machine_after);
     let events = shape.events as f64;
     println!(
         "| HTTP only (ignored type, nothing stored) | {} | {} / - | {:.0} | - | {} | {} | {:.0} µs + - | - | {:.0}% of {:.0} cores |",

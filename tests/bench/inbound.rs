@@ -89,6 +89,11 @@ pub(crate) fn machine_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// The share of the machine busy between two [`machine_ticks`] readings.
+pub(crate) fn busy_between(before: (u64, u64), after: (u64, u64)) -> f64 {
+    (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
+}
+
 pub(crate) fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
@@ -272,8 +277,7 @@ async fn ingest(pool: PgPool, transport: &str, transport_env: Vec<(&'static str,
         let server_cpu = cpu_time(server.pid()) - server_before;
         let postgres_cpu = postgres_cpu_time().saturating_sub(postgres_before);
         let machine_after = machine_ticks();
-        let busy = (machine_after.0 - machine_before.0) as f64
-            / (machine_after.1 - machine_before.1).max(1) as f64;
+        let busy = busy_between(machine_before, machine_after);
         assert_eq!(
             load.failures, 0,
             "a valid run answers every delivery with 200"

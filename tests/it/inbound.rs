@@ -32,6 +32,57 @@ async fn a_queued_event_waits_for_its_customers_sync_in_flight(pool: PgPool) {
     app.stop().await;
 }
 
+/// An event that fails inside an inbox worker's common batch (a linked customer's new email
+/// is another customer's) rolls the batch back; the events are claimed again, the rest of
+/// the batch is applied and the failing one dead-lettered, each once.
+#[sqlx::test]
+async fn a_failure_in_an_inbox_batch_dead_letters_that_event_and_applies_the_rest(pool: PgPool) {
+    let renamed = insert_linked(&pool, "renamed@example.com", "Before", "cus_Renamed").await;
+    let clashing = insert_linked(&pool, "clashing@example.com", "Before", "cus_Clashing").await;
+    insert_linked(&pool, "taken@example.com", "Holder", "cus_Holder").await;
+    let events = [
+        (
+            "evt_batch_good",
+            customer_object("cus_Renamed", "renamed@example.com", "After"),
+        ),
+        (
+            "evt_batch_bad",
+            customer_object("cus_Clashing", "taken@example.com", "After"),
+        ),
+    ];
+    // Queued before the worker starts, so it claims both in one batch.
+    for (id, object) in events {
+        sqlx::query(
+            "insert into processed_events (event_id, type, stripe_customer_id, payload) \
+             values ($1, 'customer.updated', $2, $3::json)",
+        )
+        .bind(id)
+        .bind(object["id"].as_str().unwrap())
+        .bind(event(id, "customer.updated", now(), object.clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let app = spawn(pool.clone(), None, None).await;
+    assert_eq!(processed(&app, "evt_batch_good").await, "applied");
+    assert_eq!(processed(&app, "evt_batch_bad").await, "dead_lettered");
+    assert_eq!(
+        local_row(&pool, &renamed).await,
+        (Some("After".to_owned()), 2, false)
+    );
+    assert_eq!(
+        local_row(&pool, &clashing).await,
+        (Some("Before".to_owned()), 1, false)
+    );
+    let letters: i64 =
+        sqlx::query_scalar("select count(*) from dead_letters where key = 'evt_batch_bad'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(letters, 1);
+    app.stop().await;
+}
+
 /// Customers created, updated and deleted directly in localstripe appear, change and
 /// disappear in PostgreSQL and in the API.
 async fn stripe_changes_reach_postgres(app: &TestApp) {

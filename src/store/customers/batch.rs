@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 
 use super::email_conflict;
 use crate::domain::Customer;
-use crate::store::processed_events::EventRef;
+use crate::store::processed_events::{EventRef, finish_many_sql};
 use crate::store::{Error, Result};
 
 /// The columns of the rows written back, one array per column (bound as `unnest` inputs).
@@ -125,28 +125,25 @@ pub async fn write_back_recording(
 }
 
 /// [`write_back`], and the claimed inbox events of the batch marked processed with their
-/// outcomes (`(event id, outcome)` pairs), in one statement: the inbox workers' form of
-/// [`write_back_recording`]. Returns how many events it marked.
+/// outcomes, in one statement: the inbox workers' form of [`write_back_recording`]. Returns
+/// how many events it marked.
 pub async fn write_back_finishing(
     conn: &mut PgConnection,
     customers: &[(&Customer, bool)],
-    outcomes: &[(&str, &str)],
+    events: &[(EventRef<'_>, &str)],
 ) -> Result<u64> {
     let columns = Columns::of(customers)?;
-    let ids: Vec<&str> = outcomes.iter().map(|(id, _)| *id).collect();
-    let labels: Vec<&str> = outcomes.iter().map(|(_, outcome)| *outcome).collect();
+    let records = Records::of(events);
     let query = sqlx::query(concat!(
         "with written as (",
         write_back_sql!(),
-        " returning 1) \
-         update processed_events p set processed_at = coalesce(p.processed_at, now()), \
-         outcome = u.outcome, payload = null \
-         from unnest($15::text[], $16::text[]) as u(id, outcome) where p.event_id = u.id"
+        " returning 1) ",
+        finish_many_sql!("$15", "$16")
     ));
     let finished = columns
         .bind(query)
-        .bind(&ids)
-        .bind(&labels)
+        .bind(&records.ids)
+        .bind(&records.outcomes)
         .execute(conn)
         .await
         .map_err(email_conflict(

@@ -136,13 +136,7 @@ async fn record(
     delivery: Delivery,
 ) -> Result<u64, Failure> {
     Ok(match delivery {
-        Delivery::Inbox => {
-            let outcomes: Vec<(&str, &str)> = records
-                .iter()
-                .map(|(event, outcome)| (event.event_id, *outcome))
-                .collect();
-            customers::write_back_finishing(conn, written, &outcomes).await?
-        }
+        Delivery::Inbox => customers::write_back_finishing(conn, written, records).await?,
         Delivery::Arrival | Delivery::Kafka => {
             customers::write_back_recording(conn, written, records).await?
         }
