@@ -40,29 +40,18 @@ async fn a_failure_in_an_inbox_batch_dead_letters_that_event_and_applies_the_res
     let renamed = insert_linked(&pool, "renamed@example.com", "Before", "cus_Renamed").await;
     let clashing = insert_linked(&pool, "clashing@example.com", "Before", "cus_Clashing").await;
     insert_linked(&pool, "taken@example.com", "Holder", "cus_Holder").await;
+    let updated = |id, object| (id, "customer.updated", now(), object);
     let events = [
-        (
+        updated(
             "evt_batch_good",
             customer_object("cus_Renamed", "renamed@example.com", "After"),
         ),
-        (
+        updated(
             "evt_batch_bad",
             customer_object("cus_Clashing", "taken@example.com", "After"),
         ),
     ];
-    // Queued before the worker starts, so it claims both in one batch.
-    for (id, object) in events {
-        sqlx::query(
-            "insert into processed_events (event_id, type, stripe_customer_id, payload) \
-             values ($1, 'customer.updated', $2, $3::json)",
-        )
-        .bind(id)
-        .bind(object["id"].as_str().unwrap())
-        .bind(event(id, "customer.updated", now(), object.clone()))
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
+    queue_before_start(&pool, &events).await;
     let app = spawn(pool.clone(), None, None).await;
     assert_eq!(processed(&app, "evt_batch_good").await, "applied");
     assert_eq!(processed(&app, "evt_batch_bad").await, "dead_lettered");
@@ -80,6 +69,112 @@ async fn a_failure_in_an_inbox_batch_dead_letters_that_event_and_applies_the_res
             .await
             .unwrap();
     assert_eq!(letters, 1);
+    app.stop().await;
+}
+
+/// Events put in the inbox in this order before any worker starts, so one batch claims them
+/// all: `(event id, type, created, customer object)`.
+async fn queue_before_start(pool: &PgPool, events: &[(&str, &str, i64, Value)]) {
+    for (id, kind, created, object) in events {
+        sqlx::query(
+            "insert into processed_events (event_id, type, stripe_customer_id, payload) \
+             values ($1, $2, $3, $4::json)",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(object["id"].as_str().unwrap())
+        .bind(event(id, kind, *created, object.clone()))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// A batch of new Stripe customers is adopted together, and a new customer's later update in
+/// the same batch is applied to it, as one event at a time would.
+#[sqlx::test]
+async fn new_customers_in_one_batch_are_adopted_and_their_later_events_applied(pool: PgPool) {
+    let at = now() - 60;
+    let created = |id, object| (id, "customer.created", at, object);
+    let events = [
+        created(
+            "evt_new_a",
+            customer_object("cus_NewA", "a@example.com", "A"),
+        ),
+        created(
+            "evt_new_b",
+            customer_object("cus_NewB", "b@example.com", "B"),
+        ),
+        (
+            "evt_new_a_later",
+            "customer.updated",
+            at + 1,
+            customer_object("cus_NewA", "a@example.com", "A later"),
+        ),
+    ];
+    queue_before_start(&pool, &events).await;
+    let app = spawn(pool.clone(), None, None).await;
+    let outcomes = [
+        ("evt_new_a", "adopted"),
+        ("evt_new_b", "adopted"),
+        ("evt_new_a_later", "applied"),
+    ];
+    for (id, outcome) in outcomes {
+        assert_eq!(processed(&app, id).await, outcome, "{id}");
+    }
+    let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
+        "select stripe_id, name, sync_state, version from customers order by stripe_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let row = |stripe: &str, name: &str, version| {
+        (
+            stripe.to_owned(),
+            Some(name.to_owned()),
+            "synced".to_owned(),
+            version,
+        )
+    };
+    assert_eq!(
+        rows,
+        [row("cus_NewA", "A later", 2), row("cus_NewB", "B", 1)]
+    );
+    app.stop().await;
+}
+
+/// Two new Stripe customers of one batch with one email (in different case): one is adopted,
+/// the other dead-lettered (paysync links one local customer to one Stripe customer).
+#[sqlx::test]
+async fn of_two_new_customers_with_one_email_one_is_adopted(pool: PgPool) {
+    let at = now() - 60;
+    let events = [
+        (
+            "evt_twin_1",
+            "customer.created",
+            at,
+            customer_object("cus_Twin1", "twin@example.com", "One"),
+        ),
+        (
+            "evt_twin_2",
+            "customer.created",
+            at,
+            customer_object("cus_Twin2", "TWIN@example.com", "Two"),
+        ),
+    ];
+    queue_before_start(&pool, &events).await;
+    let app = spawn(pool.clone(), None, None).await;
+    let mut outcomes = [
+        processed(&app, "evt_twin_1").await,
+        processed(&app, "evt_twin_2").await,
+    ];
+    outcomes.sort();
+    assert_eq!(outcomes, ["adopted", "dead_lettered"]);
+    let customers: i64 = sqlx::query_scalar("select count(*) from customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(customers, 1);
     app.stop().await;
 }
 

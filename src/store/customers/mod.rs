@@ -30,12 +30,14 @@ macro_rules! customer_columns {
     };
 }
 
+mod adoption;
 mod batch;
 mod from_stripe;
 mod locking;
 mod reconcile;
 mod sync_state;
 
+pub use adoption::{Adoption, adopt_many, live_emails};
 pub use batch::{write_back, write_back_finishing, write_back_recording};
 pub use from_stripe::{
     adopt, apply_from_stripe, delete_from_stripe, link_stripe_id, merge_from_stripe,

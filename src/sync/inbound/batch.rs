@@ -1,7 +1,9 @@
 //! Applying a batch of events in a handful of statements, whatever its size: the events of
 //! customers already linked are decided in memory, one after another on the row the previous
-//! ones left (the same pure rules as one event at a time), and written back together. Events
-//! that link or adopt a customer take the one-at-a-time path inside the same transaction.
+//! ones left (the same pure rules as one event at a time), and written back together. New
+//! Stripe customers nothing else in the batch concerns are adopted together first
+//! (`adopt`); other events that link or adopt a customer take the one-at-a-time path inside
+//! the same transaction.
 
 use std::collections::{HashMap, HashSet};
 
@@ -58,9 +60,14 @@ impl InboundSync {
         customers::lock_stripe_customers(conn, &stripe_ids).await?;
         let wait = super::sync_wait(delivery == Delivery::Arrival);
         let mut linked = lock_linked(conn, &stripe_ids, wait).await?;
+        let adopted = self.adopt_new(conn, &pending, &mut linked).await?;
         let now = Utc::now();
         let mut requeued: Vec<(CustomerId, i64)> = Vec::new();
         for (index, event, context) in pending {
+            if let Some(outcome) = adopted.get(&index) {
+                outcomes[index] = Some(*outcome);
+                continue;
+            }
             let outcome = match linked.get_mut(&event.stripe_id) {
                 Some(state) => {
                     self.decide_linked(state, event, &context, now, &mut requeued)

@@ -7,6 +7,7 @@
 //! a time, each in its own transaction, with bounded retries; what still fails goes to the
 //! dead-letter table, so a bad event never stops the worker.
 
+mod adopt;
 mod arrival;
 mod batch;
 pub mod event;
