@@ -22,6 +22,11 @@ pub struct Adoption<'a> {
 /// Which of these `(account, email)` pairs a live customer holds, ignoring case as the
 /// live-email unique index does (compared in SQL, so the case rules are PostgreSQL's). The
 /// pairs are returned as given.
+///
+/// One index lookup per pair, whatever the table's statistics: the batch transactions run on
+/// generic plans, made once per connection, and the same lookup written as a semi-join was
+/// planned, on a new database, as a hash join over the whole index, which it then read at
+/// every call (3.5 ms a call at 2,000 customers, found in PostgreSQL's slow-statement log).
 pub async fn live_emails(
     conn: &mut PgConnection,
     pairs: &[(&str, &str)],
@@ -30,8 +35,8 @@ pub async fn live_emails(
     sqlx::query_as(
         "select wanted.account, wanted.email \
          from unnest($1::text[], $2::text[]) as wanted (account, email) \
-         where exists (select 1 from customers c where c.account = wanted.account \
-                       and lower(c.email) = lower(wanted.email) and c.deleted_at is null)",
+         where (select true from customers c where c.account = wanted.account \
+                and lower(c.email) = lower(wanted.email) and c.deleted_at is null limit 1)",
     )
     .bind(&accounts)
     .bind(&emails)
