@@ -143,6 +143,59 @@ async fn new_customers_in_one_batch_are_adopted_and_their_later_events_applied(p
     app.stop().await;
 }
 
+/// The batched adoption failing (a live customer took one of the emails after the batch
+/// checked them: here a trigger inserts it, once, just before the insert) rolls the batch
+/// back; its events are applied one at a time, each once, and none is lost.
+#[sqlx::test]
+async fn a_failed_batched_adoption_is_applied_one_at_a_time(pool: PgPool) {
+    sqlx::raw_sql(
+        "create sequence race_once; \
+         create function take_the_email() returns trigger language plpgsql as $$ \
+         begin \
+           if new.stripe_id = 'cus_Raced' and nextval('race_once') = 1 then \
+             insert into customers (id, email) values (gen_random_uuid(), new.email); \
+           end if; \
+           return new; \
+         end $$; \
+         create trigger take_the_email before insert on customers \
+         for each row execute function take_the_email();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let at = now() - 60;
+    let events = [
+        (
+            "evt_raced",
+            "customer.created",
+            at,
+            customer_object("cus_Raced", "raced@example.com", "Raced"),
+        ),
+        (
+            "evt_calm",
+            "customer.created",
+            at,
+            customer_object("cus_Calm", "calm@example.com", "Calm"),
+        ),
+    ];
+    queue_before_start(&pool, &events).await;
+    let app = spawn(pool.clone(), None, None).await;
+    assert_eq!(processed(&app, "evt_raced").await, "adopted");
+    assert_eq!(processed(&app, "evt_calm").await, "adopted");
+    let tries: i64 = sqlx::query_scalar("select last_value from race_once")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(tries >= 2, "the batched insert was never retried ({tries})");
+    let adopted: Vec<String> =
+        sqlx::query_scalar("select stripe_id from customers order by stripe_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(adopted, ["cus_Calm", "cus_Raced"]);
+    app.stop().await;
+}
+
 /// Two new Stripe customers of one batch with one email (in different case): one is adopted,
 /// the other dead-lettered (paysync links one local customer to one Stripe customer).
 #[sqlx::test]

@@ -6,9 +6,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Customer, CustomerRow, email_conflict};
+use super::{Customer, CustomerRow, email_conflict, metadata_text};
 use crate::domain::{CustomerFields, CustomerId};
-use crate::store::{DbContext, Error, Result};
+use crate::store::{DbContext, Result};
 
 /// A Stripe customer to adopt as a new local customer.
 pub struct Adoption<'a> {
@@ -102,12 +102,10 @@ struct Columns<'a> {
 impl<'a> Columns<'a> {
     fn push(&mut self, adoption: &Adoption<'a>) -> Result<()> {
         let fields = adoption.fields;
-        let metadata = serde_json::to_string(fields.metadata.as_map()).map_err(|e| {
-            Error::Corrupt(format!(
-                "Stripe customer {} metadata: {e}",
-                adoption.stripe_id
-            ))
-        })?;
+        let metadata = metadata_text(
+            fields,
+            format_args!("Stripe customer {}", adoption.stripe_id),
+        )?;
         self.ids.push(CustomerId::new().as_uuid());
         self.accounts.push(adoption.account);
         self.emails.push(fields.email.as_str());

@@ -3,10 +3,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::email_conflict;
+use super::{email_conflict, metadata_text};
 use crate::domain::Customer;
+use crate::store::Result;
 use crate::store::processed_events::{EventRef, finish_many_sql};
-use crate::store::{Error, Result};
 
 /// The columns of the rows written back, one array per column (bound as `unnest` inputs).
 #[derive(Default)]
@@ -30,8 +30,7 @@ struct Columns<'a> {
 impl<'a> Columns<'a> {
     fn push(&mut self, customer: &'a Customer, changed: bool) -> Result<()> {
         let fields = &customer.fields;
-        let metadata = serde_json::to_string(fields.metadata.as_map())
-            .map_err(|e| Error::Corrupt(format!("customer {} metadata: {e}", customer.id)))?;
+        let metadata = metadata_text(fields, format_args!("customer {}", customer.id))?;
         self.ids.push(customer.id.as_uuid());
         self.stripe_ids.push(customer.stripe_id.as_deref());
         self.emails.push(fields.email.as_str());

@@ -148,6 +148,13 @@ impl<'q> BindFields<'q> for CustomerQuery<'q> {
     }
 }
 
+/// A customer's metadata as JSON text, for the array arguments of the batch statements (which
+/// cast it to `jsonb`); `whose` names the customer in the error.
+fn metadata_text(fields: &CustomerFields, whose: impl std::fmt::Display) -> Result<String> {
+    serde_json::to_string(fields.metadata.as_map())
+        .map_err(|e| Error::Corrupt(format!("{whose} metadata: {e}")))
+}
+
 /// Maps the live-email unique violation to [`Error::EmailTaken`].
 fn email_conflict(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| match &source {
