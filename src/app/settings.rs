@@ -71,6 +71,8 @@ pub enum PolicySource {
 #[derive(Debug, Clone, Copy)]
 pub struct StripeCalls {
     pub timeout: Duration,
+    /// How long after `timeout` a create without an answer may still land in Stripe.
+    pub create_fence: Duration,
     pub max_attempts: u32,
     pub backoff: Backoff,
 }
@@ -143,6 +145,7 @@ fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {
 pub(super) fn stripe_calls(args: &ServeArgs) -> StripeCalls {
     StripeCalls {
         timeout: args.stripe.stripe_timeout,
+        create_fence: args.stripe.stripe_create_fence,
         max_attempts: args.stripe.stripe_max_attempts,
         backoff: Backoff {
             base: args.stripe.stripe_backoff_base,

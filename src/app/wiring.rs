@@ -25,7 +25,7 @@ use crate::sync::dead_letters::{DeadLetterMetrics, DeadLetters};
 use crate::sync::inbound::InboundMetrics;
 use crate::sync::outbound::OutboundMetrics;
 use crate::sync::queue_health::{self, QueueHealth, QueueMetrics};
-use crate::sync::{CreateRetry, EventQueue, InboundHandler, InboundSync, OutboundSync};
+use crate::sync::{EventQueue, InboundHandler, InboundSync, OutboundRetry, OutboundSync};
 use crate::transport::InboundQueue;
 use crate::transport::kafka::{self, KafkaProbe, KafkaSettings};
 use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
@@ -119,9 +119,10 @@ pub(super) fn handlers(
     dead_letters: &DeadLetters,
     registry: &mut Registry,
 ) -> Handlers {
-    let create_retry = CreateRetry {
+    let retry = OutboundRetry {
         max_attempts: calls.max_attempts,
         backoff: calls.backoff,
+        create_in_flight: calls.timeout + calls.create_fence,
     };
     let outbound = Arc::new(OutboundSync::new(
         pool.clone(),
@@ -129,7 +130,7 @@ pub(super) fn handlers(
         policies.clone(),
         dead_letters.clone(),
         Arc::new(OutboundMetrics::register(registry)),
-        create_retry,
+        retry,
     ));
     let inbound = Arc::new(InboundSync::new(
         pool.clone(),
@@ -229,6 +230,10 @@ impl Parts<'_> {
         let (pool, health) = (self.pool.clone(), self.health.clone());
         let metrics = Arc::new(QueueMetrics::register(&mut self.registry));
         self.task(move |shutdown| queue_health::run(pool, health, metrics, shutdown).boxed());
+        if let Some(kafka) = &self.kafka {
+            let (settings, health) = (kafka.settings.clone(), self.health.clone());
+            self.task(move |shutdown| kafka::lag::run(settings, health, shutdown).boxed());
+        }
     }
 
     /// Applies every change of the policies file without a restart.

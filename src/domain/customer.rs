@@ -112,20 +112,38 @@ pub struct Customer {
     pub stripe_event_at: Option<DateTime<Utc>>,
     /// paysync's last write of this customer to Stripe.
     pub stripe_write: Option<WriteWindow>,
+    /// The `version` paysync last wrote to Stripe (`metadata.paysync_version` of its last
+    /// write); `None` before its first write recorded so. A Stripe customer holding an older
+    /// one than this holds a stale write of paysync's (a request that landed late).
+    pub stripe_written_version: Option<i64>,
     /// [`CustomerFields::content_hash`] of what Stripe holds, as far as paysync knows.
     pub stripe_synced_hash: Option<ContentHash>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
-    /// When paysync first tried to create it in Stripe (recorded before the call); `None`:
+    /// When paysync last tried to create it in Stripe (recorded before the call); `None`:
     /// never, so nothing in Stripe can be this customer's and a create needs no lookup.
     pub create_attempted_at: Option<DateTime<Utc>>,
+    /// Until when that attempt may still reach Stripe (it got no answer: a timeout, a crash);
+    /// `None` once answered. No new create is sent before then: a lookup cannot see a create
+    /// still on the wire.
+    pub create_in_flight_until: Option<DateTime<Utc>>,
 }
 
 impl Customer {
     /// Whether syncing it to Stripe means creating it there (live, and not linked yet).
     pub fn needs_create(&self) -> bool {
         self.deleted_at.is_none() && self.stripe_id.is_none()
+    }
+
+    /// How long until an earlier create attempt can no longer land in Stripe (by this
+    /// process's clock, at `now`); `None` when none may be on its way.
+    pub fn create_fenced_for(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
+        if self.stripe_id.is_some() {
+            return None;
+        }
+        let until = self.create_in_flight_until?;
+        (until > now).then(|| (until - now).to_std().unwrap_or_default())
     }
 }
 
@@ -158,11 +176,13 @@ impl Customer {
             sync_error: None,
             stripe_event_at: None,
             stripe_write: None,
+            stripe_written_version: None,
             stripe_synced_hash: None,
             created_at: updated,
             updated_at: updated,
             deleted_at: None,
             create_attempted_at: None,
+            create_in_flight_until: None,
         }
     }
 }

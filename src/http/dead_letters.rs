@@ -40,6 +40,10 @@ pub struct DeadLetterBody {
     pub first_failed_at: DateTime<Utc>,
     pub last_failed_at: DateTime<Utc>,
     pub replayed_at: Option<DateTime<Utc>>,
+    /// Closed without a replay because its cause is gone (e.g. the customer was deleted on
+    /// both sides); `closed_reason` says why.
+    pub closed_at: Option<DateTime<Utc>>,
+    pub closed_reason: Option<String>,
 }
 
 impl From<DeadLetter> for DeadLetterBody {
@@ -56,6 +60,8 @@ impl From<DeadLetter> for DeadLetterBody {
             first_failed_at: letter.first_failed_at,
             last_failed_at: letter.last_failed_at,
             replayed_at: letter.replayed_at,
+            closed_at: letter.closed_at,
+            closed_reason: letter.closed_reason,
         }
     }
 }
@@ -69,7 +75,7 @@ pub struct DeadLetterList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
-    /// Include replayed dead letters (default: only open ones).
+    /// Include replayed and closed dead letters (default: only open ones).
     pub all: Option<bool>,
     /// At most this many, newest first (1 to 500, default 100).
     #[param(minimum = 1, maximum = 500)]
@@ -111,7 +117,7 @@ async fn list_dead_letters(
         (status = 400, description = "Not a dead letter id", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
-        (status = 409, description = "Already replayed", body = ErrorBody),
+        (status = 409, description = "Already replayed, or closed (its cause is gone)", body = ErrorBody),
         (status = 422, description = "Not replayable (a message paysync could not read)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -135,6 +141,9 @@ async fn replay_dead_letter(
             "already_replayed",
             e.to_string(),
         )),
+        Err(e @ ReplayError::Closed { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "closed", e.to_string()))
+        }
         Err(ReplayError::Store(e)) => Err(e.into()),
         Err(e @ (ReplayError::BadKey { .. } | ReplayError::NotReplayable { .. })) => {
             Err(ApiError::unprocessable("not_replayable", e.to_string()))

@@ -91,6 +91,8 @@ pub enum DriftKind {
     Duplicate,
     /// A Stripe customer whose content breaks paysync's customer rules.
     Invalid,
+    /// Stripe holds a write of paysync's that landed after a newer one.
+    StaleWrite,
 }
 
 impl DriftKind {
@@ -107,6 +109,7 @@ impl DriftKind {
             Self::SameEmail => "same_email",
             Self::Duplicate => "duplicate",
             Self::Invalid => "invalid",
+            Self::StaleWrite => "stale_write",
         }
     }
 }

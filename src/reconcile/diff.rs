@@ -4,7 +4,10 @@
 //! Which side changed is read from the sync columns, never guessed from content alone: a
 //! local version Stripe has not been sent (`stripe_synced_version < version`) is a local
 //! change; Stripe content other than what paysync last synced (`stripe_synced_hash`) is a
-//! Stripe change. Only one side changed → that side wins. Both → the policy's conflict rules,
+//! Stripe change, unless Stripe holds a write of paysync's older than the one it last
+//! recorded (`metadata.paysync_version` < `stripe_written_version`: a request that landed
+//! late), which is never a Stripe change: the local version is sent again, as a live event
+//! of it does. Only one side changed → that side wins. Both → the policy's conflict rules,
 //! field by field; a listed Stripe customer carries no time of change, so `Newest` keeps the
 //! local change (DESIGN.md §7a) and the plan says so. The same rules decide live events
 //! (`sync::inbound::rules`), so a repair and a live sync end the same way.
@@ -14,7 +17,7 @@ use crate::crd::{Adoption, Deletion, Direction, SyncPolicySpec};
 use crate::domain::{Customer, CustomerFields, SyncState};
 use crate::stripe::StripeCustomer;
 use crate::sync::inbound::rules::resolve_conflict;
-use crate::sync::mapping::{PAYSYNC_ID_KEY, RemoteFields};
+use crate::sync::mapping::{PAYSYNC_ID_KEY, PAYSYNC_VERSION_KEY, RemoteFields};
 use crate::sync::outbound::DELETED_AT_KEY;
 
 /// The actions that make `local` and `stripe` agree under `spec`. `local` is the customer the
@@ -251,6 +254,9 @@ fn compare(local: &Customer, stripe: &StripeCustomer, spec: &SyncPolicySpec) -> 
         Ok(remote) => remote.to_local(&local.fields.email),
         Err(e) => return vec![on(action(ActionKind::Report, DriftKind::Invalid, e))],
     };
+    if let Some(action) = stale_write(local, stripe) {
+        return vec![on(action)];
+    }
     let local_changed = local.stripe_synced_version < local.version;
     if remote == local.fields {
         return unrecorded_sync(local, stripe, local_changed);
@@ -286,6 +292,23 @@ fn compare(local: &Customer, stripe: &StripeCustomer, spec: &SyncPolicySpec) -> 
         )],
         (true, true) => conflict(local, &remote, spec, &to_stripe, &to_local),
     }
+}
+
+/// Stripe holds a write of paysync's older than the one it last recorded writing: it landed
+/// late, after that one. Sent again, whatever its content (its `paysync_version` is wrong).
+fn stale_write(local: &Customer, stripe: &StripeCustomer) -> Option<Action> {
+    let held: i64 = stripe.metadata.get(PAYSYNC_VERSION_KEY)?.parse().ok()?;
+    let written = local.stripe_written_version?;
+    (held < written).then(|| {
+        action(
+            ActionKind::UpdateStripe,
+            DriftKind::StaleWrite,
+            format!(
+                "Stripe holds paysync's write of version {held}, which landed after its write \
+                 of version {written}: the local version is sent again"
+            ),
+        )
+    })
 }
 
 /// Stripe holds the local content already; a version not recorded as synced (a link by

@@ -83,7 +83,7 @@ impl PageWork {
         local: Option<&Customer>,
         stripe: Option<&StripeCustomer>,
         actions: Vec<Action>,
-        seen_at: DateTime<Utc>,
+        listed_at: DateTime<Utc>,
     ) {
         if actions.is_empty() {
             return;
@@ -103,7 +103,7 @@ impl PageWork {
             return;
         }
         let result = repairer
-            .repair(local, stripe_id, stripe, &actions, seen_at)
+            .repair(local, stripe_id, stripe, &actions, listed_at)
             .await;
         let mut tally = self.tally();
         match result {
@@ -151,6 +151,7 @@ impl PageWork {
             };
             after = Some(last.id);
             for local in &page {
+                let listed_at = Utc::now();
                 let stripe = match &local.stripe_id {
                     Some(stripe_id) => {
                         self.budget.acquire().await;
@@ -159,7 +160,7 @@ impl PageWork {
                     None => None,
                 };
                 let actions = diff(Some(local), stripe.as_ref(), &self.policy.spec);
-                self.settle(Some(local), stripe.as_ref(), actions, Utc::now())
+                self.settle(Some(local), stripe.as_ref(), actions, listed_at)
                     .await;
                 // Done with it: a resumed run does not ask Stripe again.
                 self.ledger
@@ -176,14 +177,14 @@ impl PageSink for PageWork {
     async fn process(
         &self,
         page: Vec<StripeCustomer>,
+        listed_at: DateTime<Utc>,
         checkpoint: Vec<Segment>,
     ) -> Result<(), ScanError> {
         let store_error = |e: store::Error| ScanError::Sink(e.to_string());
-        let seen_at = Utc::now();
         let matched = self.matches(&page).await.map_err(store_error)?;
         for (stripe, local) in page.iter().zip(&matched) {
             let actions = diff(local.as_ref(), Some(stripe), &self.policy.spec);
-            self.settle(local.as_ref(), Some(stripe), actions, seen_at)
+            self.settle(local.as_ref(), Some(stripe), actions, listed_at)
                 .await;
         }
         let counts = {

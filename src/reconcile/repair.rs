@@ -32,7 +32,7 @@ impl Repairer {
         stripe_id: Option<&str>,
         stripe: Option<&StripeCustomer>,
         actions: &[Action],
-        seen_at: DateTime<Utc>,
+        listed_at: DateTime<Utc>,
     ) -> Result<(), String> {
         let changes_local = actions.iter().any(|a| {
             matches!(
@@ -45,7 +45,7 @@ impl Repairer {
             )
         });
         if changes_local && let Some(stripe_id) = stripe_id {
-            self.change_local(local, stripe_id, stripe, actions, seen_at)
+            self.change_local(local, stripe_id, stripe, actions, listed_at)
                 .await?;
         }
         if let Some(write) = actions.iter().find(|a| a.kind.writes_stripe()) {
@@ -64,7 +64,7 @@ impl Repairer {
         stripe_id: &str,
         stripe: Option<&StripeCustomer>,
         actions: &[Action],
-        seen_at: DateTime<Utc>,
+        listed_at: DateTime<Utc>,
     ) -> Result<(), String> {
         if !self.policy.applies_stripe_changes() {
             let links = actions.iter().any(|a| a.kind == ActionKind::Link);
@@ -75,7 +75,7 @@ impl Repairer {
         }
         self.handlers
             .inbound
-            .apply_listed(&self.policy.name, stripe_id, stripe, seen_at)
+            .apply_listed(&self.policy.name, stripe_id, stripe, listed_at)
             .await
             .map(drop)
             .map_err(|failure| failure.to_string())

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -73,13 +74,15 @@ impl Segment {
     }
 }
 
-/// Receives each page's customers (the ones not processed before), with the segments to save
-/// once they are processed: the page's segment as it is now, and any it was split into.
+/// Receives each page's customers (the ones not processed before), with when its list call
+/// was made (what was applied since is newer than the page) and the segments to save once
+/// they are processed: the page's segment as it is now, and any it was split into.
 #[async_trait]
 pub trait PageSink: Send + Sync {
     async fn process(
         &self,
         customers: Vec<StripeCustomer>,
+        listed_at: DateTime<Utc>,
         checkpoint: Vec<Segment>,
     ) -> Result<(), ScanError>;
 }
@@ -142,7 +145,7 @@ pub struct ScanStats {
 
 /// A task's result: a page fetched, or a page processed and checkpointed.
 enum Step {
-    Fetched(Segment, StripeList<StripeCustomer>),
+    Fetched(Segment, StripeList<StripeCustomer>, DateTime<Utc>),
     Processed(Vec<Segment>, u64),
 }
 
@@ -182,7 +185,7 @@ impl Scan {
             let step =
                 joined.map_err(|e| ScanError::Sink(format!("a scan task failed: {e}")))??;
             match step {
-                Step::Fetched(segment, page) => {
+                Step::Fetched(segment, page, listed_at) => {
                     fetching -= 1;
                     stats.pages += 1;
                     let busy = fetching + processing + ready.len();
@@ -192,7 +195,8 @@ impl Scan {
                     let sink = self.sink.clone();
                     let count = customers.len() as u64;
                     tasks.spawn(async move {
-                        sink.process(customers, checkpoint.clone()).await?;
+                        sink.process(customers, listed_at, checkpoint.clone())
+                            .await?;
                         Ok(Step::Processed(checkpoint, count))
                     });
                 }
@@ -328,10 +332,11 @@ async fn fetch(
             starting_after: segment.cursor.clone(),
         };
         let started = Instant::now();
+        let listed_at = Utc::now();
         match lister.list(&request).await {
             Ok(page) => {
                 pace.observe(started.elapsed());
-                return Ok(Step::Fetched(segment, page));
+                return Ok(Step::Fetched(segment, page, listed_at));
             }
             Err(stripe_api::Error::Rejected {
                 status: 400 | 404, ..

@@ -61,6 +61,9 @@ pub struct DeadLetter {
     pub first_failed_at: DateTime<Utc>,
     pub last_failed_at: DateTime<Utc>,
     pub replayed_at: Option<DateTime<Utc>>,
+    /// Closed without a replay: its cause is gone (`closed_reason` says how).
+    pub closed_at: Option<DateTime<Utc>>,
+    pub closed_reason: Option<String>,
 }
 
 #[derive(FromRow)]
@@ -75,6 +78,8 @@ struct DeadLetterRow {
     first_failed_at: DateTime<Utc>,
     last_failed_at: DateTime<Utc>,
     replayed_at: Option<DateTime<Utc>>,
+    closed_at: Option<DateTime<Utc>>,
+    closed_reason: Option<String>,
 }
 
 impl TryFrom<DeadLetterRow> for DeadLetter {
@@ -98,6 +103,8 @@ impl TryFrom<DeadLetterRow> for DeadLetter {
             first_failed_at: row.first_failed_at,
             last_failed_at: row.last_failed_at,
             replayed_at: row.replayed_at,
+            closed_at: row.closed_at,
+            closed_reason: row.closed_reason,
         })
     }
 }
@@ -130,7 +137,8 @@ pub async fn record(conn: &mut PgConnection, letter: NewDeadLetter<'_>) -> Resul
     let existing: Option<Uuid> = sqlx::query_scalar(
         "update dead_letters set payload = $3, error = $4, attempts = attempts + $5, \
          last_failed_at = now() \
-         where source = $1 and key = $2 and replayed_at is null returning id",
+         where source = $1 and key = $2 and replayed_at is null and closed_at is null \
+         returning id",
     )
     .bind(letter.source.as_str())
     .bind(key.as_ref())
@@ -161,7 +169,7 @@ pub async fn record(conn: &mut PgConnection, letter: NewDeadLetter<'_>) -> Resul
     Ok(id)
 }
 
-/// Dead letters, newest first; replayed ones only when asked.
+/// Dead letters, newest first; replayed and closed ones only when asked.
 pub async fn list(
     conn: &mut PgConnection,
     include_replayed: bool,
@@ -169,7 +177,8 @@ pub async fn list(
 ) -> Result<Vec<DeadLetter>> {
     let rows: Vec<DeadLetterRow> = sqlx::query_as(
         "select id, source, account, key, payload, error, attempts, first_failed_at, \
-         last_failed_at, replayed_at from dead_letters where ($1 or replayed_at is null) \
+         last_failed_at, replayed_at, closed_at, closed_reason from dead_letters \
+         where ($1 or (replayed_at is null and closed_at is null)) \
          order by id desc limit $2",
     )
     .bind(include_replayed)
@@ -184,7 +193,8 @@ pub async fn list(
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<DeadLetter>> {
     let row: Option<DeadLetterRow> = sqlx::query_as(
         "select id, source, account, key, payload, error, attempts, first_failed_at, \
-         last_failed_at, replayed_at from dead_letters where id = $1 for update",
+         last_failed_at, replayed_at, closed_at, closed_reason from dead_letters \
+         where id = $1 for update",
     )
     .bind(id)
     .fetch_optional(conn)
@@ -202,12 +212,14 @@ pub async fn mark_replayed(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     Ok(())
 }
 
-/// Open dead letters (not replayed), for queue health.
+/// Open dead letters (neither replayed nor closed), for queue health.
 pub async fn open_count(conn: &mut PgConnection) -> Result<i64> {
-    sqlx::query_scalar("select count(*) from dead_letters where replayed_at is null")
-        .fetch_one(conn)
-        .await
-        .context("counting open dead letters")
+    sqlx::query_scalar(
+        "select count(*) from dead_letters where replayed_at is null and closed_at is null",
+    )
+    .fetch_one(conn)
+    .await
+    .context("counting open dead letters")
 }
 
 #[cfg(test)]

@@ -99,6 +99,18 @@ pub async fn unfinished(conn: &mut PgConnection, policy: &str) -> Result<Option<
     .context("finding an unfinished reconcile run")
 }
 
+/// The policy's last finished run (of any replica), to schedule the next one after it.
+pub async fn last_finished(conn: &mut PgConnection, policy: &str) -> Result<Option<RunRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {RUN_COLUMNS} from reconcile_runs where policy = $1 and finished_at is not null \
+         order by finished_at desc limit 1"
+    )))
+    .bind(policy)
+    .fetch_optional(conn)
+    .await
+    .context("finding the last reconcile run")
+}
+
 /// Ends a run: its outcome and final counts; its segments and seen marks are deleted.
 pub async fn finish(
     conn: &mut PgConnection,

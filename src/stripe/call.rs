@@ -1,7 +1,7 @@
 //! One Stripe API call over HTTP: async-stripe builds the typed request (path, form body),
 //! this sends it within the account's rate budget, with a timeout, and retries what may
-//! succeed later; every attempt sees its status and `Retry-After` (async-stripe's own client
-//! hides them).
+//! succeed later (or, for a single attempt, reports what became of it); every attempt sees
+//! its status and `Retry-After` (async-stripe's own client hides them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tracing::warn;
 use super::metrics::StripeMetrics;
 use super::retry::{Disposition, classify_status, parse_retry_after};
 use super::types::StripeErrorBody;
-use super::{Error, RateLimit, Result};
+use super::{Error, Fate, RateLimit, Result};
 use crate::backoff::Backoff;
 
 /// The Stripe API version paysync is written against.
@@ -31,14 +31,15 @@ pub struct StripeSettings {
     pub backoff: Backoff,
 }
 
-/// Which failed attempts the caller may repeat by itself.
+/// Whether the caller repeats failed attempts by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Repeat {
-    /// Idempotent in effect (update to a level, delete, read): retry every transient failure.
+    /// A read: retry every transient failure, up to the settings' attempts.
     AnyTransient,
-    /// A create: retry only failures that certainly did not apply (429, 409, refused
-    /// connection); anything else is returned as ambiguous for the caller to resolve.
-    OnlyUnapplied,
+    /// One attempt: a transient failure is returned as [`Error::Failed`] with what became of
+    /// the request, for the caller to retry (the outbound writer, which must not hold its
+    /// customer's lock while it waits, and must fence a create that may still land).
+    Once,
 }
 
 /// One attempt's failure.
@@ -61,15 +62,13 @@ enum AttemptError {
 struct Transient {
     /// The metric label of the failure.
     label: &'static str,
-    /// Whether another attempt is safe for this request.
-    repeatable: bool,
+    fate: Fate,
     retry_after: Option<Duration>,
     cause: String,
 }
 
 /// What a failed attempt means: a rejection to report (`Err`), or a transient failure.
-fn assess(operation: &'static str, error: AttemptError, repeat: Repeat) -> Result<Transient> {
-    let any = repeat == Repeat::AnyTransient;
+fn assess(operation: &'static str, error: AttemptError) -> Result<Transient> {
     match error {
         AttemptError::Status {
             status,
@@ -84,28 +83,33 @@ fn assess(operation: &'static str, error: AttemptError, repeat: Repeat) -> Resul
                     message,
                 });
             }
-            // 429 and 409 mean Stripe did not apply the request; a 5xx may have.
-            let unapplied = matches!(status, 409 | 429);
+            // 429 and 409 mean Stripe did not apply the request; a 5xx may have, but Stripe
+            // is done with it either way.
+            let fate = if matches!(status, 409 | 429) {
+                Fate::NotApplied
+            } else {
+                Fate::Answered
+            };
             Ok(Transient {
                 label: if status == 429 {
                     "rate_limited"
                 } else {
                     "server_error"
                 },
-                repeatable: unapplied || any,
+                fate,
                 retry_after,
                 cause: format!("HTTP {status}: {message}"),
             })
         }
         AttemptError::NotSent(cause) => Ok(Transient {
             label: "connection_error",
-            repeatable: true,
+            fate: Fate::NotApplied,
             retry_after: None,
             cause,
         }),
         AttemptError::Lost(cause) => Ok(Transient {
             label: "timeout_or_reset",
-            repeatable: any,
+            fate: Fate::MayStillLand,
             retry_after: None,
             cause,
         }),
@@ -138,8 +142,8 @@ impl Caller {
         })
     }
 
-    /// Sends `request` until it succeeds, is rejected, is not safe to repeat, or runs out of
-    /// attempts.
+    /// Sends `request` until it succeeds, is rejected, or runs out of attempts (one, for
+    /// [`Repeat::Once`]).
     pub async fn send<T: DeserializeOwned>(
         &self,
         operation: &'static str,
@@ -159,16 +163,18 @@ impl Caller {
                         source: Arc::new(e),
                     });
                 }
-                Err(error) => assess(operation, error, repeat).inspect_err(|_| {
+                Err(error) => assess(operation, error).inspect_err(|_| {
                     self.metrics.attempt(operation, "rejected");
                 })?,
             };
             self.metrics.attempt(operation, failed.label);
-            if !failed.repeatable {
-                return Err(Error::Ambiguous {
+            if repeat == Repeat::Once {
+                return Err(Error::Failed {
                     operation,
                     cause: failed.cause,
+                    reason: failed.label,
                     retry_after: failed.retry_after,
+                    fate: failed.fate,
                 });
             }
             if attempt >= self.settings.max_attempts {
@@ -187,6 +193,11 @@ impl Caller {
         if !waited.is_zero() {
             self.metrics.rate_limit_waited(waited.as_secs_f64());
         }
+    }
+
+    /// Counts a retry the caller of a single attempt makes.
+    pub fn count_retry(&self, operation: &'static str, reason: &'static str) {
+        self.metrics.retry(operation, reason);
     }
 
     async fn pause(&self, operation: &'static str, attempt: u32, failed: &Transient) {
@@ -305,36 +316,30 @@ mod tests {
     }
 
     #[test]
-    fn a_create_is_repeated_only_when_it_certainly_did_not_apply() {
-        let create = |e| assess("create_customer", e, Repeat::OnlyUnapplied);
-        assert!(create(status(429)).unwrap().repeatable);
-        assert!(create(status(409)).unwrap().repeatable);
-        assert!(!create(status(503)).unwrap().repeatable);
-        assert!(
-            create(AttemptError::NotSent("refused".into()))
-                .unwrap()
-                .repeatable
+    fn a_failed_attempt_says_whether_it_may_still_land() {
+        let fate = |e| assess("create_customer", e).unwrap().fate;
+        assert_eq!(fate(status(429)), Fate::NotApplied);
+        assert_eq!(fate(status(409)), Fate::NotApplied);
+        assert_eq!(fate(status(503)), Fate::Answered);
+        assert_eq!(
+            fate(AttemptError::NotSent("refused".into())),
+            Fate::NotApplied
         );
-        assert!(
-            !create(AttemptError::Lost("reset".into()))
-                .unwrap()
-                .repeatable
-        );
+        assert_eq!(fate(AttemptError::Lost("reset".into())), Fate::MayStillLand);
         assert!(matches!(
-            create(status(400)),
+            assess("create_customer", status(400)),
             Err(Error::Rejected { status: 400, .. })
         ));
     }
 
     #[test]
-    fn idempotent_calls_repeat_every_transient_failure() {
-        let update = |e| assess("update_customer", e, Repeat::AnyTransient);
-        assert_eq!(update(status(503)).unwrap().label, "server_error");
-        assert!(
-            update(AttemptError::Lost("timeout".into()))
-                .unwrap()
-                .repeatable
+    fn transient_failures_are_labelled_for_the_metrics() {
+        let label = |e| assess("update_customer", e).unwrap().label;
+        assert_eq!(label(status(503)), "server_error");
+        assert_eq!(
+            label(AttemptError::Lost("timeout".into())),
+            "timeout_or_reset"
         );
-        assert_eq!(update(status(429)).unwrap().label, "rate_limited");
+        assert_eq!(label(status(429)), "rate_limited");
     }
 }

@@ -66,7 +66,7 @@ impl StripeApi for HttpStripe {
             }
             let page: StripeList<StripeCustomer> = self
                 .caller
-                .send("list_customers", list.build(), None, Repeat::AnyTransient)
+                .send("list_customers", list.build(), None, Repeat::Once)
                 .await?;
             if let Some(found) = page
                 .data
@@ -108,7 +108,7 @@ impl StripeApi for HttpStripe {
                 "create_customer",
                 create.build(),
                 Some(idempotency_key),
-                Repeat::OnlyUnapplied,
+                Repeat::Once,
             )
             .await
     }
@@ -134,7 +134,7 @@ impl StripeApi for HttpStripe {
                 "update_customer",
                 update(metadata_with_removals(&write.metadata, &BTreeMap::new())),
                 Some(idempotency_key),
-                Repeat::AnyTransient,
+                Repeat::Once,
             )
             .await?;
         // Stripe merges metadata: keys set elsewhere survive an update. Remove them so Stripe
@@ -151,7 +151,7 @@ impl StripeApi for HttpStripe {
                     "update_customer",
                     update(metadata_with_removals(&write.metadata, &updated.metadata)),
                     Some(&format!("{idempotency_key}:metadata")),
-                    Repeat::AnyTransient,
+                    Repeat::Once,
                 )
                 .await;
         }
@@ -165,7 +165,7 @@ impl StripeApi for HttpStripe {
                 "delete_customer",
                 DeleteCustomer::new(stripe_id).build(),
                 Some(idempotency_key),
-                Repeat::AnyTransient,
+                Repeat::Once,
             )
             .await;
         match deleted {
@@ -241,6 +241,10 @@ impl StripeApi for HttpStripe {
         self.caller
             .send("list_events", list.build(), None, Repeat::AnyTransient)
             .await
+    }
+
+    fn count_retry(&self, operation: &'static str, reason: &'static str) {
+        self.caller.count_retry(operation, reason);
     }
 }
 

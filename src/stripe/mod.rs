@@ -41,13 +41,16 @@ pub enum Error {
         attempts: u32,
         last: String,
     },
-    /// The request may or may not have been applied (timeout, reset, 5xx after sending). For a
-    /// create the caller must look the customer up before trying again.
-    #[error("{operation} outcome unknown: {cause}")]
-    Ambiguous {
+    /// One attempt (a single-attempt call) failed in a way a later one may not: rate limited,
+    /// Stripe-side failure, network. `fate` says what became of the request.
+    #[error("{operation} failed: {cause}")]
+    Failed {
         operation: &'static str,
         cause: String,
+        /// The metric label of the failure (`rate_limited`, `server_error`, ...).
+        reason: &'static str,
         retry_after: Option<Duration>,
+        fate: Fate,
     },
     #[error("Stripe answered {operation} with a body paysync cannot read: {source}")]
     Unreadable {
@@ -57,10 +60,21 @@ pub enum Error {
     },
 }
 
+/// What became of a request whose attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Stripe did not apply it (429, 409, or it never left: a refused connection).
+    NotApplied,
+    /// Stripe answered (a 5xx): it may have applied it, but is done with it.
+    Answered,
+    /// No answer (a timeout, a reset): it may have been applied, or may still be, later.
+    MayStillLand,
+}
+
 impl Error {
     /// Whether a later attempt of the same change may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Exhausted { .. } | Self::Ambiguous { .. })
+        matches!(self, Self::Exhausted { .. } | Self::Failed { .. })
     }
 
     /// Stripe refused the API key itself (401, or 403 for a restricted key without the
@@ -80,22 +94,24 @@ impl Error {
 #[async_trait]
 pub trait StripeApi: Send + Sync {
     /// The Stripe customer paysync created for `paysync_id` (email plus
-    /// `metadata.paysync_id` match), if any: the guard against creating it twice.
+    /// `metadata.paysync_id` match), if any: the guard against creating it twice. One attempt
+    /// per page, as the writes (the outbound writer retries).
     async fn find_customer(
         &self,
         email: &str,
         paysync_id: CustomerId,
     ) -> Result<Option<StripeCustomer>>;
 
-    /// Creates a customer. Only attempts that certainly did not apply are retried inside;
-    /// anything else is [`Error::Ambiguous`].
+    /// Creates a customer, in one attempt: a transient failure is [`Error::Failed`], for
+    /// the caller to resolve (it must look the customer up before another create).
     async fn create_customer(
         &self,
         write: &CustomerWrite,
         idempotency_key: &str,
     ) -> Result<StripeCustomer>;
 
-    /// Makes the customer's fields and metadata equal to `write` (keys not in it are removed).
+    /// Makes the customer's fields and metadata equal to `write` (keys not in it are removed);
+    /// one attempt per call it makes ([`Error::Failed`] for the caller to retry).
     async fn update_customer(
         &self,
         stripe_id: &str,
@@ -103,7 +119,7 @@ pub trait StripeApi: Send + Sync {
         idempotency_key: &str,
     ) -> Result<StripeCustomer>;
 
-    /// Deletes a customer; one that is already gone counts as deleted.
+    /// Deletes a customer, in one attempt; one that is already gone counts as deleted.
     async fn delete_customer(&self, stripe_id: &str, idempotency_key: &str) -> Result<()>;
 
     /// The customer as Stripe holds it now; `None` once deleted (Stripe answers with
@@ -128,4 +144,8 @@ pub trait StripeApi: Send + Sync {
         created_gte: i64,
         starting_after: Option<&str>,
     ) -> Result<StripeList<serde_json::Value>>;
+
+    /// Counts a retry a caller makes of a failed single attempt
+    /// (`paysync_stripe_retries_total`).
+    fn count_retry(&self, _operation: &'static str, _reason: &'static str) {}
 }

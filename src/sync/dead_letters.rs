@@ -188,6 +188,8 @@ pub enum ReplayError {
     NotFound(Uuid),
     #[error("dead letter {0} was already replayed")]
     AlreadyReplayed(Uuid),
+    #[error("dead letter {id} was closed: {reason}")]
+    Closed { id: Uuid, reason: String },
     #[error("dead letter {id} has a key that is not a customer id: {key}")]
     BadKey { id: Uuid, key: String },
     #[error("dead letter {id} cannot be replayed: {reason}")]
@@ -206,6 +208,10 @@ pub async fn replay(pool: &PgPool, id: Uuid) -> Result<(), ReplayError> {
         .ok_or(ReplayError::NotFound(id))?;
     if letter.replayed_at.is_some() {
         return Err(ReplayError::AlreadyReplayed(id));
+    }
+    if letter.closed_at.is_some() {
+        let reason = letter.closed_reason.unwrap_or_default();
+        return Err(ReplayError::Closed { id, reason });
     }
     match letter.source {
         Source::Inbound => requeue_event(&mut tx, &letter).await?,

@@ -13,5 +13,5 @@ pub mod queue;
 pub mod queue_health;
 
 pub use inbound::{Delivery, InboundHandler, InboundSync, Received};
-pub use outbound::{CreateRetry, OutboundHandler, OutboundSync, Outcome};
+pub use outbound::{OutboundHandler, OutboundRetry, OutboundSync, Outcome};
 pub use queue::{EventQueue, QueueError};

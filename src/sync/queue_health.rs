@@ -1,5 +1,7 @@
 //! How far behind sync is: the age of the oldest local change not yet in Stripe, of the
-//! oldest Stripe event not yet applied, and the open dead letters. A stuck queue shows here
+//! oldest Stripe event not yet applied (in the inbox, in a Kafka consumer's hands, or still
+//! on the topic with its partition unconsumed), the Kafka consumer groups' lag, and the open
+//! dead letters. A stuck queue shows here
 //! (readiness details, metrics) so an alert can fire; readiness itself stays up, because a
 //! restart does not unstick a queue and Stripe's deliveries must keep being accepted.
 
@@ -9,6 +11,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::Utc;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -28,10 +32,34 @@ const MEASURE_INTERVAL: Duration = Duration::from_secs(2);
 pub struct QueueSnapshot {
     /// Seconds the oldest local change not yet in Stripe has waited (0: none waits).
     pub outbound_oldest_pending_seconds: f64,
-    /// Seconds the oldest Stripe event not yet applied has waited (0: none waits).
+    /// Seconds the oldest Stripe event not yet applied has waited (0: none waits), wherever
+    /// it waits: the inbox, a Kafka consumer's hands, or the inbound topic (at least as long
+    /// as its partition's committed offset has not moved).
     pub inbound_oldest_pending_seconds: f64,
-    /// Dead letters not yet replayed.
+    /// Dead letters neither replayed nor closed.
     pub dead_letters_open: i64,
+    /// The Kafka consumer groups' lag (Kafka transport only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaLag>,
+}
+
+/// The Kafka consumer groups, measured from the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct KafkaLag {
+    /// The inbound group (`<prefix>-inbound`): Stripe events not yet applied.
+    pub inbound: GroupLag,
+    /// The outbound group (`<prefix>-outbound`): local changes not yet synced.
+    pub outbound: GroupLag,
+}
+
+/// One consumer group's lag on its topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct GroupLag {
+    /// Messages between the committed offsets and the end of the topic.
+    pub messages: i64,
+    /// How long the longest-waiting partition with messages has not moved its committed
+    /// offset (0: none waits): a group rebalancing after a crash, or a stuck consumer.
+    pub stalled_seconds: f64,
 }
 
 /// `paysync_*_backlog` and `paysync_*_oldest_pending_seconds`, `paysync_dead_letters_open`.
@@ -42,6 +70,13 @@ pub struct QueueMetrics {
     outbound_oldest_pending: Gauge<f64, AtomicU64>,
     inbound_oldest_pending: Gauge<f64, AtomicU64>,
     dead_letters_open: Gauge,
+    kafka_lag: Family<RoleLabel, Gauge>,
+    kafka_stalled: Family<RoleLabel, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
 }
 
 impl QueueMetrics {
@@ -52,6 +87,8 @@ impl QueueMetrics {
             outbound_oldest_pending: Gauge::default(),
             inbound_oldest_pending: Gauge::default(),
             dead_letters_open: Gauge::default(),
+            kafka_lag: Family::default(),
+            kafka_stalled: Family::default(),
         };
         registry.register(
             "outbox_backlog",
@@ -77,10 +114,26 @@ impl QueueMetrics {
         );
         registry.register(
             "dead_letters_open",
-            "Dead letters not yet replayed",
+            "Dead letters neither replayed nor closed",
             metrics.dead_letters_open.clone(),
         );
+        metrics.register_kafka(registry);
         metrics
+    }
+
+    fn register_kafka(&self, registry: &mut Registry) {
+        registry.register(
+            "kafka_consumer_lag",
+            "Messages the consumer group of a role (inbound, outbound) has not handled yet \
+             (committed offsets behind the end of its topic; Kafka transport)",
+            self.kafka_lag.clone(),
+        );
+        registry.register(
+            "kafka_consumer_stalled_seconds",
+            "How long the group's longest-waiting partition with messages has not moved its \
+             committed offset (0: none waits); grows while a group rebalances or is stuck",
+            self.kafka_stalled.clone(),
+        );
     }
 
     fn show(&self, measured: &Measured) {
@@ -92,6 +145,16 @@ impl QueueMetrics {
         self.inbound_oldest_pending
             .set(snapshot.inbound_oldest_pending_seconds);
         self.dead_letters_open.set(snapshot.dead_letters_open);
+        if let Some(kafka) = snapshot.kafka {
+            for (role, lag) in [("inbound", kafka.inbound), ("outbound", kafka.outbound)] {
+                self.kafka_lag
+                    .get_or_create(&RoleLabel { role })
+                    .set(lag.messages);
+                self.kafka_stalled
+                    .get_or_create(&RoleLabel { role })
+                    .set(lag.stalled_seconds);
+            }
+        }
     }
 }
 
@@ -110,6 +173,8 @@ pub struct QueueHealth {
     /// For each lane of the Kafka inbound consumer holding messages, when the oldest of them
     /// was produced (Unix ms). A lane stuck on a message keeps this old.
     kafka_inbound_in_hand_since: std::sync::Mutex<HashMap<usize, i64>>,
+    /// The consumer groups' lag, as last measured from the broker.
+    kafka_lag: std::sync::Mutex<Option<KafkaLag>>,
 }
 
 impl QueueHealth {
@@ -126,6 +191,26 @@ impl QueueHealth {
     /// A lane of the Kafka inbound consumer finished what it held.
     pub fn kafka_inbound_idle(&self, lane: usize) {
         self.in_hand().remove(&lane);
+    }
+
+    /// The lag of the consumer group of `role` (`inbound` or `outbound`), as just measured.
+    pub fn kafka_lag(&self, role: &str, lag: GroupLag) {
+        let mut kafka = self
+            .kafka_lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let measured = kafka.get_or_insert_with(KafkaLag::default);
+        match role {
+            "inbound" => measured.inbound = lag,
+            _ => measured.outbound = lag,
+        }
+    }
+
+    fn kafka(&self) -> Option<KafkaLag> {
+        *self
+            .kafka_lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn kafka_inbound_age(&self) -> f64 {
@@ -172,11 +257,16 @@ async fn measure(pool: &PgPool, health: &QueueHealth) -> store::Result<Measured>
     let (inbox_backlog, inbox_age) = processed_events::backlog(&mut conn).await?;
     let outbox_backlog = outbox::backlog(&mut conn).await?;
     let dead_letters_open = dead_letters::open_count(&mut conn).await?;
+    let kafka = health.kafka();
+    let unfetched_age = kafka.map_or(0.0, |k| k.inbound.stalled_seconds);
     Ok(Measured {
         snapshot: QueueSnapshot {
             outbound_oldest_pending_seconds: outbound,
-            inbound_oldest_pending_seconds: inbox_age.max(health.kafka_inbound_age()),
+            inbound_oldest_pending_seconds: inbox_age
+                .max(health.kafka_inbound_age())
+                .max(unfetched_age),
             dead_letters_open,
+            kafka,
         },
         outbox_backlog,
         inbox_backlog,

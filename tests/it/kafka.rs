@@ -293,3 +293,46 @@ async fn an_event_waits_for_its_customers_sync_in_flight(pool: PgPool) {
     an_event_waits_for_a_sync_in_flight(&app).await;
     app.stop().await;
 }
+
+/// Defect 5 of the chaos run: after a replica died, inbound stalled while `/readyz` said
+/// nothing waited (it counted only messages a consumer held). Events on the inbound topic
+/// that no consumer takes (here: none runs) now show as the group's lag, measured from the
+/// broker, and age the oldest pending event.
+#[sqlx::test]
+async fn events_no_consumer_takes_show_as_lag_and_age(pool: PgPool) {
+    let kafka = MockKafka::start().await;
+    let mut settings = inbound_app_settings(Some(&kafka), None);
+    settings.inbound = None;
+    let app = TestApp::spawn_settings(pool, settings).await;
+    for n in 0..3 {
+        let body = event(
+            &format!("evt_unconsumed_{n}"),
+            "customer.updated",
+            now(),
+            customer_object(&format!("cus_Unconsumed{n}"), "lag@example.com", "x"),
+        );
+        deliver_signed(&app, &body).await;
+    }
+    let ready = wait_for("the lag in /readyz", DEADLINE, || async {
+        let ready = app.get_json("/readyz").await;
+        let queues = &ready["queues"];
+        if queues["kafka"]["inbound"]["messages"] == 3
+            && queues["inbound_oldest_pending_seconds"].as_f64() >= Some(2.0)
+        {
+            Ok(ready)
+        } else {
+            Err(ready.to_string())
+        }
+    })
+    .await;
+    assert!(
+        ready["queues"]["kafka"]["inbound"]["stalled_seconds"].as_f64() >= Some(2.0),
+        "{ready}"
+    );
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("paysync_kafka_consumer_lag{role=\"inbound\"} 3"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -11,6 +11,7 @@ mod chart;
 mod contract;
 mod controller;
 mod customers;
+mod faults;
 mod http_limits;
 mod inbound;
 mod kafka;

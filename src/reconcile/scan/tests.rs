@@ -21,6 +21,7 @@ impl PageSink for Recorder {
     async fn process(
         &self,
         customers: Vec<StripeCustomer>,
+        _listed_at: chrono::DateTime<chrono::Utc>,
         checkpoint: Vec<Segment>,
     ) -> Result<(), ScanError> {
         {

@@ -25,8 +25,9 @@ macro_rules! customer_columns {
     () => {
         "id, account, email, name, phone, description, metadata, version, stripe_id, \
          stripe_synced_version, sync_state, sync_error, stripe_event_at, \
-         stripe_write_started_at, stripe_written_at, stripe_synced_hash, created_at, updated_at, \
-         deleted_at, stripe_create_attempted_at"
+         stripe_write_started_at, stripe_written_at, stripe_written_version, stripe_synced_hash, \
+         created_at, updated_at, deleted_at, stripe_create_attempted_at, \
+         stripe_create_in_flight_until"
     };
 }
 
@@ -49,8 +50,9 @@ pub use locking::{
 };
 pub use reconcile::{Listed, match_listed, queue_resync, unseen};
 pub use sync_state::{
-    SyncedWrite, count_by_state, count_states_of, mark_orphaned, oldest_pending_age,
-    record_create_attempt, record_sync_failure, record_synced, requeue_pending, reset_sync_state,
+    SyncedWrite, claim_create_attempt, count_by_state, count_states_of, create_answered,
+    mark_orphaned, oldest_pending_age, record_sync_failure, record_synced, requeue_pending,
+    reset_sync_state,
 };
 
 #[derive(FromRow)]
@@ -70,11 +72,13 @@ struct CustomerRow {
     stripe_event_at: Option<DateTime<Utc>>,
     stripe_write_started_at: Option<DateTime<Utc>>,
     stripe_written_at: Option<DateTime<Utc>>,
+    stripe_written_version: Option<i64>,
     stripe_synced_hash: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
     stripe_create_attempted_at: Option<DateTime<Utc>>,
+    stripe_create_in_flight_until: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<CustomerRow> for Customer {
@@ -103,6 +107,7 @@ impl TryFrom<CustomerRow> for Customer {
                 .stripe_write_started_at
                 .zip(row.stripe_written_at)
                 .map(|(started, finished)| WriteWindow { started, finished }),
+            stripe_written_version: row.stripe_written_version,
             // A hash of another length is not one paysync wrote: treat it as unknown.
             stripe_synced_hash: row
                 .stripe_synced_hash
@@ -111,6 +116,7 @@ impl TryFrom<CustomerRow> for Customer {
             updated_at: row.updated_at,
             deleted_at: row.deleted_at,
             create_attempted_at: row.stripe_create_attempted_at,
+            create_in_flight_until: row.stripe_create_in_flight_until,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The sync columns: what paysync wrote to Stripe, a failure, a reset for replay, and how
 //! long the oldest change has waited.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::optional_customer;
@@ -18,20 +19,30 @@ pub struct SyncedWrite<'a> {
 }
 
 /// Records that Stripe now matches `write.version` (and, once known, which Stripe customer it
-/// is). The state becomes `synced` unless a newer local change arrived meanwhile.
+/// is). The state becomes `synced` unless a newer local change arrived meanwhile. Nothing
+/// moves back: a write recorded late (its holder lost its lock while Stripe answered) keeps
+/// the newer versions, write window and content hash already recorded, and never replaces
+/// the Stripe customer already linked. Returns the Stripe customer now linked.
 pub async fn record_synced(
     conn: &mut PgConnection,
     id: CustomerId,
     write: SyncedWrite<'_>,
-) -> Result<()> {
-    sqlx::query(
-        "update customers set stripe_id = coalesce($3, stripe_id), \
+) -> Result<Option<String>> {
+    sqlx::query_scalar(
+        "update customers set stripe_id = coalesce(stripe_id, $3), \
          stripe_synced_version = greatest(stripe_synced_version, $2), \
          sync_state = case when greatest(stripe_synced_version, $2) >= version \
                            then 'synced' else 'pending' end, \
          sync_error = null, \
-         stripe_write_started_at = $4, stripe_written_at = $5, stripe_synced_hash = $6 \
-         where id = $1",
+         stripe_write_started_at = case when $2 >= coalesce(stripe_written_version, 0) \
+                                        then $4 else stripe_write_started_at end, \
+         stripe_written_at = case when $2 >= coalesce(stripe_written_version, 0) \
+                                  then $5 else stripe_written_at end, \
+         stripe_synced_hash = case when $2 >= stripe_synced_version \
+                                   then $6 else stripe_synced_hash end, \
+         stripe_written_version = greatest(stripe_written_version, $2), \
+         stripe_create_in_flight_until = null \
+         where id = $1 returning stripe_id",
     )
     .bind(id.as_uuid())
     .bind(write.version)
@@ -39,10 +50,10 @@ pub async fn record_synced(
     .bind(write.window.started)
     .bind(write.window.finished)
     .bind(&write.content[..])
-    .execute(conn)
+    .fetch_optional(conn)
     .await
-    .context("recording sync result")?;
-    Ok(())
+    .context("recording sync result")
+    .map(Option::flatten)
 }
 
 /// A local delete under `deletion: Orphan`: Stripe's customer stays, linked, and the row
@@ -56,18 +67,48 @@ pub async fn mark_orphaned(conn: &mut PgConnection, id: CustomerId) -> Result<()
     Ok(())
 }
 
-/// Records, before the first create call, that paysync is about to create the customer in
-/// Stripe: from then on a create looks up first (the call may succeed unseen: a crash, a lost
-/// answer). Committed on its own, so it holds whatever happens to the call.
-pub async fn record_create_attempt(conn: &mut PgConnection, id: CustomerId) -> Result<()> {
-    sqlx::query(
-        "update customers set stripe_create_attempted_at = coalesce(stripe_create_attempted_at, now()) \
-         where id = $1",
+/// Claims a create attempt, committed before the call: `seen` is the last attempt the caller
+/// read, and no attempt may be on its way (answered, or past its `in_flight` window, by the
+/// database's clock). Returns the attempt's time; `None` when another holder claimed one
+/// first (a sync whose lock was lost: its attempt now fences this one) or the customer got
+/// linked meanwhile. Every later sync looks the customer up before creating it.
+pub async fn claim_create_attempt(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    seen: Option<DateTime<Utc>>,
+    in_flight: std::time::Duration,
+) -> Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "update customers set stripe_create_attempted_at = now(), \
+         stripe_create_in_flight_until = now() + make_interval(secs => $3) \
+         where id = $1 and stripe_id is null \
+           and stripe_create_attempted_at is not distinct from $2 \
+           and (stripe_create_in_flight_until is null or stripe_create_in_flight_until <= now()) \
+         returning stripe_create_attempted_at",
     )
     .bind(id.as_uuid())
+    .bind(seen)
+    .bind(in_flight.as_secs_f64())
+    .fetch_optional(conn)
+    .await
+    .context("claiming a create attempt")
+}
+
+/// Stripe answered the create attempt of `attempted_at` (it is not on its way any more).
+pub async fn create_answered(
+    conn: &mut PgConnection,
+    id: CustomerId,
+    attempted_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "update customers set stripe_create_in_flight_until = null \
+         where id = $1 and stripe_create_attempted_at = $2",
+    )
+    .bind(id.as_uuid())
+    .bind(attempted_at)
     .execute(conn)
     .await
-    .context("recording a create attempt")?;
+    .context("recording a create attempt's answer")?;
     Ok(())
 }
 

@@ -148,19 +148,7 @@ impl InboundSync {
                 decision => break decision,
             }
         };
-        let outcome = match &decision {
-            Decision::Apply(_) => Outcome::Applied,
-            Decision::Delete => Outcome::Deleted,
-            Decision::KeepLocal { .. } => Outcome::KeptLocal,
-            Decision::Merge(_) => Outcome::Merged,
-            Decision::Orphan => Outcome::Orphaned,
-            Decision::Skip(skip) => Outcome::Skipped(*skip),
-            Decision::Refetch | Decision::Adopt(_) => {
-                return Err(Failure::Permanent(format!(
-                    "internal: decision {decision:?} for a linked customer"
-                )));
-            }
-        };
+        let outcome = linked_outcome(&decision)?;
         log_conflict(&state.customer, &event, &decision);
         debug!(event_id = %event.id, customer_id = %state.customer.id, outcome = outcome.label(), "Stripe event decided");
         let before = state.customer.clone();
@@ -168,17 +156,39 @@ impl InboundSync {
         state.touched |= state.customer != before;
         state.changed |= matches!(
             decision,
-            Decision::Apply(_) | Decision::Delete | Decision::Merge(_)
+            Decision::Apply(_)
+                | Decision::Delete
+                | Decision::Merge(_)
+                | Decision::Resend { new_version: true }
         );
-        // A local win, or the local-won fields of a merge, must still reach Stripe.
+        // A local win, the local-won fields of a merge, or a local version Stripe lost to a
+        // late write of paysync's must still reach Stripe.
         if matches!(
             decision,
-            Decision::KeepLocal { requeue: true } | Decision::Merge(_)
+            Decision::KeepLocal { requeue: true } | Decision::Merge(_) | Decision::Resend { .. }
         ) {
             requeued.push((state.customer.id, state.customer.version));
         }
         Ok(outcome)
     }
+}
+
+/// What a decision about a linked customer comes to.
+fn linked_outcome(decision: &Decision) -> Result<Outcome, Failure> {
+    Ok(match decision {
+        Decision::Apply(_) => Outcome::Applied,
+        Decision::Delete => Outcome::Deleted,
+        Decision::KeepLocal { .. } => Outcome::KeptLocal,
+        Decision::Merge(_) => Outcome::Merged,
+        Decision::Orphan => Outcome::Orphaned,
+        Decision::Resend { .. } => Outcome::Resent,
+        Decision::Skip(skip) => Outcome::Skipped(*skip),
+        Decision::Refetch | Decision::Adopt(_) => {
+            return Err(Failure::Permanent(format!(
+                "internal: decision {decision:?} for a linked customer"
+            )));
+        }
+    })
 }
 
 /// The customers linked to these Stripe customers, locked, by Stripe id.

@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::rules::{CLOCK_SKEW_ALLOWANCE, CREATED_RESOLUTION};
 use crate::domain::{CustomerId, StripeCustomerId};
 use crate::stripe::StripeCustomer;
 use crate::stripe::event::{EventBody, EventKind, StripeEvent};
-use crate::sync::mapping::{PAYSYNC_ID_KEY, RemoteFields};
+use crate::sync::mapping::{PAYSYNC_ID_KEY, PAYSYNC_VERSION_KEY, RemoteFields};
 
 /// A Stripe customer event, as the decision needs it.
 #[derive(Debug, Clone)]
@@ -21,12 +22,18 @@ pub struct IncomingEvent {
     pub fields: RemoteFields,
     /// `metadata.paysync_id`, when paysync created or linked the Stripe customer.
     pub paysync_id: Option<CustomerId>,
+    /// `metadata.paysync_version`: the version of paysync's last write the Stripe customer
+    /// holds.
+    pub paysync_version: Option<i64>,
     /// Fetched from Stripe just now rather than carried by the event: Stripe's current state,
     /// so no ordering doubt applies.
     pub current: bool,
-    /// Stripe's state as the reconciler listed it: when it changed is unknown, so a conflict
-    /// settled `Newest` keeps the local change (DESIGN.md §7a).
-    pub listed: bool,
+    /// Stripe's state as the reconciler listed it, with when the list call was made (by
+    /// paysync's clock): when it changed is unknown, so a conflict settled `Newest` keeps the
+    /// local change, and it is doubted (asked of Stripe again) when anything newer than the
+    /// list call was applied to the customer since. `created` is then the newest event time
+    /// the listing surely includes.
+    pub listed: Option<DateTime<Utc>>,
 }
 
 impl IncomingEvent {
@@ -61,12 +68,12 @@ impl IncomingEvent {
             .to_owned();
         let created = DateTime::from_timestamp(event.created, 0)
             .ok_or_else(|| format!("created {} is not a valid time", event.created))?;
-        let paysync_id = body
-            .object
-            .get("metadata")
-            .and_then(|metadata| metadata.get(PAYSYNC_ID_KEY))
-            .and_then(Value::as_str)
-            .and_then(|id| id.parse().ok());
+        let paysync_key = |key: &str| {
+            body.object
+                .get("metadata")
+                .and_then(|metadata| metadata.get(key))
+                .and_then(Value::as_str)
+        };
         Ok(Self {
             id: event.id.clone(),
             kind,
@@ -74,22 +81,20 @@ impl IncomingEvent {
             stripe_id,
             idempotency_key: None,
             fields: RemoteFields::default(),
-            paysync_id,
+            paysync_id: paysync_key(PAYSYNC_ID_KEY).and_then(|id| id.parse().ok()),
+            paysync_version: paysync_key(PAYSYNC_VERSION_KEY).and_then(|v| v.parse().ok()),
             current: false,
-            listed: false,
+            listed: None,
         })
     }
 
-    /// A Stripe customer as the reconciler found it at `seen_at` (`None`: gone), in place of
-    /// an event: current, with no time of change.
+    /// A Stripe customer as the reconciler listed it with a call made at `listed_at`
+    /// (`None`: gone), in place of an event, with no time of change.
     pub fn listed(
         stripe_id: &str,
         customer: Option<&StripeCustomer>,
-        seen_at: DateTime<Utc>,
+        listed_at: DateTime<Utc>,
     ) -> Result<Self, String> {
-        let paysync_id = customer
-            .and_then(|c| c.metadata.get(PAYSYNC_ID_KEY))
-            .and_then(|id| id.parse().ok());
         let (kind, fields) = match customer {
             Some(customer) => (EventKind::Updated, RemoteFields::from_customer(customer)?),
             None => (EventKind::Deleted, RemoteFields::default()),
@@ -97,13 +102,14 @@ impl IncomingEvent {
         Ok(Self {
             id: format!("reconcile:{stripe_id}"),
             kind,
-            created: seen_at,
+            created: surely_included(listed_at),
             stripe_id: stripe_id.to_owned(),
             idempotency_key: None,
             fields,
-            paysync_id,
-            current: true,
-            listed: true,
+            paysync_id: customer.and_then(paysync_id_of),
+            paysync_version: customer.and_then(paysync_version_of),
+            current: false,
+            listed: Some(listed_at),
         })
     }
 
@@ -113,6 +119,13 @@ impl IncomingEvent {
         let mut refetched = self.clone();
         refetched.current = true;
         refetched.idempotency_key = None;
+        refetched.paysync_version = current.and_then(paysync_version_of);
+        // A listing fetched again: its time is now.
+        if refetched.listed.is_some() {
+            let now = Utc::now();
+            refetched.listed = Some(now);
+            refetched.created = surely_included(now);
+        }
         match current {
             Some(customer) => {
                 refetched.kind = EventKind::Updated;
@@ -122,6 +135,22 @@ impl IncomingEvent {
         }
         Ok(refetched)
     }
+}
+
+/// The newest `created` (whole seconds, by Stripe's clock) of an event that surely happened
+/// before a call Stripe answered, made at `at` by paysync's clock: a second before, less the
+/// clock skew allowed. Events of later seconds may or may not be in what the call saw.
+pub fn surely_included(at: DateTime<Utc>) -> DateTime<Utc> {
+    let before = at - CREATED_RESOLUTION - CLOCK_SKEW_ALLOWANCE;
+    DateTime::from_timestamp(before.timestamp(), 0).unwrap_or(before)
+}
+
+fn paysync_id_of(customer: &StripeCustomer) -> Option<CustomerId> {
+    customer.metadata.get(PAYSYNC_ID_KEY)?.parse().ok()
+}
+
+fn paysync_version_of(customer: &StripeCustomer) -> Option<i64> {
+    customer.metadata.get(PAYSYNC_VERSION_KEY)?.parse().ok()
 }
 
 #[cfg(test)]

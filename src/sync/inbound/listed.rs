@@ -11,21 +11,21 @@ use crate::stripe::StripeCustomer;
 
 impl InboundSync {
     /// Applies what Stripe holds for `stripe_id` in `account` (`None`: the customer is gone)
-    /// as seen at `seen_at`; the policy's mode and direction may stand instead (the outcome
+    /// as listed by a call made at `listed_at` (never over anything applied since); the policy's mode and direction may stand instead (the outcome
     /// says so).
     pub async fn apply_listed(
         &self,
         account: &str,
         stripe_id: &str,
         customer: Option<&StripeCustomer>,
-        seen_at: DateTime<Utc>,
+        listed_at: DateTime<Utc>,
     ) -> Result<Outcome, Failure> {
         let context = match self.context(account) {
             Ok(context) => context,
             Err(instead) => return Ok(instead),
         };
         let incoming =
-            IncomingEvent::listed(stripe_id, customer, seen_at).map_err(Failure::Permanent)?;
+            IncomingEvent::listed(stripe_id, customer, listed_at).map_err(Failure::Permanent)?;
         let mut tx = store::begin(&self.pool).await?;
         let outcome = self.decide_and_write(&mut tx, incoming, &context).await?;
         store::commit(tx).await?;

@@ -15,6 +15,8 @@ pub enum Outcome {
     Merged,
     /// Deleted in Stripe; kept locally, unlinked (`deletion: Orphan`).
     Orphaned,
+    /// Stripe held a write of paysync's that landed late: the local version is sent again.
+    Resent,
     Skipped(Skip),
     /// Already applied before (a redelivery).
     Duplicate,
@@ -38,6 +40,7 @@ impl Outcome {
             Self::KeptLocal => "kept_local",
             Self::Merged => "merged",
             Self::Orphaned => "orphaned",
+            Self::Resent => "resent",
             Self::Skipped(skip) => skip.label(),
             Self::Duplicate => "duplicate",
             Self::DeadLettered => DEAD_LETTERED,

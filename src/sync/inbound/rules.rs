@@ -1,10 +1,12 @@
 //! The inbound worker's pure core: what a Stripe customer event does to the local row.
 //!
 //! Kept free of I/O so every inbound rule can be tested directly: older events never
-//! overwrite newer ones (`stripe_event_at`, and paysync's own last write), paysync's own writes
-//! coming back are recognised and change nothing (the `paysync:` key, or the content paysync
-//! last synced), and a conflict between an unsynced local change and a Stripe change is
-//! settled by the policy.
+//! overwrite newer ones (`stripe_event_at`, and paysync's own last write), a listing never
+//! overwrites what was applied after its list call, paysync's own writes coming back are
+//! recognised and change nothing (the `paysync:` key, or the content paysync last synced), a
+//! write of paysync's that landed late (older than one it wrote since) is never taken for a
+//! Stripe change but sent again, and a conflict between an unsynced local change and a Stripe
+//! change is settled by the policy.
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -42,7 +44,7 @@ pub const OWN_IDEMPOTENCY_PREFIX: &str = "paysync:";
 pub const CLOCK_SKEW_ALLOWANCE: TimeDelta = TimeDelta::seconds(2);
 
 /// Stripe's `created` is whole seconds: an event happened before `created` + this.
-const CREATED_RESOLUTION: TimeDelta = TimeDelta::seconds(1);
+pub const CREATED_RESOLUTION: TimeDelta = TimeDelta::seconds(1);
 
 /// How a local customer found for an event relates to the event's Stripe customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +77,9 @@ pub enum Skip {
     Echo,
     /// Stripe already equals the local row.
     NoChange,
+    /// A write of paysync's older than the local version (landed late, or not recorded yet):
+    /// the local change still on its way to Stripe replaces it.
+    OwnOlderWrite,
     /// The customer is deleted locally (the deletion reaches Stripe through the outbox).
     AlreadyDeleted,
     /// A deletion of a Stripe customer paysync never knew.
@@ -93,6 +98,7 @@ impl Skip {
             Self::Superseded => "superseded",
             Self::Echo => "echo",
             Self::NoChange => "no_change",
+            Self::OwnOlderWrite => "own_older_write",
             Self::AlreadyDeleted => "already_deleted",
             Self::NotLinked => "not_linked",
             Self::NoEmail => "no_email",
@@ -125,6 +131,11 @@ pub enum Decision {
     Merge(CustomerFields),
     /// Deleted in Stripe under `deletion: Orphan`: the local customer stays, unlinked.
     Orphan,
+    /// Stripe holds a write of paysync's older than the local version (a request that landed
+    /// late, after a newer one): not a Stripe change. The local row is sent again: as a new
+    /// version with the same content when Stripe was thought to hold it (`new_version`), so
+    /// it gets an Idempotency-Key of its own; else its failed sync is queued again.
+    Resend { new_version: bool },
 }
 
 /// Decides what `event` does to `local`: the customer linked to the event's Stripe customer,
@@ -153,10 +164,48 @@ pub fn decide(local: Option<&Customer>, event: &IncomingEvent, rules: &Rules) ->
             Deletion::Propagate | Deletion::SoftDelete => Decision::Delete,
         };
     }
+    if let Some(own_older) = own_older_write(local, event) {
+        return doubt(local, event).unwrap_or(own_older);
+    }
     if own_write {
         return Decision::Skip(Skip::Echo);
     }
     decide_change(local, event, &rules.conflict)
+}
+
+/// What to do when Stripe holds a write of paysync's that is not its latest: older than the
+/// version paysync last recorded writing (it landed after that one: Stripe went back), or,
+/// while a local change is still to be sent, one of this change's own writes not recorded
+/// yet. Either way never a Stripe change, and never applied: that would roll an acknowledged
+/// local write back. Only decided when the version paysync last wrote is known.
+fn own_older_write(local: &Customer, event: &IncomingEvent) -> Option<Decision> {
+    let (Some(held), Some(written)) = (event.paysync_version, local.stripe_written_version) else {
+        return None;
+    };
+    let unsynced = local.stripe_synced_version < local.version;
+    let stale = held < written;
+    let unrecorded = held > written && held < local.version && unsynced;
+    if !stale && !unrecorded {
+        return None;
+    }
+    Some(match (unsynced, local.sync_state) {
+        // The sync on its way overwrites it.
+        (true, SyncState::Pending) => Decision::Skip(Skip::OwnOlderWrite),
+        (true, _) => Decision::Resend { new_version: false },
+        (false, _) => Decision::Resend { new_version: true },
+    })
+}
+
+/// Whether the event may be older than what is known of the customer (see
+/// [`ordering_doubt`], [`snapshot_doubt`]); Stripe's current state never is.
+fn doubt(local: &Customer, event: &IncomingEvent) -> Option<Decision> {
+    if event.current {
+        return None;
+    }
+    match event.listed {
+        Some(listed_at) => snapshot_doubt(local, event.created, listed_at),
+        None => ordering_doubt(local, event.created),
+    }
 }
 
 /// A customer changed in Stripe (not paysync's own write) that is linked and live.
@@ -172,16 +221,14 @@ fn decide_change(local: &Customer, event: &IncomingEvent, conflict: &ConflictRul
     if local.stripe_synced_hash == Some(wanted.content_hash()) {
         return Decision::Skip(Skip::Echo);
     }
-    if !event.current
-        && let Some(doubt) = ordering_doubt(local, event.created)
-    {
+    if let Some(doubt) = doubt(local, event) {
         return doubt;
     }
     // Only Stripe changed: Stripe wins.
     if local.stripe_synced_version >= local.version {
         return Decision::Apply(wanted);
     }
-    let stripe_newer = !event.listed && event.created > local.updated_at;
+    let stripe_newer = event.listed.is_none() && event.created > local.updated_at;
     let merged = resolve_conflict(&local.fields, &wanted, conflict, stripe_newer);
     if merged == wanted {
         Decision::Apply(wanted)
@@ -258,43 +305,43 @@ pub fn after(
     now: DateTime<Utc>,
 ) -> Customer {
     let seen = |at: Option<DateTime<Utc>>| Some(at.map_or(event_at, |at| at.max(event_at)));
+    // A new local version: synced at once when Stripe holds it, else pending.
+    let new_version = |customer: &mut Customer, synced: bool| {
+        customer.version += 1;
+        customer.sync_error = None;
+        customer.updated_at = now;
+        if synced {
+            customer.stripe_synced_version = customer.version;
+            customer.sync_state = SyncState::Synced;
+        } else {
+            customer.sync_state = SyncState::Pending;
+        }
+    };
     match decision {
         Decision::Apply(fields) => {
-            customer.version += 1;
-            customer.stripe_synced_version = customer.version;
-            customer.sync_state = SyncState::Synced;
-            customer.sync_error = None;
+            new_version(&mut customer, true);
             customer.stripe_synced_hash = Some(fields.content_hash());
             customer.fields = fields.clone();
-            customer.updated_at = now;
-            customer.stripe_event_at = seen(customer.stripe_event_at);
         }
         Decision::Delete => {
-            customer.version += 1;
-            customer.stripe_synced_version = customer.version;
-            customer.sync_state = SyncState::Synced;
-            customer.sync_error = None;
+            new_version(&mut customer, true);
             customer.deleted_at = Some(now);
-            customer.updated_at = now;
-            customer.stripe_event_at = seen(customer.stripe_event_at);
         }
         Decision::Merge(fields) => {
-            customer.version += 1;
-            customer.sync_state = SyncState::Pending;
+            new_version(&mut customer, false);
             customer.fields = fields.clone();
-            customer.updated_at = now;
-            customer.stripe_event_at = seen(customer.stripe_event_at);
         }
+        Decision::Resend { new_version: true } => new_version(&mut customer, false),
         Decision::Orphan => {
             customer.stripe_id = None;
             customer.sync_state = SyncState::Orphaned;
-            customer.stripe_event_at = seen(customer.stripe_event_at);
         }
-        Decision::Skip(Skip::Echo | Skip::NoChange) | Decision::KeepLocal { .. } => {
-            customer.stripe_event_at = seen(customer.stripe_event_at);
-        }
-        Decision::Skip(_) | Decision::Refetch | Decision::Adopt(_) => {}
+        Decision::Skip(Skip::Echo | Skip::NoChange | Skip::OwnOlderWrite)
+        | Decision::KeepLocal { .. }
+        | Decision::Resend { new_version: false } => {}
+        Decision::Skip(_) | Decision::Refetch | Decision::Adopt(_) => return customer,
     }
+    customer.stripe_event_at = seen(customer.stripe_event_at);
     customer
 }
 
@@ -314,6 +361,22 @@ fn ordering_doubt(local: &Customer, created: DateTime<Utc>) -> Option<Decision> 
         return Some(Decision::Refetch);
     }
     None
+}
+
+/// Whether a listing made at `listed_at` (surely including the events created up to
+/// `included`) may be older than what was applied to the customer since: an event of a later
+/// second, or a write of paysync's not surely finished before the list call. Then Stripe is
+/// asked for the customer's current state instead: a snapshot never beats a newer event.
+fn snapshot_doubt(
+    local: &Customer,
+    included: DateTime<Utc>,
+    listed_at: DateTime<Utc>,
+) -> Option<Decision> {
+    let newer_event = local.stripe_event_at.is_some_and(|last| last > included);
+    let newer_write = local
+        .stripe_write
+        .is_some_and(|write| write.finished + CLOCK_SKEW_ALLOWANCE >= listed_at);
+    (newer_event || newer_write).then_some(Decision::Refetch)
 }
 
 #[cfg(test)]
@@ -363,8 +426,9 @@ mod tests {
             idempotency_key: None,
             fields: remote(name),
             paysync_id: None,
+            paysync_version: None,
             current: false,
-            listed: false,
+            listed: None,
         }
     }
 
@@ -587,6 +651,153 @@ mod tests {
         assert_eq!(
             newest(&deleted, &event(EventKind::Updated, 12, "Late")),
             Decision::Skip(Skip::AlreadyDeleted)
+        );
+    }
+
+    fn written(mut customer: Customer, version: i64) -> Customer {
+        customer.stripe_written_version = Some(version);
+        customer
+    }
+
+    fn holding(mut event: IncomingEvent, version: i64) -> IncomingEvent {
+        event.paysync_version = Some(version);
+        event
+    }
+
+    #[test]
+    fn a_late_write_of_paysync_is_sent_again_not_applied() {
+        // paysync wrote version 12 last; Stripe now holds its stalled write of version 9.
+        let synced = written(seen_event_at(local(12, 12, 5), 5), 12);
+        let late = holding(event(EventKind::Updated, 20, "v9 content"), 9);
+        assert_eq!(
+            newest(&synced, &late),
+            Decision::Resend { new_version: true }
+        );
+        // Even with its own Idempotency-Key (real Stripe reports it), and even when the
+        // content happens to equal the local row (its paysync_version is still wrong).
+        let mut keyed = late.clone();
+        keyed.idempotency_key = Some("paysync:update:x:9".into());
+        assert_eq!(
+            newest(&synced, &keyed),
+            Decision::Resend { new_version: true }
+        );
+        let same = holding(event(EventKind::Updated, 20, "Ada"), 9);
+        assert_eq!(
+            newest(&synced, &same),
+            Decision::Resend { new_version: true }
+        );
+        // The sent-again version is new, pending, with the same content.
+        let after = after(
+            synced.clone(),
+            &Decision::Resend { new_version: true },
+            at(20),
+            at(21),
+        );
+        assert_eq!(
+            (after.version, after.sync_state, &after.fields),
+            (13, SyncState::Pending, &synced.fields)
+        );
+        // A local change still on its way replaces it anyway; a failed one is queued again.
+        let pending = written(local(13, 12, 5), 12);
+        assert_eq!(newest(&pending, &late), Decision::Skip(Skip::OwnOlderWrite));
+        let mut failed = pending;
+        failed.sync_state = SyncState::Failed;
+        assert_eq!(
+            newest(&failed, &late),
+            Decision::Resend { new_version: false }
+        );
+    }
+
+    #[test]
+    fn a_late_write_is_ordered_like_any_event_first() {
+        let mut synced = written(seen_event_at(local(12, 12, 5), 30), 12);
+        synced.stripe_write = Some(WriteWindow {
+            started: at(40),
+            finished: at(41),
+        });
+        // Older than an event applied since: stale. Close to paysync's last write: Stripe is
+        // asked which landed last.
+        assert_eq!(
+            newest(&synced, &holding(event(EventKind::Updated, 20, "x"), 9)),
+            Decision::Skip(Skip::Stale)
+        );
+        assert_eq!(
+            newest(&synced, &holding(event(EventKind::Updated, 41, "x"), 9)),
+            Decision::Refetch
+        );
+    }
+
+    #[test]
+    fn an_unrecorded_write_of_an_older_version_never_beats_a_local_change() {
+        // paysync recorded writing 8; its write of 9 landed unrecorded; the user wrote 10.
+        let pending = written(local(10, 8, 5), 8);
+        let own = holding(event(EventKind::Updated, 50, "v9 content"), 9);
+        assert_eq!(newest(&pending, &own), Decision::Skip(Skip::OwnOlderWrite));
+        // The version paysync last recorded is a Stripe change when it differs (an edit in
+        // the Dashboard on top of paysync's last write).
+        let edit = holding(event(EventKind::Updated, 50, "Dashboard edit"), 8);
+        assert_eq!(
+            newest(&written(seen_event_at(local(8, 8, 5), 5), 8), &edit),
+            Decision::Apply(fields("Dashboard edit"))
+        );
+        // Unknown last write (rows from before it was recorded): the usual rules.
+        assert_eq!(
+            newest(
+                &seen_event_at(local(12, 12, 5), 5),
+                &holding(event(EventKind::Updated, 20, "y"), 9)
+            ),
+            Decision::Apply(fields("y"))
+        );
+    }
+
+    fn listed(name: &str, listed_at: DateTime<Utc>) -> IncomingEvent {
+        let mut listing = event(EventKind::Updated, 0, name);
+        listing.created = super::super::event::surely_included(listed_at);
+        listing.listed = Some(listed_at);
+        listing
+    }
+
+    #[test]
+    fn a_listing_never_beats_an_event_applied_after_its_list_call() {
+        let list_call = at(100) + TimeDelta::milliseconds(700);
+        // An event of the list call's second (or later) was applied since: Stripe is asked.
+        let customer = seen_event_at(local(3, 3, 5), 100);
+        assert_eq!(
+            newest(&customer, &listed("Listed", list_call)),
+            Decision::Refetch
+        );
+        // Events well before the list call are in the listing: it applies.
+        let customer = seen_event_at(local(3, 3, 5), 90);
+        assert_eq!(
+            newest(&customer, &listed("Listed", list_call)),
+            Decision::Apply(fields("Listed"))
+        );
+        // paysync's own write around the list call: asked too.
+        let mut written_since = seen_event_at(local(3, 3, 5), 90);
+        written_since.stripe_write = Some(WriteWindow {
+            started: at(99),
+            finished: at(100),
+        });
+        assert_eq!(
+            newest(&written_since, &listed("Listed", list_call)),
+            Decision::Refetch
+        );
+    }
+
+    #[test]
+    fn an_event_of_a_listings_second_is_never_dropped_as_older_than_it() {
+        // A listing made at 100.7 s is applied; an event created at second 100 may have
+        // happened after the list call, so it is not stale.
+        let list_call = at(100) + TimeDelta::milliseconds(700);
+        let customer = seen_event_at(local(3, 3, 5), 50);
+        let listing = listed("Listed", list_call);
+        let decision = newest(&customer, &listing);
+        assert_eq!(decision, Decision::Apply(fields("Listed")));
+        let customer = after(customer, &decision, listing.created, at(101));
+        let same_second = event(EventKind::Updated, 100, "Same second");
+        assert_eq!(
+            newest(&customer, &same_second),
+            Decision::Apply(fields("Same second"))
         );
     }
 

@@ -114,6 +114,9 @@ impl InboundSync {
             (Decision::KeepLocal { requeue }, Some(local)) => {
                 keep_local(conn, local, event, requeue).await
             }
+            (Decision::Resend { new_version }, Some(local)) => {
+                resend(conn, local, event, new_version).await
+            }
             (Decision::Adopt(fields), None) => {
                 let adopted =
                     customers::adopt(conn, &context.account, &event.stripe_id, &fields, created)
@@ -142,6 +145,27 @@ async fn keep_local(
         outbox::insert(conn, local.id, Op::Update, local.version).await?;
     }
     Ok(Outcome::KeptLocal)
+}
+
+/// Stripe holds a write of paysync's that landed late: the local row is sent again (as a new
+/// version of the same content when Stripe was thought to hold it).
+async fn resend(
+    conn: &mut PgConnection,
+    local: &Customer,
+    event: &IncomingEvent,
+    new_version: bool,
+) -> Result<Outcome, Failure> {
+    warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
+        held = ?event.paysync_version, written = ?local.stripe_written_version,
+        version = local.version,
+        "Stripe holds an older write of paysync's that landed late; sending the local version again");
+    if new_version {
+        customers::merge_from_stripe(conn, local.id, &local.fields, event.created).await?;
+    } else {
+        customers::note_stripe_event(conn, local.id, event.created).await?;
+        outbox::insert(conn, local.id, Op::Update, local.version).await?;
+    }
+    Ok(Outcome::Resent)
 }
 
 impl InboundSync {

@@ -2,25 +2,39 @@
 //!
 //! Level-based: a message only names a customer; the handler reads the row as it is now and
 //! brings Stripe to it. Bursts of changes collapse, redeliveries are no-ops
-//! (`stripe_synced_version >= version`), and the order of messages does not matter. One sync
-//! of a customer at a time (its sync lock, a session lock on a session shared with the other
-//! syncs, so no transaction and no pooled connection waits on Stripe); the result is committed in a short transaction.
+//! (`stripe_synced_version >= version`), and the order of messages does not matter.
 //!
-//! The customer's account (its policy) is looked up at each sync: a policy that does not
+//! A sync is a series of steps. Each step holds the customer's sync lock (a session lock on a
+//! session shared with the other syncs, so no transaction and no pooled connection waits on
+//! Stripe) for one Stripe call (a create may look the customer up first) and records its
+//! result in a short transaction. Between steps (a failed call waiting for its retry, a
+//! create that may still be on its way) the lock is free, so the customer's Stripe events are
+//! applied meanwhile instead of waiting behind the whole series; the next step reads the
+//! row again.
+//!
+//! A create is fenced (`step`): an attempt is claimed in the row, committed, before its call,
+//! with the time until which it may still reach Stripe; no replica creates the customer again
+//! before that time has passed or Stripe answered it, and every create after any attempt
+//! looks the customer up first. So a lost lock (a dead replica whose request is still on the
+//! wire) never makes a second Stripe customer.
+//!
+//! The customer's account (its policy) is looked up at each step: a policy that does not
 //! write to Stripe now (Observe, StripeToLocal, suspended, removed, no usable key) leaves the
 //! change pending, and [`crate::policy::apply`] queues it again once the policy writes.
 
+mod step;
 mod stripe_write;
 
-pub use stripe_write::DELETED_AT_KEY;
+pub use stripe_write::{DELETED_AT_KEY, create_key};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
-use tracing::{info, instrument};
+use tracing::instrument;
 
 use super::dead_letters::DeadLetters;
 use crate::backoff::Backoff;
@@ -35,7 +49,8 @@ use crate::store::dead_letters::{NewDeadLetter, Source, storable};
 use crate::store::locks::LockPool;
 use crate::store::{self, customers};
 use crate::stripe as stripe_api;
-use stripe_write::{StripeWriter, would_do};
+use step::Step;
+use stripe_write::would_do;
 
 /// What one sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,11 +116,18 @@ pub trait OutboundHandler: Send + Sync {
     fn dead_letters(&self) -> &DeadLetters;
 }
 
-/// How hard the handler itself tries to resolve an ambiguous create before giving up.
+/// How the handler retries a change Stripe did not take, and fences creates.
 #[derive(Debug, Clone, Copy)]
-pub struct CreateRetry {
+pub struct OutboundRetry {
+    /// Failed Stripe calls of one sync before the change is dead-lettered.
     pub max_attempts: u32,
+    /// The wait after a failed call (never shorter than Stripe's `Retry-After`), spent
+    /// without the customer's lock.
     pub backoff: Backoff,
+    /// How long after it was sent a create may still reach Stripe when no answer came back
+    /// (Stripe's timeout plus a margin for a request held on the way): no new create of the
+    /// customer is sent before then.
+    pub create_in_flight: Duration,
 }
 
 /// `paysync_outbound_*`.
@@ -142,7 +164,7 @@ pub struct OutboundSync {
     policies: Arc<PolicyRegistry>,
     dead_letters: DeadLetters,
     metrics: Arc<OutboundMetrics>,
-    create_retry: CreateRetry,
+    retry: OutboundRetry,
 }
 
 impl OutboundSync {
@@ -152,7 +174,7 @@ impl OutboundSync {
         policies: Arc<PolicyRegistry>,
         dead_letters: DeadLetters,
         metrics: Arc<OutboundMetrics>,
-        create_retry: CreateRetry,
+        retry: OutboundRetry,
     ) -> Self {
         Self {
             pool,
@@ -160,63 +182,7 @@ impl OutboundSync {
             policies,
             dead_letters,
             metrics,
-            create_retry,
-        }
-    }
-
-    /// Syncs the customer; returns the outcome and its account (none when missing).
-    async fn sync_locked(&self, id: CustomerId) -> store::Result<(Outcome, String)> {
-        let mut conn = store::acquire(&self.pool).await?;
-        let customer = customers::find_any(&mut conn, id).await?;
-        drop(conn);
-        let Some(customer) = customer else {
-            return Ok((Outcome::Missing, String::new()));
-        };
-        let outcome = self.sync_customer(&customer).await?;
-        Ok((outcome, customer.account))
-    }
-
-    async fn sync_customer(&self, customer: &Customer) -> store::Result<Outcome> {
-        if customer.stripe_synced_version >= customer.version {
-            return Ok(Outcome::UpToDate);
-        }
-        let policy = match self.writing_policy(customer) {
-            Ok(policy) => policy,
-            Err(waits) => return Ok(waits),
-        };
-        let Some(stripe) = policy.stripe() else {
-            return Ok(Outcome::NotReady);
-        };
-        let writer = StripeWriter {
-            stripe: stripe.as_ref(),
-            deletion: policy.spec.deletion,
-            create_retry: self.create_retry,
-        };
-        let started = Utc::now();
-        if customer.needs_create() && customer.create_attempted_at.is_none() {
-            let mut conn = store::acquire(&self.pool).await?;
-            customers::record_create_attempt(&mut conn, customer.id).await?;
-        }
-        match writer.apply(customer).await {
-            Ok((outcome, stripe_id)) => {
-                self.record_synced(customer, stripe_id.as_deref(), started, outcome)
-                    .await?;
-                info!(
-                    stripe_id,
-                    version = customer.version,
-                    outcome = outcome.label(),
-                    "synced to Stripe"
-                );
-                Ok(outcome)
-            }
-            Err(error) if error.is_key_rejected() => {
-                policy.key_rejected(&error.to_string());
-                Ok(Outcome::NotReady)
-            }
-            Err(error) => {
-                self.record_failure(customer, &error).await?;
-                Ok(Outcome::DeadLettered)
-            }
+            retry,
         }
     }
 
@@ -255,7 +221,16 @@ impl OutboundSync {
             content: customer.fields.content_hash(),
         };
         let mut tx = store::begin(&self.pool).await?;
-        customers::record_synced(&mut tx, customer.id, write).await?;
+        let linked = customers::record_synced(&mut tx, customer.id, write).await?;
+        if let (Some(ours), Some(linked)) = (stripe_id, linked.as_deref())
+            && ours != linked
+        {
+            tracing::error!(
+                stripe_id = ours,
+                linked,
+                "Stripe holds a second customer for this one; the reconciler reports it"
+            );
+        }
         if outcome == Outcome::Orphaned {
             customers::mark_orphaned(&mut tx, customer.id).await?;
         }
@@ -302,12 +277,21 @@ impl OutboundSync {
 impl OutboundHandler for OutboundSync {
     #[instrument(skip_all, fields(customer_id = %id))]
     async fn sync(&self, id: CustomerId) -> store::Result<Outcome> {
-        let lock = self.locks.lock_customer(id).await?;
-        let outcome = self.sync_locked(id).await;
-        lock.release().await?;
-        let (outcome, account) = outcome?;
-        count_for(&self.metrics.synced, &account, outcome.label());
-        Ok(outcome)
+        let mut failures = 0;
+        loop {
+            let lock = self.locks.lock_customer(id).await?;
+            let step = self.step(id, &mut failures).await;
+            lock.release().await?;
+            match step? {
+                Step::Done { outcome, account } => {
+                    count_for(&self.metrics.synced, &account, outcome.label());
+                    return Ok(outcome);
+                }
+                // Without the lock: the customer's Stripe events are applied meanwhile, and
+                // the next step reads the row again.
+                Step::After(wait) => tokio::time::sleep(wait).await,
+            }
+        }
     }
 
     fn dead_letters(&self) -> &DeadLetters {

@@ -8,6 +8,7 @@ mod consumer;
 mod envelope;
 mod in_flight;
 pub mod inbound;
+pub mod lag;
 pub mod outbound;
 pub mod relay;
 mod topics;
@@ -113,7 +114,11 @@ impl KafkaSettings {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            // A member that died is replaced after this long (Kafka's smallest by default),
+            // its partitions unconsumed meanwhile (visible in the lag); a live one heartbeats
+            // three times within it.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "2000")
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
         self.with_options(config)
     }

@@ -330,6 +330,7 @@ pub fn kafka_settings(brokers: &str) -> KafkaSettings {
 pub fn stripe_calls() -> StripeCalls {
     StripeCalls {
         timeout: Duration::from_secs(2),
+        create_fence: Duration::from_secs(3),
         max_attempts: 10,
         backoff: Backoff {
             base: Duration::from_millis(20),

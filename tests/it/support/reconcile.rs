@@ -33,6 +33,12 @@ pub async fn spawn_app(pool: &PgPool, settings: Settings) -> TestApp {
 
 /// Starts a run of `policy` and waits for it to finish; returns its report.
 pub async fn reconcile(app: &TestApp, policy: &str) -> Value {
+    let id = start_reconcile(app, policy).await;
+    wait_reconciled(app, policy, &id).await
+}
+
+/// Starts a run of `policy`; returns its id.
+pub async fn start_reconcile(app: &TestApp, policy: &str) -> String {
     let response = app
         .request(Method::POST, &format!("/v1/policies/{policy}/reconcile"))
         .send()
@@ -40,11 +46,15 @@ pub async fn reconcile(app: &TestApp, policy: &str) -> Value {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let started: Value = response.json().await.unwrap();
-    let id = started["id"].as_str().unwrap().to_owned();
+    started["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits for run `id` of `policy` to finish; returns its report.
+pub async fn wait_reconciled(app: &TestApp, policy: &str, id: &str) -> Value {
     wait_for(&format!("reconcile run {id}"), RUN_DEADLINE, || async {
         let policy: Value = app.get_json(&format!("/v1/policies/{policy}")).await;
         let last = &policy["last_reconcile"];
-        if last["id"] == id.as_str() && last["outcome"] != "running" {
+        if last["id"] == id && last["outcome"] != "running" {
             Ok(last.clone())
         } else {
             Err(last.to_string())

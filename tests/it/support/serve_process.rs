@@ -146,6 +146,22 @@ impl ServeProcess {
         logs
     }
 
+    /// Waits for a JSON log line whose message is `message`; returns it.
+    pub async fn log_line(&self, message: &str, deadline: Duration) -> Value {
+        wait_for(&format!("the log line {message:?}"), deadline, || {
+            let lines = self.lines.clone();
+            async move {
+                let lines = lines.lock().unwrap();
+                lines
+                    .iter()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .find(|event| event["message"] == message)
+                    .ok_or_else(|| format!("{} lines", lines.len()))
+            }
+        })
+        .await
+    }
+
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.base_url))

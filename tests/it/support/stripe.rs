@@ -81,6 +81,43 @@ impl Localstripe {
         response.json().await.unwrap()
     }
 
+    /// Every event of type `kind` created at or after `since` (Unix seconds; localstripe
+    /// lists oldest first).
+    pub async fn events(&self, kind: &str, since: i64) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("type", kind.to_owned()),
+                ("created[gte]", since.to_string()),
+                ("limit", "100".to_owned()),
+            ];
+            if let Some(after) = &after {
+                query.push(("starting_after", after.clone()));
+            }
+            let page: Value = self
+                .http
+                .get(format!("{}/v1/events", self.base))
+                .query(&query)
+                .bearer_auth("sk_test_paysync")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            after = data
+                .last()
+                .and_then(|e| e["id"].as_str())
+                .map(str::to_owned);
+            all.extend(data);
+            if page["has_more"] != true {
+                return all;
+            }
+        }
+    }
+
     /// Every live customer with this email.
     pub async fn customers_with_email(&self, email: &str) -> Vec<Value> {
         let page = self
