@@ -42,33 +42,24 @@ async fn held(proxy: &FaultProxy, count: u64) {
     .await;
 }
 
-/// Waits until a request whose body contains `marker` has reached Stripe `count` times.
-async fn landed(proxy: &FaultProxy, method: &str, marker: &str, count: usize) {
-    wait_for(
-        &format!("{count} {method} with {marker} to reach Stripe"),
-        DEADLINE,
-        || async {
-            let landed = proxy
-                .recorded()
-                .await
-                .iter()
-                .filter(|r| r.method == method && r.body.contains(marker))
-                .count();
-            if landed >= count {
-                Ok(())
-            } else {
-                Err(format!("{landed} landed"))
-            }
-        },
-    )
+/// Waits until `count` held requests have reached Stripe (after their senders gave up).
+async fn held_landed(proxy: &FaultProxy, count: u64) {
+    wait_for("the held requests to reach Stripe", DEADLINE, || async {
+        let landed = proxy.injected().held_landed;
+        if landed >= count {
+            Ok(())
+        } else {
+            Err(format!("{landed} landed"))
+        }
+    })
     .await;
 }
 
-/// Defect 1. Replica A sends a create that stalls on the way; A dies (its lock is freed) while
-/// the request is still on the wire, and it lands later. Replica B must not create the
-/// customer again: the attempt fences every new create until it can no longer land, and B
-/// then finds and links the customer A's request made. (Before: B looked up, found nothing,
-/// created a second Stripe customer.)
+/// Defect 1. Replica A (the real binary) sends a create that stalls on the way; A is killed
+/// (its lock freed with its session) while the request is still on the wire, and it lands
+/// later. Replica B must not create the customer again: the attempt fences every new create
+/// until it can no longer land, and B then finds and links the customer A's request made.
+/// (Before: B looked up, found nothing, and created a second Stripe customer.)
 #[sqlx::test]
 async fn a_create_still_on_the_wire_when_its_sender_dies_is_never_made_twice(pool: PgPool) {
     let proxy = FaultProxy::start().await;
@@ -90,17 +81,35 @@ async fn a_create_still_on_the_wire_when_its_sender_dies_is_never_made_twice(poo
             },
         )
         .await;
-    let a = spawn_app(&pool, syncing_settings(&proxy.base_url)).await;
-    let id = a.create_customer(&email).await["id"]
+    let a = ServeProcess::start(&[
+        ("DATABASE_URL", database_url(&pool)),
+        ("STRIPE_API_KEY", "sk_test_paysync".to_owned()),
+        ("STRIPE_API_BASE", proxy.base_url.clone()),
+        ("STRIPE_TIMEOUT", "2s".to_owned()),
+        ("STRIPE_CREATE_FENCE", "3s".to_owned()),
+        ("PAYSYNC_NO_CATCH_UP", "true".to_owned()),
+    ])
+    .await;
+    let created = a
+        .post(
+            &reqwest::Client::new(),
+            "/v1/customers",
+            &json!({"email": email}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
     held(&proxy, 1).await;
-    a.stop_replica().await;
+    a.sigkill().await;
 
     let b = spawn_app(&pool, syncing_settings(&proxy.base_url)).await;
-    landed(&proxy, "POST", &marker, 1).await;
     let synced = wait_synced(&b, &id, 1).await;
+    held_landed(&proxy, 1).await;
     let stripe = Localstripe::new();
     let in_stripe = stripe.customers_with_email(&email).await;
     assert_eq!(
@@ -161,7 +170,7 @@ async fn a_late_write_of_paysync_never_rolls_back_an_acknowledged_change(pool: P
         .await;
     assert_eq!(patched.status(), StatusCode::OK, "the acknowledged write");
     // The stalled version 2 lands after version 3, and its event comes back.
-    landed(&proxy, "POST", "name=Second", 1).await;
+    held_landed(&proxy, 1).await;
     let late = wait_for("the late write's event", DEADLINE, || async {
         let stripe = Localstripe::new().customer(&stripe_id).await.unwrap();
         if stripe["metadata"]["paysync_version"] != "2" {
@@ -198,11 +207,10 @@ async fn a_late_write_of_paysync_never_rolls_back_an_acknowledged_change(pool: P
 async fn a_listing_never_overwrites_an_event_applied_after_its_list_call(pool: PgPool) {
     let private = PrivateStripe::start().await;
     let proxy = FaultProxy::start_to(&private.base).await;
-    let app = spawn_app(
-        &pool,
-        with_webhooks(reconcile_settings(&proxy.base_url, json!({}))),
-    )
-    .await;
+    let mut settings = with_webhooks(reconcile_settings(&proxy.base_url, json!({})));
+    // The held answer must not time out (a retried list would see the newer state).
+    settings.stripe_calls.timeout = Duration::from_secs(20);
+    let app = spawn_app(&pool, settings).await;
     let email = unique_email("snapshot");
     let id = app.create_customer(&email).await["id"]
         .as_str()
@@ -221,17 +229,18 @@ async fn a_listing_never_overwrites_an_event_applied_after_its_list_call(pool: P
     proxy
         .aim(
             // The list, not the probe of whether it filters by `created` before it.
-            Aim::new("GET", "/v1/customers?").excluding("created"),
+            Aim::new("GET", "/v1/customers?limit=100").excluding("created"),
             Fault::Stall(Duration::from_secs(3)),
         )
         .await;
     let run = start_reconcile(&app, "default").await;
     wait_for("the listing to reach Stripe", DEADLINE, || async {
-        let listed = proxy
-            .recorded()
-            .await
-            .iter()
-            .any(|r| r.method == "GET" && r.path == "/v1/customers");
+        let listed = proxy.recorded().await.iter().any(|r| {
+            r.method == "GET"
+                && r.path == "/v1/customers"
+                && r.query.contains("limit=100")
+                && !r.query.contains("created")
+        });
         listed.then_some(()).ok_or_else(|| "not yet".to_owned())
     })
     .await;

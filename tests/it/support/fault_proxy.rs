@@ -103,6 +103,8 @@ pub struct Injected {
     pub status_after_forward: u64,
     pub rate_limited: u64,
     pub held: u64,
+    /// Held requests that have since reached Stripe (their senders may be gone).
+    pub held_landed: u64,
 }
 
 struct ProxyState {
@@ -129,6 +131,7 @@ struct ProxyState {
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    pub query: String,
     pub body: String,
     pub arrived: Instant,
     pub answered: Instant,
@@ -231,7 +234,9 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
             let state = state.clone();
             let held = tokio::spawn(async move {
                 tokio::time::sleep(pause).await;
-                forward_upstream(&state, parts, body, arrived).await
+                let answer = forward_upstream(&state, parts, body, arrived).await;
+                state.injected.lock().unwrap().held_landed += 1;
+                answer
             });
             return match held.await {
                 Ok(Some((status, bytes))) => json_response(status, bytes),
@@ -359,6 +364,7 @@ async fn forward_upstream(
     state.log.lock().await.push(Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
         body: String::from_utf8_lossy(&logged_body).into_owned(),
         arrived,
         answered: Instant::now(),
