@@ -1,5 +1,5 @@
 # The everyday commands; each is a line or two of the project scripts.
-.PHONY: run test lint fmt generate services services-down bench
+.PHONY: run test lint fmt generate services services-down chaos bench
 
 run:            ## serve paysync locally (starts PostgreSQL and localstripe)
 	scripts/run
@@ -24,6 +24,9 @@ services:       ## start PostgreSQL, localstripe and the tansu Kafka broker
 
 services-down:
 	scripts/services down
+
+chaos:          ## a five-minute chaos run (scripts/chaos --help for more)
+	scripts/chaos
 
 bench:          ## outbound and inbound benchmarks, every transport (docs/BENCHMARKS.md)
 	scripts/bench

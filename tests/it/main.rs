@@ -7,6 +7,7 @@
 mod arrival;
 mod auth;
 mod binary;
+mod chaos;
 mod chart;
 mod contract;
 mod controller;

@@ -14,4 +14,5 @@ pub mod private_stripe;
 pub mod reconcile;
 pub mod serve_process;
 pub mod stripe;
+pub mod webhook_relay;
 pub mod webhooks;
