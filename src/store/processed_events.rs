@@ -65,6 +65,24 @@ pub enum Seen {
     Processed,
 }
 
+/// Whether a deletion of this Stripe customer was seen (received or applied) in `account`: it
+/// is gone from Stripe, and an older event of it must not bring it back.
+pub async fn deletion_seen(
+    conn: &mut PgConnection,
+    account: &str,
+    stripe_id: &str,
+) -> Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from processed_events where type = 'customer.deleted' \
+         and stripe_customer_id = $2 and account = $1)",
+    )
+    .bind(account)
+    .bind(stripe_id)
+    .fetch_one(conn)
+    .await
+    .context("looking for a Stripe customer's deletion")
+}
+
 /// Writes the dedup record of an event arriving through Kafka, or finds the one that exists.
 /// The record is inserted as processed: it commits together with the event's effects, or not
 /// at all. A concurrent insert of the same id waits for the other transaction to finish.

@@ -101,9 +101,8 @@ enum Want {
 struct Expected {
     /// Customers made and changed through REST, by local id.
     local: HashMap<String, Want>,
-    /// Customers made and changed in Stripe, by Stripe id; `true` when made before the
-    /// chaos (only those are deleted in Stripe: see `stripe_op`).
-    stripe: HashMap<String, (Want, bool)>,
+    /// Customers made and changed in Stripe, by Stripe id.
+    stripe: HashMap<String, Want>,
     ops: u64,
 }
 
@@ -142,11 +141,13 @@ async fn chaos_two_replicas_killed_under_stripe_faults_lose_and_double_nothing(p
     proxy.set_chaos(Some(plan.faults())).await;
     let started = Instant::now();
     let workers = spawn_workload(&http, &live, &stripe.base, &expected, &plan, started);
+    let waits = spawn_wait_monitor(&http, &live, started + plan.duration);
     let kills = kill_loop(&mut replicas, &live, &relay, &env, &pool, &plan, started).await;
     for worker in workers {
         worker.await.unwrap();
     }
     proxy.set_chaos(None).await;
+    let longest_wait = waits.await.unwrap();
     let injected = proxy.injected();
 
     drain(&pool, &relay, &live, &http).await;
@@ -156,7 +157,8 @@ async fn chaos_two_replicas_killed_under_stripe_faults_lose_and_double_nothing(p
     eprintln!(
         "chaos: transport={} minutes={:.1} ops={} kills={} stripe_calls={} faults: 500={} \
          500_after_apply={} 429={} held={} (landed {}) webhooks: delivered={} retried={} | \
-         lost={} dup={} unequal={} dead_letters={} drift_after={}",
+         lost={} dup={} unequal={} dead_letters={} drift_after={} | longest wait seen in \
+         /readyz: inbound {:.1} s, outbound {:.1} s",
         if plan.kafka { "kafka" } else { "postgres" },
         plan.duration.as_secs_f64() / 60.0,
         expected.ops,
@@ -174,6 +176,8 @@ async fn chaos_two_replicas_killed_under_stripe_faults_lose_and_double_nothing(p
         report.unequal,
         report.dead_letters,
         drift,
+        longest_wait.0,
+        longest_wait.1,
     );
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
     assert_eq!(drift, 0, "the reconcile after the run found drift");
@@ -329,7 +333,7 @@ async fn seed(
             name: format!("S-{n}"),
             n: n.to_string(),
         };
-        expected.lock().unwrap().stripe.insert(id, (want, true));
+        expected.lock().unwrap().stripe.insert(id, want);
     }
 }
 
@@ -422,9 +426,8 @@ async fn local_op(
     expected.lock().unwrap().local.insert(id, want);
 }
 
-/// A write made directly in Stripe: mostly updates, some creates, and deletes of customers
-/// made before the chaos (a customer created and deleted in Stripe within a second or two
-/// can reach paysync deleted first, then created: see the note on adoption in the README).
+/// A write made directly in Stripe: mostly updates, some creates and deletes (a customer
+/// created and deleted within a second or two can reach paysync deleted first).
 async fn stripe_op(stripe: &Localstripe, expected: &Mutex<Expected>, k: u64) {
     let roll: f64 = rand::random();
     if roll < 0.07 {
@@ -433,32 +436,25 @@ async fn stripe_op(stripe: &Localstripe, expected: &Mutex<Expected>, k: u64) {
             name: format!("S-{k}"),
             n: k.to_string(),
         };
-        expected.lock().unwrap().stripe.insert(id, (want, false));
+        expected.lock().unwrap().stripe.insert(id, want);
         return;
     }
     let target = {
         let expected = expected.lock().unwrap();
-        let live: Vec<(&String, bool)> = expected
+        let live: Vec<&String> = expected
             .stripe
             .iter()
-            .filter(|(_, (want, _))| matches!(want, Want::Live { .. }))
-            .map(|(id, (_, seeded))| (id, *seeded))
+            .filter(|(_, want)| matches!(want, Want::Live { .. }))
+            .map(|(id, _)| id)
             .collect();
-        (!live.is_empty()).then(|| {
-            let (id, seeded) = live[rand::rng().random_range(0..live.len())];
-            (id.clone(), seeded)
-        })
+        (!live.is_empty()).then(|| live[rand::rng().random_range(0..live.len())].clone())
     };
-    let Some((id, seeded)) = target else {
+    let Some(id) = target else {
         return;
     };
-    if roll < 0.13 && seeded {
+    if roll < 0.13 {
         stripe.delete_customer(&id).await;
-        expected
-            .lock()
-            .unwrap()
-            .stripe
-            .insert(id, (Want::Deleted, seeded));
+        expected.lock().unwrap().stripe.insert(id, Want::Deleted);
         return;
     }
     let (name, n) = (format!("S-{k}"), k.to_string());
@@ -466,7 +462,34 @@ async fn stripe_op(stripe: &Localstripe, expected: &Mutex<Expected>, k: u64) {
         .update_customer(&id, &[("name", &name), ("metadata[n]", &n)])
         .await;
     let want = Want::Live { name, n };
-    expected.lock().unwrap().stripe.insert(id, (want, seeded));
+    expected.lock().unwrap().stripe.insert(id, want);
+}
+
+/// Reads `/readyz` of a live replica every second until `until`; returns the longest inbound
+/// and outbound waits it showed (how long a replica's death held events and changes up).
+fn spawn_wait_monitor(
+    http: &reqwest::Client,
+    live: &Live,
+    until: Instant,
+) -> tokio::task::JoinHandle<(f64, f64)> {
+    let (http, live) = (http.clone(), live.clone());
+    tokio::spawn(async move {
+        let mut longest = (0.0f64, 0.0f64);
+        while Instant::now() < until {
+            let base = live.read().unwrap().first().cloned();
+            if let Some(base) = base
+                && let Ok(response) = http.get(format!("{base}/readyz")).send().await
+                && let Ok(ready) = response.json::<Value>().await
+            {
+                let queues = &ready["queues"];
+                let wait = |key: &str| queues[key].as_f64().unwrap_or(0.0);
+                longest.0 = longest.0.max(wait("inbound_oldest_pending_seconds"));
+                longest.1 = longest.1.max(wait("outbound_oldest_pending_seconds"));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        longest
+    })
 }
 
 /// Kills a replica (alternately) and starts it again, until the plan's duration has passed;
@@ -684,7 +707,7 @@ async fn check(pool: &PgPool, stripe: &Localstripe, expected: &Expected) -> Repo
             row.stripe_id.as_deref().and_then(|s| in_stripe.get(s)),
         );
     }
-    for (stripe_id, (want, _)) in &expected.stripe {
+    for (stripe_id, want) in &expected.stripe {
         let row = by_stripe.get(stripe_id.as_str());
         match (want, row) {
             (Want::Deleted, None) => {}

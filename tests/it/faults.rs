@@ -12,7 +12,9 @@ use crate::support::app::{
     TestApp, inbound_settings, stripe_calls, syncing_settings, wait_for, with_webhooks,
 };
 use crate::support::customers::wait_synced;
-use crate::support::events::{DEADLINE, deliver_signed, event, processed};
+use crate::support::events::{
+    DEADLINE, customer_object, deliver_signed, event, inbound_app_settings, processed,
+};
 use crate::support::fault_proxy::{Aim, Fault, FaultProxy};
 use crate::support::private_stripe::PrivateStripe;
 use crate::support::reconcile::{reconcile_settings, spawn_app, start_reconcile, wait_reconciled};
@@ -442,4 +444,88 @@ async fn a_restart_does_not_reconcile_again_when_the_last_run_is_recent(pool: Pg
         .unwrap();
     assert_eq!(runs, 1, "the restart reconciled again");
     second.sigterm_and_wait().await;
+}
+
+/// Found by the chaos run's design: Stripe does not deliver in order, and a customer created
+/// and deleted in Stripe can reach paysync deleted first. Its older `customer.created` must
+/// not bring it back as a live local customer (Stripe no longer has it).
+#[sqlx::test]
+async fn a_customer_deleted_in_stripe_is_not_brought_back_by_its_older_created_event(pool: PgPool) {
+    let app = TestApp::spawn_settings(pool, inbound_app_settings(None, None)).await;
+    let object = customer_object("cus_GoneFirst", "gone-first@example.com", "Gone");
+    let deleted = event(
+        "evt_gone_deleted",
+        "customer.deleted",
+        now(),
+        object.clone(),
+    );
+    deliver_signed(&app, &deleted).await;
+    assert_eq!(processed(&app, "evt_gone_deleted").await, "not_linked");
+    let created = event("evt_gone_created", "customer.created", now() - 5, object);
+    deliver_signed(&app, &created).await;
+    assert_eq!(processed(&app, "evt_gone_created").await, "gone");
+    assert_eq!(app.count("customers").await, 0);
+    app.stop().await;
+}
+
+/// Found by the chaos run: a create that stalls (its sender times out and waits out the
+/// fence) lands with the customer's first version while the user has already changed it.
+/// Its `customer.created` event must not be applied over the acknowledged change (a conflict
+/// settled `Newest` took it as the newer Stripe change): it is paysync's own older write.
+#[sqlx::test]
+async fn a_create_landing_after_a_local_change_never_rolls_it_back(pool: PgPool) {
+    let proxy = FaultProxy::start().await;
+    let mut settings = with_webhooks(syncing_settings(&proxy.base_url));
+    settings.inbound = Some(inbound_settings());
+    // The late create's event arrives while the sync still waits out the fence (its lock
+    // free), as when Stripe's answer is held for long.
+    settings.stripe_calls.create_fence = Duration::from_secs(10);
+    let app = TestApp::spawn_settings(pool, settings).await;
+    let endpoint = WebhookEndpoint::register(&app.url("/webhooks/stripe"), SECRET).await;
+    let email = unique_email("late-create");
+    let marker = email.split('@').next().unwrap().to_owned();
+    proxy
+        .aim(
+            Aim::new("POST", "/v1/customers").with_body(&marker),
+            Fault::HoldThenForward(HELD),
+        )
+        .await;
+    let id = app.create_customer(&email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    held(&proxy, 1).await;
+    let patched = app
+        .patch_customer(&id, &json!({"name": "Changed meanwhile"}), None)
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK, "the acknowledged write");
+    held_landed(&proxy, 1).await;
+    let stripe = Localstripe::new();
+    let stripe_id = wait_for("the late create in Stripe", DEADLINE, || async {
+        let found = stripe.customers_with_email(&email).await;
+        found
+            .first()
+            .and_then(|c| c["id"].as_str().map(str::to_owned))
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    let created = wait_for("the late create's event", DEADLINE, || async {
+        Localstripe::new()
+            .events("customer.created", now() - 120)
+            .await
+            .into_iter()
+            .rfind(|e| e["data"]["object"]["id"] == stripe_id.as_str())
+            .and_then(|e| e["id"].as_str().map(str::to_owned))
+            .ok_or_else(|| "no event yet".to_owned())
+    })
+    .await;
+    assert_ne!(processed(&app, &created).await, "applied");
+    let synced = wait_synced(&app, &id, 2).await;
+    assert_eq!(synced["name"], "Changed meanwhile");
+    assert_eq!(synced["sync"]["stripe_id"], stripe_id.as_str());
+    let in_stripe = stripe.customers_with_email(&email).await;
+    assert_eq!(in_stripe.len(), 1, "{in_stripe:?}");
+    assert_eq!(in_stripe[0]["name"], "Changed meanwhile");
+    endpoint.unregister().await;
+    app.stop().await;
 }

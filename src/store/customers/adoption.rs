@@ -46,8 +46,9 @@ pub async fn live_emails(
 }
 
 /// Creates a local customer for each Stripe customer, linked and synced at once (Stripe holds
-/// it already, so no outbox row), in one statement; returns the new rows. A live customer
-/// holding one of the emails fails it whole ([`Error::EmailTaken`]).
+/// it already, so no outbox row), in one statement; returns the new rows. One whose deletion
+/// was seen already (its events came out of order) is not created. A live customer holding
+/// one of the emails fails it whole ([`Error::EmailTaken`]).
 pub async fn adopt_many(
     conn: &mut PgConnection,
     adoptions: &[Adoption<'_>],
@@ -65,6 +66,9 @@ pub async fn adopt_many(
                      $7::text[], $8::text[], $9::timestamptz[], $10::bytea[]) \
               as new (id, account, email, name, phone, description, metadata, stripe_id, \
                       event_at, hash) \
+         where not exists (select 1 from processed_events p where p.type = 'customer.deleted' \
+                           and p.stripe_customer_id = new.stripe_id \
+                           and p.account = new.account) \
          returning ",
         customer_columns!()
     ))

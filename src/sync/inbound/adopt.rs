@@ -17,7 +17,7 @@ use tracing::info;
 
 use super::batch::Linked;
 use super::event::IncomingEvent;
-use super::rules::{self, Decision};
+use super::rules::{self, Decision, Skip};
 use super::{Context, Failure, InboundSync, Outcome};
 use crate::domain::CustomerFields;
 use crate::store::customers::{self, Adoption};
@@ -73,9 +73,17 @@ impl InboundSync {
             info!(customer_id = %adopted.id, stripe_id = %stripe_id, "adopted a customer created in Stripe");
             linked.insert(stripe_id, Linked::new(adopted));
         }
+        // Not adopted: its deletion was seen already.
         Ok(candidates
             .iter()
-            .map(|c| (c.index, Outcome::Adopted))
+            .map(|c| {
+                let outcome = if linked.contains_key(&c.event.stripe_id) {
+                    Outcome::Adopted
+                } else {
+                    Outcome::Skipped(Skip::Gone)
+                };
+                (c.index, outcome)
+            })
             .collect())
     }
 }

@@ -86,6 +86,9 @@ pub enum Skip {
     NotLinked,
     /// A Stripe customer without an email cannot be adopted (paysync requires one).
     NoEmail,
+    /// A Stripe customer whose deletion paysync has seen already is not adopted (its events
+    /// came out of order).
+    Gone,
     /// A Stripe customer paysync does not know, not adopted by the policy (`adoption`); it is
     /// drift for the reconciler to report.
     NotAdopted,
@@ -102,6 +105,7 @@ impl Skip {
             Self::AlreadyDeleted => "already_deleted",
             Self::NotLinked => "not_linked",
             Self::NoEmail => "no_email",
+            Self::Gone => "gone",
             Self::NotAdopted => "not_adopted",
         }
     }
@@ -175,16 +179,17 @@ pub fn decide(local: Option<&Customer>, event: &IncomingEvent, rules: &Rules) ->
 
 /// What to do when Stripe holds a write of paysync's that is not its latest: older than the
 /// version paysync last recorded writing (it landed after that one: Stripe went back), or,
-/// while a local change is still to be sent, one of this change's own writes not recorded
-/// yet. Either way never a Stripe change, and never applied: that would roll an acknowledged
-/// local write back. Only decided when the version paysync last wrote is known.
+/// while a local change is still to be sent, a write of an older version not recorded (a
+/// create or update whose answer was lost, which landed late: the local customer moved on
+/// meanwhile). Either way never a Stripe change, and never applied: that would roll an
+/// acknowledged local write back.
 fn own_older_write(local: &Customer, event: &IncomingEvent) -> Option<Decision> {
-    let (Some(held), Some(written)) = (event.paysync_version, local.stripe_written_version) else {
-        return None;
-    };
+    let held = event.paysync_version?;
+    let written = local.stripe_written_version;
     let unsynced = local.stripe_synced_version < local.version;
-    let stale = held < written;
-    let unrecorded = held > written && held < local.version && unsynced;
+    let stale = written.is_some_and(|written| held < written);
+    let unrecorded =
+        unsynced && held < local.version && written.is_none_or(|written| held > written);
     if !stale && !unrecorded {
         return None;
     }
@@ -740,7 +745,16 @@ mod tests {
             newest(&written(seen_event_at(local(8, 8, 5), 5), 8), &edit),
             Decision::Apply(fields("Dashboard edit"))
         );
-        // Unknown last write (rows from before it was recorded): the usual rules.
+        // Nothing recorded written yet (a create whose answer was lost landed late, the user
+        // changed the customer meanwhile): paysync's own older write too.
+        assert_eq!(
+            newest(
+                &local(2, 0, 5),
+                &holding(event(EventKind::Created, 20, "v1"), 1)
+            ),
+            Decision::Skip(Skip::OwnOlderWrite)
+        );
+        // Synced, last write unknown (rows from before it was recorded): the usual rules.
         assert_eq!(
             newest(
                 &seen_event_at(local(12, 12, 5), 5),

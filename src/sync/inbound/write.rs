@@ -8,7 +8,7 @@ use super::event::IncomingEvent;
 use super::rules::{self, Decision, Skip};
 use super::{Context, Failure, InboundSync, Outcome, Received};
 use crate::domain::{Customer, Op};
-use crate::store::{customers, outbox};
+use crate::store::{customers, outbox, processed_events};
 use crate::stripe as stripe_api;
 
 impl InboundSync {
@@ -116,6 +116,14 @@ impl InboundSync {
             }
             (Decision::Resend { new_version }, Some(local)) => {
                 resend(conn, local, event, new_version).await
+            }
+            (Decision::Adopt(_), None)
+                if processed_events::deletion_seen(conn, &context.account, &event.stripe_id)
+                    .await? =>
+            {
+                debug!(event_id = %event.id, stripe_id = %event.stripe_id,
+                    "not adopted: its deletion in Stripe was seen already");
+                Ok(Outcome::Skipped(Skip::Gone))
             }
             (Decision::Adopt(fields), None) => {
                 let adopted =
