@@ -51,7 +51,8 @@ pub struct Settings {
     pub kafka: Option<KafkaSettings>,
     /// Publish the outbox to Kafka from this process (Kafka transport only).
     pub relay: Option<RelaySettings>,
-    /// Reconcile each policy at start and every `reconcile.interval` in this process.
+    /// Reconcile each policy every `reconcile.interval` (after the last run any replica
+    /// finished) in this process.
     pub reconcile: bool,
 }
 

@@ -295,8 +295,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub http: HttpArgs,
 
-    /// Do not run scheduled reconciles in this process (at start and every policy's
-    /// `reconcile.interval`); `POST /v1/policies/{name}/reconcile` and `paysync reconcile
+    /// Do not run scheduled reconciles in this process (every policy's `reconcile.interval`
+    /// after the last run); `POST /v1/policies/{name}/reconcile` and `paysync reconcile
     /// --once` still run one.
     #[arg(long, env = "PAYSYNC_NO_RECONCILE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub no_reconcile: bool,
