@@ -66,13 +66,7 @@ impl InboundSync {
         if adoptions.is_empty() {
             return Ok(HashMap::new());
         }
-        for adopted in customers::adopt_many(conn, &adoptions).await? {
-            let Some(stripe_id) = adopted.stripe_id.clone() else {
-                continue;
-            };
-            info!(customer_id = %adopted.id, stripe_id = %stripe_id, "adopted a customer created in Stripe");
-            linked.insert(stripe_id, Linked::new(adopted));
-        }
+        adopt_all(conn, &adoptions, linked).await?;
         // Not adopted: its deletion was seen already.
         Ok(candidates
             .iter()
@@ -86,6 +80,22 @@ impl InboundSync {
             })
             .collect())
     }
+}
+
+/// Inserts the adoptions, and adds the customers created to `linked`.
+async fn adopt_all(
+    conn: &mut PgConnection,
+    adoptions: &[Adoption<'_>],
+    linked: &mut HashMap<String, Linked>,
+) -> Result<(), Failure> {
+    for adopted in customers::adopt_many(conn, adoptions).await? {
+        let Some(stripe_id) = adopted.stripe_id.clone() else {
+            continue;
+        };
+        info!(customer_id = %adopted.id, stripe_id = %stripe_id, "adopted a customer created in Stripe");
+        linked.insert(stripe_id, Linked::new(adopted));
+    }
+    Ok(())
 }
 
 /// The events that adopt a new customer and on which nothing else in the batch depends (see

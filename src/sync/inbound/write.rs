@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 use super::event::IncomingEvent;
 use super::rules::{self, Decision, Skip};
 use super::{Context, Failure, InboundSync, Outcome, Received};
-use crate::domain::{Customer, Op};
+use crate::domain::{Customer, CustomerFields, Op};
 use crate::store::{customers, outbox, processed_events};
 use crate::stripe as stripe_api;
 
@@ -117,26 +117,37 @@ impl InboundSync {
             (Decision::Resend { new_version }, Some(local)) => {
                 resend(conn, local, event, new_version).await
             }
-            (Decision::Adopt(_), None)
-                if processed_events::deletion_seen(conn, &context.account, &event.stripe_id)
-                    .await? =>
-            {
-                debug!(event_id = %event.id, stripe_id = %event.stripe_id,
-                    "not adopted: its deletion in Stripe was seen already");
-                Ok(Outcome::Skipped(Skip::Gone))
-            }
-            (Decision::Adopt(fields), None) => {
-                let adopted =
-                    customers::adopt(conn, &context.account, &event.stripe_id, &fields, created)
-                        .await?;
-                info!(customer_id = %adopted.id, stripe_id = %event.stripe_id, "adopted a customer created in Stripe");
-                Ok(Outcome::Adopted)
-            }
+            (Decision::Adopt(fields), None) => adopt(conn, event, &fields, context).await,
             (decision, _) => Err(Failure::Permanent(format!(
                 "internal: decision {decision:?} does not fit the local customer"
             ))),
         }
     }
+}
+
+/// A Stripe customer paysync did not know, created locally, linked; unless its deletion was
+/// seen already (Stripe delivered the events out of order).
+async fn adopt(
+    conn: &mut PgConnection,
+    event: &IncomingEvent,
+    fields: &CustomerFields,
+    context: &Context,
+) -> Result<Outcome, Failure> {
+    if processed_events::deletion_seen(conn, &context.account, &event.stripe_id).await? {
+        debug!(event_id = %event.id, stripe_id = %event.stripe_id,
+            "not adopted: its deletion in Stripe was seen already");
+        return Ok(Outcome::Skipped(Skip::Gone));
+    }
+    let adopted = customers::adopt(
+        conn,
+        &context.account,
+        &event.stripe_id,
+        fields,
+        event.created,
+    )
+    .await?;
+    info!(customer_id = %adopted.id, stripe_id = %event.stripe_id, "adopted a customer created in Stripe");
+    Ok(Outcome::Adopted)
 }
 
 /// The local side won: the event's time is recorded, and the local version is sent again when
