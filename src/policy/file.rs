@@ -42,15 +42,34 @@ pub enum LoadError {
 
 /// The policies the file (or directory) at `path` defines.
 pub fn load(path: &Path) -> Result<Vec<PolicyDefinition>, LoadError> {
-    let mut manifests = Manifests::default();
-    for file in files(path)? {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
-            path: file.display().to_string(),
-            source,
-        })?;
-        manifests.read(&file.display().to_string(), &text)?;
+    Contents::read(path)?.definitions()
+}
+
+/// The text of every file the source is made of, by path: what a reload compares, so that
+/// content that did not change applies nothing.
+#[derive(Debug, PartialEq, Eq)]
+struct Contents(Vec<(String, String)>);
+
+impl Contents {
+    fn read(path: &Path) -> Result<Self, LoadError> {
+        let mut texts = Vec::new();
+        for file in files(path)? {
+            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
+                path: file.display().to_string(),
+                source,
+            })?;
+            texts.push((file.display().to_string(), text));
+        }
+        Ok(Self(texts))
     }
-    manifests.definitions()
+
+    fn definitions(&self) -> Result<Vec<PolicyDefinition>, LoadError> {
+        let mut manifests = Manifests::default();
+        for (file, text) in &self.0 {
+            manifests.read(file, text)?;
+        }
+        manifests.definitions()
+    }
 }
 
 fn files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
@@ -64,10 +83,7 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(read_error)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        })
+        .filter(|p| is_yaml(p))
         .collect();
     files.sort();
     Ok(files)
@@ -221,7 +237,9 @@ impl ReloadMetrics {
 }
 
 /// Watches `path` until `shutdown`, applying every change that loads; a change that does not
-/// load is logged and counted, and the last good policies stay.
+/// load is logged and counted, and the last good policies stay. Only changes to the source's
+/// own files count (not reads, not other files in the folder), and a save that leaves the
+/// text as it was applies nothing and logs nothing.
 pub async fn watch(
     path: PathBuf,
     registry: Arc<PolicyRegistry>,
@@ -230,19 +248,15 @@ pub async fn watch(
     shutdown: CancellationToken,
 ) {
     let (tx, mut changed) = mpsc::unbounded_channel();
-    let watched = if path.is_dir() {
-        path.clone()
-    } else {
-        // Editors replace a file by renaming another over it: watch the folder.
-        path.parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_owned)
-    };
-    let watcher = notify::recommended_watcher(move |event| {
-        let _ = tx.send(event);
+    let source = path.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| touches(&source, &event)) {
+            let _ = tx.send(());
+        }
     })
     .and_then(|mut watcher| {
         watcher
-            .watch(&watched, RecursiveMode::NonRecursive)
+            .watch(&watched_folder(&path), RecursiveMode::NonRecursive)
             .map(|()| watcher)
     });
     let _watcher = match watcher {
@@ -252,6 +266,11 @@ pub async fn watch(
             return;
         }
     };
+    // What changed between start-up's load and the watch is applied now, without a count.
+    let mut last = Contents::read(&path).ok();
+    if let Some(contents) = &last {
+        apply_contents(&path, contents, &registry, &pool);
+    }
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -260,19 +279,88 @@ pub async fn watch(
         // Let the burst of events of one save settle.
         tokio::time::sleep(DEBOUNCE).await;
         while changed.try_recv().is_ok() {}
-        let outcome = reload(&path, &registry, &pool);
-        count(&metrics.reloads, outcome);
+        if let Some(outcome) = reload(&path, &mut last, &registry, &pool) {
+            count(&metrics.reloads, outcome);
+        }
     }
 }
 
-fn reload(path: &Path, registry: &PolicyRegistry, pool: &PgPool) -> &'static str {
-    match load(path) {
+/// The folder to watch: editors replace a file by renaming another over it, which a watch on
+/// the file itself would lose.
+fn watched_folder(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.to_owned();
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Whether `event` may have changed the source at `path`: a write, creation, removal or
+/// rename of the file itself (or of a YAML file in the directory), never a read.
+fn touches(path: &Path, event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    let writes = match event.kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any => true,
+        EventKind::Modify(kind) => !matches!(kind, ModifyKind::Metadata(_)),
+        EventKind::Access(_) | EventKind::Other => false,
+    };
+    writes
+        && event.paths.iter().any(|changed| {
+            if path.is_dir() {
+                is_yaml(changed)
+            } else {
+                changed.file_name() == path.file_name()
+            }
+        })
+}
+
+fn is_yaml(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|ext| ext == "yaml" || ext == "yml")
+}
+
+/// Applies the source if its text changed since `last`: the outcome to count, or `None` when
+/// nothing changed.
+fn reload(
+    path: &Path,
+    last: &mut Option<Contents>,
+    registry: &PolicyRegistry,
+    pool: &PgPool,
+) -> Option<&'static str> {
+    let contents = match Contents::read(path) {
+        Ok(contents) if last.as_ref() == Some(&contents) => return None,
+        Ok(contents) => contents,
+        Err(e) => {
+            error!(error = %e, "the policies file does not load; the last good policies stay in effect");
+            return Some("invalid");
+        }
+    };
+    let outcome = apply_contents(path, &contents, registry, pool);
+    if outcome == "applied" {
+        *last = Some(contents);
+    }
+    Some(outcome)
+}
+
+fn apply_contents(
+    path: &Path,
+    contents: &Contents,
+    registry: &PolicyRegistry,
+    pool: &PgPool,
+) -> &'static str {
+    match contents.definitions() {
         Ok(definitions) => {
             let changes = super::apply(registry, Some(pool), definitions);
-            info!(
-                added = ?changes.added, changed = ?changes.changed, removed = ?changes.removed,
-                "policies reloaded from {}", path.display()
-            );
+            if !changes.is_empty() {
+                info!(
+                    added = %changes.added.join(","), changed = %changes.changed.join(","),
+                    removed = %changes.removed.join(","),
+                    "policies reloaded from {}", path.display()
+                );
+            }
             "applied"
         }
         Err(e) => {

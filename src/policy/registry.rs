@@ -65,10 +65,12 @@ impl Policy {
         self.stripe.clone()
     }
 
-    /// Whether the policy can sync; a suspended one says so whatever its key's state.
+    /// Whether the policy can sync; a suspended one says so whatever its key's state (a
+    /// rejected key or an invalid policy still says that: it needs fixing before unsuspending).
     pub fn readiness(&self) -> Readiness {
         let current = self.stored_readiness();
-        if self.spec.suspend && current.reason != reasons::STRIPE_REJECTED_KEY {
+        let must_fix = [reasons::STRIPE_REJECTED_KEY, reasons::INVALID].contains(&current.reason);
+        if self.spec.suspend && !must_fix {
             return Readiness::not(
                 reasons::SUSPENDED,
                 "spec.suspend is set: nothing syncs until it is unset",
@@ -138,6 +140,13 @@ pub struct Changes {
     pub to_probe: Vec<String>,
     /// Policies that write to Stripe now and did not before (their waiting changes are sent).
     pub now_writing: Vec<String>,
+}
+
+impl Changes {
+    /// No policy was added, changed or removed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
 }
 
 pub struct PolicyRegistry {

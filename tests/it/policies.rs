@@ -2,6 +2,8 @@
 //! synced only with its own account, webhooks verified per policy, the policies API, and the
 //! policies file hot-reloaded (secret rotation, rate limit, a broken file, a removed policy).
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -11,8 +13,8 @@ use crate::support::customers::wait_synced;
 use crate::support::events::{DEADLINE, customer_object, event, processed, urlencode};
 use crate::support::mock_kafka::MockKafka;
 use crate::support::policies::{
-    ALPHA_SECRET, BETA_SECRET, PolicyFile, PolicyManifest, create_in, deliver_to, metric,
-    spawn_with_file, two_accounts, wait_delivery, wait_metric,
+    ALPHA_SECRET, BETA_SECRET, PolicyFile, PolicyManifest, assert_metric_stays, create_in,
+    deliver_to, metric, spawn_with_file, two_accounts, wait_delivery, wait_metric,
 };
 use crate::support::reconcile::insert_local_only;
 use crate::support::stripe::{LOCALSTRIPE, LOCALSTRIPE_B, Localstripe, unique_email};
@@ -280,6 +282,30 @@ async fn the_policies_file_is_applied_without_a_restart(pool: PgPool) {
     .await;
     wait_delivery(&app, "whsec_new", StatusCode::OK).await;
     assert_eq!(app.get_json("/v1/policies/alpha").await["name"], "alpha");
+    app.stop().await;
+}
+
+/// The file is read when it changes, not in a loop: idle, nothing is reloaded; a file written
+/// beside it, or the same text saved again, reloads nothing; an edit reloads once.
+#[sqlx::test]
+async fn the_policies_file_is_reloaded_only_when_it_changes(pool: PgPool) {
+    const APPLIED: &str = r#"paysync_policy_reloads_total{outcome="applied"}"#;
+    const INVALID: &str = r#"paysync_policy_reloads_total{outcome="invalid"}"#;
+    let file = PolicyFile::new(&[alpha("whsec_old", json!({}))]);
+    let app = spawn_with_file(pool, &file, None).await;
+    wait_delivery(&app, "whsec_old", StatusCode::OK).await;
+
+    assert_metric_stays(&app, APPLIED, 0.0, Duration::from_secs(10)).await;
+    std::fs::write(file.dir().join("notes.yaml"), "not: a policy\n").unwrap();
+    std::fs::write(file.dir().join("README"), "beside the policies\n").unwrap();
+    file.write(&[alpha("whsec_old", json!({}))]);
+    assert_metric_stays(&app, APPLIED, 0.0, Duration::from_secs(2)).await;
+
+    file.write(&[alpha("whsec_new", json!({}))]);
+    wait_metric(&app, APPLIED, 1.0).await;
+    wait_delivery(&app, "whsec_new", StatusCode::OK).await;
+    assert_metric_stays(&app, APPLIED, 1.0, Duration::from_secs(2)).await;
+    assert_eq!(metric(&app, INVALID).await, 0.0);
     app.stop().await;
 }
 

@@ -91,6 +91,11 @@ impl PolicyFile {
         self.dir.join("policies.yaml")
     }
 
+    /// The folder the file is in (other files can be written beside it).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Replaces the file (JSON documents are YAML documents).
     pub fn write(&self, policies: &[PolicyManifest<'_>]) {
         let mut documents = Vec::new();
@@ -185,6 +190,17 @@ pub async fn metric(app: &TestApp, sample: &str) -> f64 {
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_default()
+}
+
+/// Asserts that the metric sample stays at `expected` for all of `window` (what must not
+/// happen can only be watched for a while).
+pub async fn assert_metric_stays(app: &TestApp, sample: &str, expected: f64, window: Duration) {
+    let until = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < until {
+        let value = metric(app, sample).await;
+        assert_eq!(value, expected, "{sample} moved within {window:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until the metric sample has reached `at_least`.
