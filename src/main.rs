@@ -1,11 +1,28 @@
 use std::process::ExitCode;
 
-use paysync::config::{Cli, Command};
+use paysync::config::{Cli, Command, env_file};
 use paysync::{app, crd, http, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist: loading the settings file changes the environment.
+    if let Err(e) = env_file::load() {
+        eprintln!("paysync: cannot read the settings file: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse_and_check();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("paysync: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     // Commands that print data keep stdout for it.
     let to_stderr = !matches!(cli.command, Command::Serve(_) | Command::Migrate(_));
     if let Err(e) = telemetry::init(cli.log_format, to_stderr) {

@@ -110,7 +110,7 @@ impl PageWork {
             Ok(()) => tally.counts.repaired += repairs,
             Err(error) => {
                 tally.counts.failed += repairs;
-                warn!(policy = %self.policy.name, customer_id = ?local.map(|l| l.id), stripe_id, error, "reconcile could not repair a customer; the next run tries again");
+                warn!(policy = %self.policy.name, customer_id = local.map(|l| tracing::field::display(l.id)), stripe_id, error, "reconcile could not repair a customer; the next run tries again");
             }
         }
     }
@@ -121,7 +121,7 @@ impl PageWork {
             if let Some(plan) = &self.plan {
                 plan.action(&self.policy.name, action);
             }
-            info!(policy = %self.policy.name, action = action.kind.label(), drift = action.drift.label(), customer_id = ?action.customer_id, stripe_id = ?action.stripe_id, reason = %action.reason, "drift");
+            info!(policy = %self.policy.name, action = action.kind.label(), drift = action.drift.label(), customer_id = action.customer_id.map(tracing::field::display), stripe_id = action.stripe_id.as_deref(), reason = %action.reason, "drift");
             tally.counts.drift += 1;
             let kind = action.drift.label().to_owned();
             *tally.counts.drift_by_kind.entry(kind.clone()).or_default() += 1;

@@ -16,6 +16,7 @@ use crate::support::serve_process::{
     DB_PASSWORD, PROCESS_DEADLINE, ServeProcess, TOKEN, database_url, paysync,
 };
 use crate::support::stripe::{LOCALSTRIPE, Localstripe, WebhookEndpoint, unique_email};
+use crate::support::tls_tansu::TlsTansu;
 use crate::support::webhooks::{now, signature};
 
 /// The tansu broker that `scripts/services up --kafka` starts.
@@ -325,6 +326,98 @@ async fn a_sigkill_mid_sync_loses_and_duplicates_nothing_kafka_transport(pool: P
         ("KAFKA_OPTIONS", "reconnect.backoff.max.ms=500".to_owned()),
     ];
     sigkill_with_a_thousand_changes_in_flight(pool, env).await;
+}
+
+/// A REST change reaches Stripe through a Kafka that speaks TLS only, `KAFKA_OPTIONS` as a
+/// managed Kafka needs them: `SSL` with the CA, and `SASL_SSL` with PLAIN (tansu checks no
+/// PLAIN password, so what this shows is the SASL exchange over TLS, not a refusal).
+#[sqlx::test]
+async fn changes_reach_stripe_through_kafka_over_tls(pool: PgPool) {
+    for authentication in [false, true] {
+        let broker = TlsTansu::start(authentication).await;
+        let ca = broker.certs.ca.display().to_string();
+        let mut env = stripe_env();
+        env.push(("DATABASE_URL", database_url(&pool)));
+        env.push(("KAFKA_BROKERS", broker.brokers()));
+        env.push(("KAFKA_PARTITIONS", "1".to_owned()));
+        let options = if authentication {
+            format!(
+                "security.protocol=SASL_SSL,sasl.mechanisms=PLAIN,sasl.username=paysync,ssl.ca.location={ca}"
+            )
+        } else {
+            format!("security.protocol=SSL,ssl.ca.location={ca}")
+        };
+        env.push(("KAFKA_OPTIONS", options));
+        env.push((
+            "KAFKA_SASL_PASSWORD",
+            "kafka-password-must-not-be-logged".to_owned(),
+        ));
+        let server = ServeProcess::start(&env).await;
+        let email = unique_email("kafka-tls");
+        let created: Value = server
+            .post(
+                &reqwest::Client::new(),
+                "/v1/customers",
+                &json!({"email": email}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"].as_str().unwrap().to_owned();
+        wait_for(
+            "the customer to reach Stripe over TLS",
+            Duration::from_secs(60),
+            || async {
+                let synced: i64 = sqlx::query_scalar(
+                    "select stripe_synced_version from customers where id = $1::uuid",
+                )
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if synced == 1 {
+                    Ok(())
+                } else {
+                    Err(synced.to_string())
+                }
+            },
+        )
+        .await;
+        let logs = server.sigterm_and_wait().await;
+        assert!(
+            !logs.contains("kafka-password-must-not-be-logged"),
+            "{logs}"
+        );
+    }
+}
+
+/// A Kafka whose certificate the configured CA did not sign stops start-up with an error that
+/// says so, instead of a server that never syncs.
+#[sqlx::test]
+async fn a_kafka_certificate_from_another_ca_fails_at_start_up(pool: PgPool) {
+    let broker = TlsTansu::start(false).await;
+    let output = paysync()
+        .arg("serve")
+        .env("DATABASE_URL", database_url(&pool))
+        .env("PAYSYNC_API_TOKENS", TOKEN)
+        .env("PAYSYNC_LISTEN", "127.0.0.1:0")
+        .env("KAFKA_BROKERS", broker.brokers())
+        .env(
+            "KAFKA_OPTIONS",
+            format!(
+                "security.protocol=SSL,ssl.ca.location={}",
+                broker.certs.other_ca.display()
+            ),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("certificate verify failed"), "{logs}");
 }
 
 /// The real binary over a real Kafka-protocol broker (tansu, a separate program), both ways:
@@ -680,6 +773,59 @@ async fn the_customers_cli_lists_by_sync_state(pool: PgPool) {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["email"], "bad@example.com");
     assert_eq!(lines[0]["sync"]["error"], "Stripe said no");
+}
+
+/// The CLI reads the settings file `scripts/run` writes (PAYSYNC_ENV_FILE), so a second
+/// terminal reaches the same database; a variable in the environment wins over the file, and
+/// a file that does not parse is a usage error naming it.
+#[sqlx::test]
+async fn the_cli_reads_the_settings_file_and_the_environment_wins(pool: PgPool) {
+    sqlx::query("insert into customers (id, email) values ($1, 'from-file@example.com')")
+        .bind(uuid::Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("paysync-env-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.env");
+    let list = |env: Vec<(&'static str, String)>| {
+        let mut command = paysync();
+        command.args(["customers", "list"]).envs(env);
+        async move { command.output().await.unwrap() }
+    };
+
+    std::fs::write(&file, format!("DATABASE_URL=\"{}\"\n", database_url(&pool))).unwrap();
+    let listed = list(vec![("PAYSYNC_ENV_FILE", file.display().to_string())]).await;
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(stdout.contains("from-file@example.com"), "{stdout}");
+
+    std::fs::write(&file, "DATABASE_URL=postgres://nobody@127.0.0.1:1/none\n").unwrap();
+    let listed = list(vec![
+        ("PAYSYNC_ENV_FILE", file.display().to_string()),
+        ("DATABASE_URL", database_url(&pool)),
+    ])
+    .await;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("from-file@example.com"));
+
+    std::fs::write(&file, "DATABASE_URL=\"unterminated\n").unwrap();
+    let refused = list(vec![("PAYSYNC_ENV_FILE", file.display().to_string())]).await;
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("PAYSYNC_ENV_FILE=") && stderr.contains("run.env"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A command pointed at a database paysync never migrated says what to do, not a bare

@@ -211,15 +211,40 @@ async fn reconcile_cli(pool: &PgPool, stripe_base: &str, extra: &[&str]) -> Vec<
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_plain_log_fields(&stderr);
     stdout
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
+}
+
+/// JSON log lines carry plain values: ids as strings, an absent value absent (never Rust's
+/// `Some(..)`/`None` debug text); each drift line names its customer or Stripe customer.
+fn assert_plain_log_fields(logs: &str) {
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    for line in &lines {
+        for (field, value) in line.as_object().into_iter().flatten() {
+            let text = value.as_str().unwrap_or_default();
+            assert!(
+                !text.starts_with("Some(") && text != "None" && !text.contains("CustomerId("),
+                "{field} is Rust debug text: {line}"
+            );
+        }
+        if line["message"] == "drift" {
+            let customer = line["customer_id"].as_str().map(uuid::Uuid::parse_str);
+            let stripe = line["stripe_id"].as_str();
+            assert!(
+                customer.is_some_and(|id| id.is_ok())
+                    || stripe.is_some_and(|id| id.starts_with("cus_")),
+                "{line}"
+            );
+        }
+    }
 }
 
 fn actions(lines: &[Value]) -> Vec<String> {

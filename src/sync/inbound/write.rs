@@ -175,7 +175,7 @@ async fn resend(
     new_version: bool,
 ) -> Result<Outcome, Failure> {
     warn!(customer_id = %local.id, stripe_id = %event.stripe_id, event_id = %event.id,
-        held = ?event.paysync_version, written = ?local.stripe_written_version,
+        held = event.paysync_version, written = local.stripe_written_version,
         version = local.version,
         "Stripe holds an older write of paysync's that landed late; sending the local version again");
     if new_version {

@@ -90,6 +90,6 @@ async fn check_topics_exist(
             });
         }
     }
-    info!(topics = ?topics, "Kafka topics exist");
+    info!(topics = %topics.join(","), "Kafka topics exist");
     Ok(())
 }
