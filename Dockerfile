@@ -6,9 +6,10 @@
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
-# librdkafka is built from source by rdkafka-sys (make, a C compiler, zlib).
+# librdkafka is built from source by rdkafka-sys (make, a C compiler, zlib), with OpenSSL for
+# TLS and SASL to Kafka (the runtime image has libssl3).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make g++ pkg-config zlib1g-dev python3 \
+ && apt-get install -y --no-install-recommends make g++ pkg-config zlib1g-dev libssl-dev python3 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rust-toolchain.toml ./

@@ -16,10 +16,21 @@ as_root() {
 }
 
 require_cargo() {
+    require_build_deps
     if ! command -v cargo >/dev/null 2>&1; then
         [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH" && return
         die "cargo not found: install the Rust toolchain (rustup) first; rust-toolchain.toml pins the version"
     fi
+}
+
+# The C libraries the build links: OpenSSL for librdkafka's TLS and SASL (SCRAM) to Kafka.
+require_build_deps() {
+    if pkg-config --exists openssl 2>/dev/null; then
+        return
+    fi
+    log "installing the build's C libraries (libssl-dev, pkg-config)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq libssl-dev pkg-config >/dev/null
 }
 
 # The PostgreSQL server the scripts start; trust auth ignores the password, a fresh Debian

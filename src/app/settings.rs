@@ -13,7 +13,7 @@ use super::Application;
 use super::cli::connect;
 use crate::backoff::Backoff;
 use crate::config::{InboundArgs, KafkaArgs, KubernetesMode, OutboundArgs, ServeArgs};
-use crate::controller::Cluster;
+use crate::controller::{Cluster, LeaseTiming};
 use crate::crd::Resolution;
 use crate::domain::ConflictPolicy;
 use crate::http::{ApiAuth, ServerLimits};
@@ -139,6 +139,7 @@ fn kafka_settings(kafka: &KafkaArgs) -> Option<KafkaSettings> {
         partitions: kafka.kafka_partitions,
         replication_factor: kafka.kafka_replication_factor,
         options: kafka.kafka_options.clone(),
+        sasl_password: kafka.kafka_sasl_password.clone(),
     })
 }
 
@@ -176,10 +177,16 @@ pub(super) async fn cluster(args: &ServeArgs) -> anyhow::Result<Option<Cluster>>
     // Kubernetes sets a pod's HOSTNAME to its name.
     let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "paysync".to_owned());
     info!(%namespace, %instance, "policies from the SyncPolicies of the namespace (Kubernetes controller)");
+    let leader = &args.leader;
     Ok(Some(Cluster {
         client,
         namespace,
         instance,
+        lease: LeaseTiming {
+            duration: leader.leader_lease_duration,
+            renew_deadline: leader.leader_renew_deadline,
+            retry_period: leader.leader_retry_period,
+        },
     }))
 }
 

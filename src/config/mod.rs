@@ -12,9 +12,12 @@ use crate::domain::ConflictPolicy;
 use crate::telemetry::LogFormat;
 
 mod commands;
+pub mod env_file;
+mod leader;
 mod stripe;
 
 pub use commands::{CustomerCommand, DeadLetterCommand, KubernetesMode, PlanFormat, ReconcileArgs};
+pub use leader::LeaderArgs;
 pub use stripe::StripeArgs;
 
 #[derive(Debug, Parser)]
@@ -47,6 +50,9 @@ impl Cli {
 
     /// Cross-field rules clap cannot express with a message that names the variables.
     fn check(&self) -> Result<(), String> {
+        if let Command::Serve(serve) = &self.command {
+            serve.leader.check()?;
+        }
         if let Command::Serve(serve) = &self.command
             && serve.api_tokens.is_empty()
             && !serve.insecure_no_auth
@@ -102,10 +108,16 @@ pub struct KafkaArgs {
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
     pub kafka_replication_factor: i32,
 
-    /// Extra librdkafka settings for every client, comma-separated `key=value` pairs
-    /// (e.g. `security.protocol=SASL_SSL,sasl.mechanisms=PLAIN`).
+    /// Extra librdkafka settings for every client, comma-separated `key=value` pairs: TLS
+    /// and SASL for a managed Kafka, e.g. `security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,
+    /// sasl.username=paysync,ssl.ca.location=/etc/paysync/ca/ca.crt`.
     #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', hide_env_values = true, value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
+
+    /// The SASL password (librdkafka's `sasl.password`), apart from KAFKA_OPTIONS so that it
+    /// can come from a Secret of its own.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<SecretString>,
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {
@@ -279,6 +291,9 @@ pub struct ServeArgs {
     /// of a cluster: the kubeconfig context's).
     #[arg(long, env = "PAYSYNC_NAMESPACE")]
     pub namespace: Option<String>,
+
+    #[command(flatten)]
+    pub leader: LeaderArgs,
 
     #[command(flatten)]
     pub stripe: StripeArgs,

@@ -4,6 +4,7 @@
 //! and its outbox row always commit together (no dual write: a change is in the outbox if and
 //! only if it is committed).
 
+mod connection;
 pub mod customers;
 pub mod dead_letters;
 pub mod idempotency;
@@ -14,14 +15,10 @@ pub mod reconcile_runs;
 pub mod sync_cursors;
 mod wakeup;
 
+pub use connection::{connect, describe_url, pool_options};
 pub use wakeup::Wakeup;
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{CustomerId, ValidationError};
@@ -30,10 +27,6 @@ use crate::domain::{CustomerId, ValidationError};
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 pub use crate::domain::DEFAULT_ACCOUNT;
-
-/// How long a request may wait for a pooled connection before it fails (503/500 rather than
-/// hanging while PostgreSQL is down).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -153,35 +146,6 @@ pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::P
     pool.acquire()
         .await
         .context("acquiring a database connection")
-}
-
-/// Where a database URL points, without its credentials, for logs and error messages.
-pub fn describe_url(url: &SecretString) -> String {
-    match PgConnectOptions::from_str(url.expose_secret()) {
-        Ok(options) => format!(
-            "{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or("(default database)")
-        ),
-        Err(_) => "(unparseable DATABASE_URL)".to_owned(),
-    }
-}
-
-/// Opens the connection pool and checks that PostgreSQL answers.
-pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = anyhow::Context::context(
-        PgConnectOptions::from_str(url.expose_secret()),
-        "DATABASE_URL is not a valid PostgreSQL URL",
-    )?;
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await;
-    anyhow::Context::with_context(pool, || {
-        format!("connecting to PostgreSQL at {}", describe_url(url))
-    })
 }
 
 /// Whether the database holds paysync's tables (it was migrated).

@@ -9,6 +9,7 @@ mod auth;
 mod binary;
 mod chaos;
 mod chart;
+mod chart_values;
 mod contract;
 mod controller;
 mod customers;
@@ -27,4 +28,5 @@ mod reconcile;
 #[allow(dead_code)]
 mod support;
 mod sync_locks;
+mod tls;
 mod webhooks;

@@ -26,8 +26,6 @@ use customer::CustomerLocks;
 const CATCH_UP_LOCK_NAMESPACE: i32 = 0x7079_6331; // "pyc1"
 /// Namespace of the reconciler's advisory locks (one per policy).
 const RECONCILE_LOCK_NAMESPACE: i32 = 0x7079_7231; // "pyr1"
-/// Namespace of the Kubernetes controller's leader lock (one per watched namespace).
-const LEADER_LOCK_NAMESPACE: i32 = 0x7079_6c31; // "pyl1"
 
 /// The advisory lock key of a customer's sync: all 128 bits of its id folded into 64 (the
 /// high half alone is the creation millisecond and a little randomness, shared by customers
@@ -44,7 +42,7 @@ pub struct LockPool {
     customers: Arc<CustomerLocks>,
 }
 
-/// An account-wide session advisory lock (catch-up, reconcile, leader) on a held connection
+/// An account-wide session advisory lock (catch-up, reconcile) on a held connection
 /// of its own. Release it with [`SessionLock::release`];
 /// dropped unreleased (a cancelled task, an error on the way), its connection is closed
 /// rather than returned to the pool, which ends the session and so frees the lock.
@@ -76,12 +74,6 @@ impl LockPool {
     pub async fn try_lock_reconcile(&self, policy: &str) -> Result<Option<SessionLock>> {
         self.try_lock_account(RECONCILE_LOCK_NAMESPACE, policy)
             .await
-    }
-
-    /// Takes the controller's leader lock for `scope` (the watched namespace) if no other
-    /// replica holds it: the leader alone writes SyncPolicy status, events and finalizers.
-    pub async fn try_lock_leader(&self, scope: &str) -> Result<Option<SessionLock>> {
-        self.try_lock_account(LEADER_LOCK_NAMESPACE, scope).await
     }
 
     async fn try_lock_account(&self, namespace: i32, account: &str) -> Result<Option<SessionLock>> {
@@ -132,14 +124,6 @@ impl LockPool {
 }
 
 impl SessionLock {
-    /// Whether the lock's session is still up (a lost connection has freed the lock).
-    pub async fn is_held(&mut self) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
-            return false;
-        };
-        sqlx::query("select 1").execute(&mut **conn).await.is_ok()
-    }
-
     pub async fn release(mut self) -> Result<()> {
         let Some(mut conn) = self.conn.take() else {
             return Ok(());

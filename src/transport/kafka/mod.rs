@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
+use secrecy::{ExposeSecret as _, SecretString};
 
 pub use envelope::{Envelope, INBOUND_KIND, InboundMessage};
 pub use topics::ensure_topics;
@@ -36,7 +37,7 @@ pub enum Error {
 }
 
 /// How to reach Kafka and name the topics.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub topic_prefix: String,
@@ -44,6 +45,38 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// librdkafka settings applied to every client (after paysync's own).
     pub options: Vec<(String, String)>,
+    /// `sasl.password`, kept out of `options` so that it never shows in a debug print.
+    pub sasl_password: Option<SecretString>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Option values that are credentials are left out.
+        let options: Vec<(&str, &str)> = self
+            .options
+            .iter()
+            .map(|(key, value)| {
+                let secret = ["password", "secret", ".pem", "jaas"]
+                    .iter()
+                    .any(|word| key.contains(word));
+                (
+                    key.as_str(),
+                    if secret { "(redacted)" } else { value.as_str() },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("options", &options)
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "(redacted)"),
+            )
+            .finish()
+    }
 }
 
 /// How long a produced message may wait for the broker's acknowledgement before the relay
@@ -82,6 +115,9 @@ impl KafkaSettings {
     fn with_options(&self, mut config: ClientConfig) -> ClientConfig {
         for (key, value) in &self.options {
             config.set(key, value);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password.expose_secret());
         }
         config
     }
@@ -149,5 +185,66 @@ impl KafkaProbe {
 impl std::fmt::Debug for KafkaProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaProbe").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(options: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:1".to_owned(),
+            topic_prefix: "paysync".to_owned(),
+            partitions: 1,
+            replication_factor: 1,
+            options: options
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            sasl_password: Some(SecretString::from("hunter2")),
+        }
+    }
+
+    /// librdkafka refuses, at client creation, a protocol or mechanism it was built without:
+    /// TLS and SASL PLAIN and SCRAM (which needs OpenSSL) are in this build. GSSAPI (Kerberos)
+    /// is not.
+    #[test]
+    fn tls_and_sasl_plain_and_scram_are_built_in() {
+        for (protocol, mechanism) in [
+            ("SSL", None),
+            ("SASL_SSL", Some("PLAIN")),
+            ("SASL_SSL", Some("SCRAM-SHA-256")),
+            ("SASL_SSL", Some("SCRAM-SHA-512")),
+        ] {
+            let mut options = vec![("security.protocol", protocol)];
+            if let Some(mechanism) = mechanism {
+                options.extend([("sasl.mechanisms", mechanism), ("sasl.username", "paysync")]);
+            }
+            let created = settings(&options).producer();
+            assert!(
+                created.is_ok(),
+                "{protocol} {mechanism:?}: {:?}",
+                created.err()
+            );
+        }
+        let kerberos = settings(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "GSSAPI"),
+        ]);
+        assert!(kerberos.producer().is_err());
+    }
+
+    #[test]
+    fn credentials_never_show_in_a_debug_print() {
+        let printed = format!(
+            "{:?}",
+            settings(&[("ssl.key.password", "s3cret"), ("sasl.username", "paysync")])
+        );
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+        assert!(printed.contains("paysync"), "{printed}");
     }
 }

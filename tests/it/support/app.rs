@@ -322,6 +322,7 @@ pub fn kafka_settings(brokers: &str) -> KafkaSettings {
                 "1000".to_owned(),
             ),
         ],
+        sasl_password: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! from here, never from each other.
 
 pub mod app;
+pub mod certs;
 pub mod cluster;
 pub mod customers;
 pub mod events;
@@ -14,5 +15,7 @@ pub mod private_stripe;
 pub mod reconcile;
 pub mod serve_process;
 pub mod stripe;
+pub mod tls_postgres;
+pub mod tls_tansu;
 pub mod webhook_relay;
 pub mod webhooks;
