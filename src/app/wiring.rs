@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tracing::info;
 
 use super::{PolicySource, Settings, StripeCalls, Task, janitor};
@@ -16,7 +15,7 @@ use crate::controller::Leadership;
 use crate::http::{AppState, HttpMetrics, RejectionLog, WebhookIngress, WebhookMetrics};
 use crate::metrics::{self, Registry};
 use crate::policy::file::ReloadMetrics;
-use crate::policy::{self, PolicyRegistry, ReadinessCollector, StripeFactory};
+use crate::policy::{self, PolicyRegistry, ReadinessCollector, SourceAccess, StripeFactory};
 use crate::reconcile::{Handlers, ReconcileMetrics, Reconciler};
 use crate::store::locks::{CUSTOMER_LOCK_SESSIONS, LockPool};
 use crate::stripe::{HttpStripe, RateLimit, StripeMetrics, StripeSettings};
@@ -32,7 +31,7 @@ use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
 
 /// Connections the lock pool keeps besides the sessions holding customers' sync locks and one
 /// per inbox worker: the outbox worker's two claims, the outbox relay's claim, catch-up's
-/// lock, the reconciler's lock, the controller's leader lock, and spares.
+/// lock, the reconciler's lock, and spares.
 const LOCK_POOL_BASE: u32 = 8;
 
 mod cluster;
@@ -55,6 +54,8 @@ struct Parts<'a> {
     policies: Arc<PolicyRegistry>,
     kafka: Option<KafkaRuntime>,
     health: Arc<QueueHealth>,
+    /// In a cluster: whether the policies can be read (`/readyz`).
+    cluster_access: Option<Arc<SourceAccess>>,
     tasks: Vec<Task>,
 }
 
@@ -82,6 +83,7 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
         .await?,
         kafka: connect_kafka(settings.kafka.as_ref()).await?,
         health: Arc::new(QueueHealth::default()),
+        cluster_access: None,
         registry,
         tasks: Vec::new(),
     };
@@ -147,7 +149,7 @@ fn lock_pool(settings: &Settings, pool: &PgPool) -> LockPool {
     let size = u32::try_from(CUSTOMER_LOCK_SESSIONS + inbox)
         .unwrap_or(u32::MAX)
         .saturating_add(LOCK_POOL_BASE);
-    let held = PgPoolOptions::new()
+    let held = crate::store::pool_options()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(30))
         .connect_lazy_with(pool.connect_options().as_ref().clone());
@@ -387,6 +389,7 @@ impl Parts<'_> {
             webhooks,
             policies: self.policies,
             reconciler,
+            cluster_access: self.cluster_access,
         };
         Wired {
             state,

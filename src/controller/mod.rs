@@ -1,11 +1,13 @@
 //! The Kubernetes controller (`paysync serve` in a cluster, or `--kubernetes`): a kube-runtime
 //! [`Controller`] over the SyncPolicies of one namespace and the Secrets they reference.
 //! Every replica feeds its own policy registry from it (each serves webhooks and runs
-//! workers); the leader alone writes status (server-side apply, field manager `paysync`),
-//! Events and the finalizer.
+//! workers); the leader (a Lease, `leader`) alone writes status (server-side apply, field
+//! manager `paysync`) and Events.
 
+mod access;
 mod feed;
 mod leader;
+mod object;
 mod reconcile;
 pub mod status;
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::DynamicObject;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
@@ -24,20 +27,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use feed::{Feed, definition};
-pub use leader::{Contender, Leadership};
+pub use leader::{Elector, LEASE_NAME, Leadership, LeaseTiming};
+pub use object::{api_resource, parse};
 
-use crate::crd::SyncPolicy;
-use crate::policy::{PolicyDefinition, PolicyRegistry};
+use crate::policy::{PolicyDefinition, PolicyRegistry, SourceAccess};
 use crate::reconcile::Reconciler;
 
 /// The field manager of paysync's status writes (server-side apply).
 pub const FIELD_MANAGER: &str = "paysync";
 
-/// The finalizer that lets a deleted policy stop its work before it goes.
-pub const FINALIZER: &str = "paysync.dev/cleanup";
+/// The finalizer versions before 0.2 put on every policy (it did nothing the registry's
+/// prune does not): the leader removes it wherever it finds it.
+pub const LEGACY_FINALIZER: &str = "paysync.dev/cleanup";
 
-/// How often policies deleted without the finalizer (no leader at the time) leave the
-/// registry at the latest.
+/// How often deleted policies leave the registry at the latest (the controller is not called
+/// for an object that is already gone).
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 /// Where the controller runs.
@@ -46,8 +50,10 @@ pub struct Cluster {
     pub client: Client,
     /// The namespace watched (`PAYSYNC_NAMESPACE`, default the pod's own).
     pub namespace: String,
-    /// This replica's name in Events (the pod's name).
+    /// This replica's name in Events and as the Lease's holder (the pod's name).
     pub instance: String,
+    /// The leader election's timing.
+    pub lease: LeaseTiming,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -61,7 +67,8 @@ impl std::fmt::Debug for Cluster {
 
 /// What the reconcile function works with.
 pub struct Context {
-    pub(crate) policies: Api<SyncPolicy>,
+    /// The namespace's SyncPolicies, untyped (`object`): each is parsed on its own.
+    pub(crate) policies: Api<DynamicObject>,
     pub(crate) secrets: Api<Secret>,
     pub(crate) feed: Feed,
     pub(crate) registry: Arc<PolicyRegistry>,
@@ -69,6 +76,10 @@ pub struct Context {
     pub(crate) pool: PgPool,
     pub(crate) leader: Leadership,
     pub(crate) recorder: Recorder,
+    /// Whether the policies can be read at all (for `/readyz`).
+    pub(crate) access: Arc<SourceAccess>,
+    /// The namespace watched.
+    namespace: String,
     /// Consecutive failures by policy, for the backoff of their retries.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -80,13 +91,18 @@ impl Context {
         reconciler: Arc<Reconciler>,
         pool: PgPool,
         leader: Leadership,
+        access: Arc<SourceAccess>,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: Some(cluster.instance.clone()),
         };
         Self {
-            policies: Api::namespaced(cluster.client.clone(), &cluster.namespace),
+            policies: Api::namespaced_with(
+                cluster.client.clone(),
+                &cluster.namespace,
+                &api_resource(),
+            ),
             secrets: Api::namespaced(cluster.client.clone(), &cluster.namespace),
             feed: Feed::new(registry.clone(), pool.clone()),
             registry,
@@ -94,6 +110,8 @@ impl Context {
             pool,
             leader,
             recorder: Recorder::new(cluster.client.clone(), reporter),
+            access,
+            namespace: cluster.namespace.clone(),
             failures: Mutex::default(),
         }
     }
@@ -108,7 +126,11 @@ impl Context {
 
 /// Runs the controller until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let controller = Controller::new(ctx.policies.clone(), watcher::Config::default());
+    let controller = Controller::new_with(
+        ctx.policies.clone(),
+        watcher::Config::default(),
+        api_resource(),
+    );
     let store = controller.store();
     let referencing_store = store.clone();
     let triggers = triggers(&ctx);
@@ -128,17 +150,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 Err(e) => warn!(error = %e, "SyncPolicy controller"),
             }
         });
+    let namespace = ctx.namespace.clone();
     tokio::select! {
         () = controller => {}
         () = prune(&ctx, &store, &shutdown) => {}
+        () = access::watch(ctx.policies.clone(), namespace, &ctx.access, &shutdown) => {}
     }
 }
 
 /// The namespace's policies as they are now, read once (start-up, `paysync reconcile --once`
-/// in a cluster); the controller keeps them current from there.
+/// in a cluster); the controller keeps them current from there. One that does not parse is
+/// there, `Invalid`.
 pub async fn load(cluster: &Cluster) -> anyhow::Result<Vec<PolicyDefinition>> {
     use anyhow::Context as _;
-    let policies: Api<SyncPolicy> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let policies: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &api_resource());
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let listed = policies
         .list(&kube::api::ListParams::default())
@@ -150,31 +176,38 @@ pub async fn load(cluster: &Cluster) -> anyhow::Result<Vec<PolicyDefinition>> {
             )
         })?;
     let mut definitions = Vec::new();
-    for policy in listed
+    for object in listed
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
     {
+        let policy = match parse(object) {
+            Ok(policy) => policy,
+            Err(problem) => {
+                definitions.push(object::unparseable(&object.name_any(), &problem));
+                continue;
+            }
+        };
         let secret = secrets
             .get_opt(&policy.spec.stripe_secret_ref.name)
             .await
             .with_context(|| format!("reading the Secret of SyncPolicy {}", policy.name_any()))?;
-        definitions.push(definition(policy, secret.as_ref()));
+        definitions.push(definition(&policy, secret.as_ref()));
     }
     Ok(definitions)
 }
 
 /// The policies whose Secret `secret` is: a rotated key or webhook secret re-reconciles them.
-fn referencing(store: &Store<SyncPolicy>, secret: &Secret) -> Vec<ObjectRef<SyncPolicy>> {
+fn referencing(store: &Store<DynamicObject>, secret: &Secret) -> Vec<ObjectRef<DynamicObject>> {
     let name = secret.name_any();
     let namespace = secret.namespace();
     store
         .state()
         .iter()
         .filter(|policy| {
-            policy.spec.stripe_secret_ref.name == name && policy.namespace() == namespace
+            object::secret_name(policy) == Some(name.as_str()) && policy.namespace() == namespace
         })
-        .map(|policy| ObjectRef::from_obj(policy.as_ref()))
+        .map(|policy| ObjectRef::from_obj_with(policy.as_ref(), api_resource()))
         .collect()
 }
 
@@ -190,9 +223,9 @@ fn triggers(ctx: &Context) -> futures::stream::BoxStream<'static, ()> {
     futures::stream::select(leadership, runs).boxed()
 }
 
-/// Takes policies deleted without the finalizer out of the registry (the controller is not
-/// called for an object that is gone).
-async fn prune(ctx: &Context, store: &Store<SyncPolicy>, shutdown: &CancellationToken) {
+/// Takes deleted policies out of the registry (the controller is not called for an object
+/// that is gone).
+async fn prune(ctx: &Context, store: &Store<DynamicObject>, shutdown: &CancellationToken) {
     if store.wait_until_ready().await.is_err() {
         return;
     }

@@ -11,6 +11,10 @@ use crate::reconcile::RunReport;
 
 /// The reason of `Ready` while a new key waits for Stripe's answer.
 const CHECKING: &str = "Checking";
+/// The reason of `Ready` (False) and `Degraded` while the database cannot be read.
+pub const DATABASE_UNAVAILABLE: &str = "DatabaseUnavailable";
+/// The reason of `Synced` (False) while `spec.suspend` pauses the policy.
+pub const RECONCILE_PAUSED: &str = "ReconcilePaused";
 
 /// What the status is computed from.
 #[derive(Debug, Clone)]
@@ -18,8 +22,12 @@ pub struct Observed<'a> {
     /// The `metadata.generation` the registry applied.
     pub generation: Option<i64>,
     pub readiness: &'a Readiness,
-    pub customers: CustomerCounts,
+    /// The customers by sync state; `None` when the database could not be read.
+    pub customers: Option<CustomerCounts>,
     pub last_run: Option<&'a RunReport>,
+    /// Why the database could not be read, if it could not: the status then says so, and
+    /// keeps the counts and last reconcile it had.
+    pub database_error: Option<&'a str>,
 }
 
 /// The status `observed` calls for. A condition keeps its `lastTransitionTime` from `old`
@@ -49,11 +57,17 @@ pub fn desired(
             }
         })
         .collect();
+    let kept = |old: Option<&SyncPolicyStatus>| old.and_then(|old| old.last_reconcile.clone());
     SyncPolicyStatus {
         observed_generation: observed.generation,
         conditions,
-        last_reconcile: observed.last_run.map(last_reconcile),
-        customers: Some(observed.customers),
+        last_reconcile: match observed.database_error {
+            Some(_) => kept(old),
+            None => observed.last_run.map(last_reconcile),
+        },
+        customers: observed
+            .customers
+            .or_else(|| old.and_then(|old| old.customers)),
     }
 }
 
@@ -61,6 +75,23 @@ type ConditionParts = (&'static str, &'static str, String, String);
 
 fn ready(observed: &Observed<'_>) -> ConditionParts {
     let readiness = observed.readiness;
+    if let Some(error) = observed.database_error {
+        return (
+            condition_types::READY,
+            "False",
+            DATABASE_UNAVAILABLE.to_owned(),
+            format!("PostgreSQL cannot be read: {error}"),
+        );
+    }
+    if readiness.reason == reasons::SUSPENDED {
+        // Pausing is a choice, not a failure: Ready stays, Synced says it is paused.
+        return (
+            condition_types::READY,
+            "True",
+            reasons::SUSPENDED.to_owned(),
+            "spec.suspend is set: nothing syncs until it is unset".to_owned(),
+        );
+    }
     let status = if readiness.ready {
         "True"
     } else if readiness.reason == CHECKING {
@@ -77,6 +108,14 @@ fn ready(observed: &Observed<'_>) -> ConditionParts {
 }
 
 fn synced(observed: &Observed<'_>) -> ConditionParts {
+    if observed.readiness.reason == reasons::SUSPENDED {
+        return (
+            condition_types::SYNCED,
+            "False",
+            RECONCILE_PAUSED.to_owned(),
+            "spec.suspend is set: no sync and no reconcile until it is unset".to_owned(),
+        );
+    }
     let (status, reason, message) = match observed.last_run {
         None => (
             "Unknown",
@@ -120,7 +159,10 @@ fn synced(observed: &Observed<'_>) -> ConditionParts {
 
 fn degraded(observed: &Observed<'_>) -> ConditionParts {
     let readiness = observed.readiness;
-    let (status, reason, message) = if !readiness.ready && readiness.reason != CHECKING {
+    let failing = !readiness.ready && ![CHECKING, reasons::SUSPENDED].contains(&readiness.reason);
+    let (status, reason, message) = if let Some(error) = observed.database_error {
+        ("True", DATABASE_UNAVAILABLE.to_owned(), error.to_owned())
+    } else if failing {
         (
             "True",
             readiness.reason.to_owned(),
@@ -132,14 +174,11 @@ fn degraded(observed: &Observed<'_>) -> ConditionParts {
             "ReconcileFailed".to_owned(),
             "the last reconcile failed; it is tried again within five minutes".to_owned(),
         )
-    } else if observed.customers.failed > 0 {
+    } else if let Some(failed) = observed.customers.map(|c| c.failed).filter(|f| *f > 0) {
         (
             "True",
             "CustomersFailed".to_owned(),
-            format!(
-                "{} customers failed to sync (see /v1/dead-letters)",
-                observed.customers.failed
-            ),
+            format!("{failed} customers failed to sync (see /v1/dead-letters)"),
         )
     } else {
         ("False", "AsExpected".to_owned(), String::new())
@@ -191,7 +230,7 @@ pub fn notices(old: Option<&SyncPolicyStatus>, new: &SyncPolicyStatus) -> Vec<No
         let warning = ready.status != "True";
         notices.push(Notice {
             warning,
-            reason: if warning {
+            reason: if warning || ready.reason == reasons::SUSPENDED {
                 ready.reason.clone()
             } else {
                 condition_types::READY.to_owned()

@@ -1,15 +1,16 @@
 //! The exact requests the controller's writes make, pinned against a mocked API server
 //! (`tower_test`): the status subresource by server-side apply as field manager `paysync`,
-//! and finalizer patches guarded by the `resourceVersion` read.
+//! and the legacy finalizer's removal guarded by the `resourceVersion` read.
 
 use http::{Request, Response};
+use kube::api::DynamicObject;
 use kube::client::Body;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tower_test::mock;
 
-use super::reconcile::{apply_status, set_finalizer};
-use super::{FINALIZER, status};
+use super::reconcile::{apply_status, remove_legacy_finalizer};
+use super::{LEGACY_FINALIZER, status};
 use crate::crd::{CustomerCounts, SyncPolicy, SyncPolicySpec};
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
@@ -24,10 +25,13 @@ fn policy(finalizers: &[&str]) -> SyncPolicy {
     policy
 }
 
-fn api() -> (Api<SyncPolicy>, Handle) {
+fn api() -> (Api<DynamicObject>, Handle) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "payments");
-    (Api::namespaced(client, "payments"), handle)
+    (
+        Api::namespaced_with(client, "payments", &super::api_resource()),
+        handle,
+    )
 }
 
 /// Answers the next request with `policy`, and returns the request with its JSON body.
@@ -49,8 +53,9 @@ async fn status_is_server_side_applied_to_the_subresource_as_paysync() {
     let observed = status::Observed {
         generation: Some(2),
         readiness: &readiness,
-        customers: CustomerCounts::default(),
+        customers: Some(CustomerCounts::default()),
         last_run: None,
+        database_error: None,
     };
     let new = status::desired(None, &observed, k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     let server = tokio::spawn(async move { answer(handle, &object).await });
@@ -78,12 +83,14 @@ async fn status_is_server_side_applied_to_the_subresource_as_paysync() {
 }
 
 #[tokio::test]
-async fn the_finalizer_is_added_beside_others_and_guarded_by_the_resource_version() {
+async fn removing_the_legacy_finalizer_keeps_the_others_guarded_by_the_resource_version() {
     let (api, handle) = api();
-    let object = policy(&["other.example/keep"]);
+    let object = policy(&[LEGACY_FINALIZER, "other.example/keep"]);
     let answered = object.clone();
     let server = tokio::spawn(async move { answer(handle, &answered).await });
-    set_finalizer(&api, &object, true).await.unwrap();
+    remove_legacy_finalizer(&api, &object.metadata)
+        .await
+        .unwrap();
     let (parts, body) = server.await.unwrap();
     assert_eq!(parts.method, http::Method::PATCH);
     assert_eq!(
@@ -96,20 +103,6 @@ async fn the_finalizer_is_added_beside_others_and_guarded_by_the_resource_versio
     );
     assert_eq!(
         body["metadata"],
-        json!({"finalizers": ["other.example/keep", FINALIZER], "resourceVersion": "42"})
-    );
-}
-
-#[tokio::test]
-async fn removing_the_finalizer_keeps_the_others() {
-    let (api, handle) = api();
-    let object = policy(&[FINALIZER, "other.example/keep"]);
-    let answered = object.clone();
-    let server = tokio::spawn(async move { answer(handle, &answered).await });
-    set_finalizer(&api, &object, false).await.unwrap();
-    let (_, body) = server.await.unwrap();
-    assert_eq!(
-        body["metadata"]["finalizers"],
-        json!(["other.example/keep"])
+        json!({"finalizers": ["other.example/keep"], "resourceVersion": "42"})
     );
 }

@@ -22,13 +22,16 @@ pub use status::{CustomerCounts, LastReconcile, SyncPolicyStatus, condition_type
     doc = "A Stripe account and the rules its customers sync with in paysync.",
     plural = "syncpolicies",
     shortname = "sp",
+    category = "paysync",
     namespaced,
     status = "SyncPolicyStatus",
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name": "Mode", "type": "string", "jsonPath": ".spec.mode"}"#,
-    printcolumn = r#"{"name": "Direction", "type": "string", "jsonPath": ".spec.direction"}"#,
-    printcolumn = r#"{"name": "Drift", "type": "integer", "jsonPath": ".status.lastReconcile.drift"}"#,
-    printcolumn = r#"{"name": "Last Reconcile", "type": "date", "jsonPath": ".status.lastReconcile.finishedAt"}"#,
+    printcolumn = r#"{"name": "Synced", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Synced\")].status"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Mode", "type": "string", "priority": 1, "jsonPath": ".spec.mode"}"#,
+    printcolumn = r#"{"name": "Direction", "type": "string", "priority": 1, "jsonPath": ".spec.direction"}"#,
+    printcolumn = r#"{"name": "Drift", "type": "integer", "priority": 1, "jsonPath": ".status.lastReconcile.drift"}"#,
+    printcolumn = r#"{"name": "Last Reconcile", "type": "date", "priority": 1, "jsonPath": ".status.lastReconcile.finishedAt"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -57,6 +60,9 @@ pub struct SyncPolicySpec {
     #[serde(default)]
     pub suspend: bool,
 }
+
+/// The most per-field conflict rules a policy can have.
+pub const MAX_CONFLICT_FIELDS: usize = 55;
 
 fn default_api_base() -> String {
     "https://api.stripe.com".to_owned()
@@ -131,8 +137,10 @@ pub struct ConflictRules {
     #[serde(default)]
     pub default: Resolution,
     /// Per-field overrides: `email`, `name`, `phone`, `description`, `metadata` (every key) or
-    /// `metadata.<key>` (one key).
+    /// `metadata.<key>` (one key). At most 55 (the five fields and Stripe's 50 metadata keys):
+    /// the bound keeps the CEL rule over the keys within the API server's cost budget.
     #[serde(default)]
+    #[schemars(extend("maxProperties" = MAX_CONFLICT_FIELDS))]
     #[x_kube(validation = Rule::new("self.all(f, f in ['email', 'name', 'phone', 'description', 'metadata'] || (f.startsWith('metadata.') && size(f) > 9 && size(f) <= 49))").message("fields may be email, name, phone, description, metadata or metadata.<key> (key up to 40 characters)"))]
     pub fields: BTreeMap<String, Resolution>,
 }

@@ -10,8 +10,10 @@ pub struct SyncPolicyStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` (secret found, key accepted), `Synced` (last reconcile ok), `Degraded`.
+    /// `Ready` (secret found, key accepted), `Synced` (last reconcile ok), `Degraded`; one
+    /// per type (a map list keyed by `type`, so server-side apply merges them by type).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reconcile: Option<LastReconcile>,

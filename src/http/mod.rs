@@ -68,6 +68,8 @@ pub struct AppState {
     /// Runs reconciles on demand (`POST /v1/policies/{name}/reconcile`) and knows each
     /// policy's last run.
     pub reconciler: Arc<crate::reconcile::Reconciler>,
+    /// In a cluster: whether the controller can read the SyncPolicies, checked by `/readyz`.
+    pub cluster_access: Option<Arc<crate::policy::SourceAccess>>,
 }
 
 #[derive(OpenApi)]

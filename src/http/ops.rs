@@ -52,6 +52,10 @@ pub struct ReadinessChecks {
     /// `ok` or `unreachable`; absent with the PostgreSQL transport.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<&'static str>,
+    /// In a cluster: `ok`, or why the SyncPolicies cannot be read (the CRD is not installed,
+    /// RBAC refuses); absent outside one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<String>,
 }
 
 /// Liveness: the process is up and serving HTTP.
@@ -61,7 +65,8 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: paysync can do its work (PostgreSQL answers, and Kafka when configured).
+/// Readiness: paysync can do its work (PostgreSQL answers, Kafka when configured, and in a
+/// cluster the SyncPolicies can be read).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -77,7 +82,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         Some(probe) => Some(probe.reachable(READINESS_CHECK_TIMEOUT).await),
         None => None,
     };
-    let ready = database_ok && kafka_ok.unwrap_or(true);
+    let cluster_problem = state
+        .cluster_access
+        .as_ref()
+        .and_then(|access| access.problem());
+    let ready = database_ok && kafka_ok.unwrap_or(true) && cluster_problem.is_none();
     let (status, code) = if ready {
         ("ready", StatusCode::OK)
     } else {
@@ -92,6 +101,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
             checks: ReadinessChecks {
                 database,
                 kafka: kafka_ok.map(|ok| if ok { "ok" } else { "unreachable" }),
+                kubernetes: state
+                    .cluster_access
+                    .as_ref()
+                    .map(|_| cluster_problem.unwrap_or_else(|| "ok".to_owned())),
             },
         }),
     )

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::crd::{SyncPolicy, SyncPolicySpec};
+use crate::crd::{MAX_CONFLICT_FIELDS, SyncPolicy, SyncPolicySpec};
 
 /// A policy name is the account key stored with customers and a path segment of its webhook
 /// route: a DNS label, as Kubernetes names are.
@@ -112,6 +112,12 @@ fn check_spec(spec: &SyncPolicySpec, problems: &mut Vec<String>) {
     }
     if !(1..=100).contains(&spec.reconcile.budget_share) {
         problems.push("spec.reconcile.budgetShare: must be 1 to 100".to_owned());
+    }
+    if spec.conflict.fields.len() > MAX_CONFLICT_FIELDS {
+        problems.push(format!(
+            "spec.conflict.fields: {} rules, at most {MAX_CONFLICT_FIELDS}",
+            spec.conflict.fields.len()
+        ));
     }
     let rate = &spec.rate_limit;
     for (field, value) in [

@@ -3,6 +3,7 @@
 //! feed it: the `STRIPE_*` settings (the implicit `default` policy) or a file of manifests
 //! (`PAYSYNC_POLICIES`), and in a cluster the Kubernetes controller.
 
+mod access;
 mod definition;
 pub mod file;
 mod implicit;
@@ -12,6 +13,7 @@ mod registry;
 use sqlx::PgPool;
 use tracing::{info, warn};
 
+pub use access::SourceAccess;
 pub use definition::{Credentials, NotReady, PolicyDefinition, check, interval, is_policy_name};
 pub use implicit::ImplicitPolicy;
 pub use readiness_metric::ReadinessCollector;

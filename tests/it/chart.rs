@@ -11,18 +11,18 @@ use std::process::Command;
 use serde::Deserialize as _;
 use serde_json::Value;
 
-const CHART: &str = "charts/paysync";
+pub(crate) const CHART: &str = "charts/paysync";
 
 /// Every optional feature of the chart on.
 const ALL_ON: &str = "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true,\
 metrics.dashboard.enabled=true,networkPolicy.enabled=true,ingress.enabled=true,\
 ingress.host=paysync.example.com,kafka.brokers=kafka:9092,reconcile.enabled=false";
 
-fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tool(variable: &str) -> PathBuf {
+pub(crate) fn tool(variable: &str) -> PathBuf {
     let path = std::env::var_os(variable).map(PathBuf::from);
     match path {
         Some(path) if path.exists() => path,
@@ -33,7 +33,7 @@ fn tool(variable: &str) -> PathBuf {
 }
 
 /// Runs `program` in the repository; its stdout, or the test fails with its stderr.
-fn run(program: &Path, args: &[&str]) -> String {
+pub(crate) fn run(program: &Path, args: &[&str]) -> String {
     let output = Command::new(program)
         .args(args)
         .current_dir(root())
@@ -50,7 +50,7 @@ fn run(program: &Path, args: &[&str]) -> String {
 }
 
 /// `helm` with `args`; the command's output, and whether it succeeded.
-fn helm(args: &[&str]) -> (bool, String) {
+pub(crate) fn helm(args: &[&str]) -> (bool, String) {
     let output = Command::new(tool("PAYSYNC_HELM"))
         .args(args)
         .current_dir(root())
@@ -65,7 +65,7 @@ fn helm(args: &[&str]) -> (bool, String) {
 }
 
 /// The chart rendered with `set` (none: the defaults), CRDs included, as YAML text.
-fn render_text(set: Option<&str>) -> String {
+pub(crate) fn render_text(set: Option<&str>) -> String {
     let mut args = vec![
         "template",
         "paysync",
@@ -84,7 +84,7 @@ fn render_text(set: Option<&str>) -> String {
     text
 }
 
-fn documents(yaml: &str) -> Vec<Value> {
+pub(crate) fn documents(yaml: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|doc| Value::deserialize(doc).unwrap())
         .filter(|doc| !doc.is_null())
@@ -92,7 +92,7 @@ fn documents(yaml: &str) -> Vec<Value> {
 }
 
 /// A file of the test's own under the system's temporary directory.
-fn scratch(name: &str, contents: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str, contents: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("paysync-chart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
@@ -345,7 +345,7 @@ fn every_pod_passes_the_restricted_pod_security_profile() {
 fn the_charts_crd_is_byte_identical_to_the_generated_one() {
     // crds/ against the Rust types: src/crd/tests.rs.
     let committed = std::fs::read(root().join("crds/syncpolicy.yaml")).unwrap();
-    let in_chart = std::fs::read(root().join("charts/paysync/crds/syncpolicy.yaml")).unwrap();
+    let in_chart = std::fs::read(root().join("charts/paysync/files/syncpolicy-crd.yaml")).unwrap();
     assert!(
         in_chart == committed,
         "the chart's CRD differs from crds/: run `make generate`"

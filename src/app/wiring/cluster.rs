@@ -1,13 +1,16 @@
-//! Wiring of the Kubernetes controller (policies from the cluster): the leader lock every
-//! replica contends for, and the controller itself.
+//! Wiring of the Kubernetes controller (policies from the cluster): the Lease every replica
+//! contends for, and the controller itself.
 
 use std::sync::Arc;
 
 use futures::FutureExt as _;
+use kube::Api;
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::Parts;
 use crate::app::PolicySource;
 use crate::controller::{self, Context, Leadership};
+use crate::policy::SourceAccess;
 use crate::reconcile::Reconciler;
 
 impl Parts<'_> {
@@ -17,9 +20,17 @@ impl Parts<'_> {
         let PolicySource::Kubernetes(cluster) = &self.settings.policies else {
             return None;
         };
-        let (leadership, contender) =
-            Leadership::contend(self.locks.clone(), cluster.namespace.clone());
-        self.task(move |shutdown| contender.run(shutdown).boxed());
+        let gauge = Gauge::default();
+        self.registry.register(
+            "leader",
+            "1 while this replica holds the controller's Lease (it writes SyncPolicy status and \
+             runs the scheduled reconciles), else 0",
+            gauge.clone(),
+        );
+        let leases = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+        let (leadership, elector) =
+            Leadership::contend(leases, cluster.instance.clone(), cluster.lease, gauge);
+        self.task(move |shutdown| elector.run(shutdown).boxed());
         Some(leadership)
     }
 
@@ -34,12 +45,15 @@ impl Parts<'_> {
         else {
             return;
         };
+        let access = Arc::new(SourceAccess::default());
+        self.cluster_access = Some(access.clone());
         let ctx = Arc::new(Context::new(
             cluster,
             self.policies.clone(),
             reconciler.clone(),
             self.pool.clone(),
             leadership,
+            access,
         ));
         self.task(move |shutdown| controller::run(ctx, shutdown).boxed());
     }

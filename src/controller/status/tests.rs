@@ -49,8 +49,9 @@ fn observed<'a>(readiness: &'a Readiness, last_run: Option<&'a RunReport>) -> Ob
     Observed {
         generation: Some(3),
         readiness,
-        customers: CustomerCounts::default(),
+        customers: Some(CustomerCounts::default()),
         last_run,
+        database_error: None,
     }
 }
 
@@ -183,7 +184,10 @@ fn failures_degrade_the_policy() {
         "ReconcileFailed"
     );
     let mut with_failed = observed(&ready, None);
-    with_failed.customers.failed = 2;
+    with_failed.customers = Some(CustomerCounts {
+        failed: 2,
+        ..CustomerCounts::default()
+    });
     let status = desired(None, &with_failed, at(0));
     let degraded = condition(&status, condition_types::DEGRADED);
     assert_eq!(
@@ -218,5 +222,80 @@ fn events_tell_readiness_changes_and_new_runs_once() {
     assert!(
         notices(Some(&now_ready), &now_ready).is_empty(),
         "told once"
+    );
+}
+
+#[test]
+fn a_suspended_policy_stays_ready_and_is_paused_without_a_warning() {
+    let connected = connected();
+    let before = desired(None, &observed(&connected, None), at(0));
+    let suspended = Readiness {
+        ready: false,
+        reason: reasons::SUSPENDED,
+        message: "spec.suspend".to_owned(),
+    };
+    let status = desired(Some(&before), &observed(&suspended, None), at(5));
+    let ready = condition(&status, condition_types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Suspended")
+    );
+    assert_eq!(
+        ready.last_transition_time,
+        Time(at(0)),
+        "Ready did not transition"
+    );
+    let synced = condition(&status, condition_types::SYNCED);
+    assert_eq!(
+        (synced.status.as_str(), synced.reason.as_str()),
+        ("False", "ReconcilePaused")
+    );
+    assert_eq!(
+        condition(&status, condition_types::DEGRADED).status,
+        "False"
+    );
+    let notices = notices(Some(&before), &status);
+    assert!(notices.iter().all(|n| !n.warning), "{notices:?}");
+}
+
+#[test]
+fn a_database_outage_is_not_ready_and_keeps_the_last_counts() {
+    let connected = connected();
+    let last = run("enforce", "succeeded", 2, 2, 0);
+    let mut healthy = observed(&connected, Some(&last));
+    healthy.customers = Some(CustomerCounts {
+        synced: 7,
+        ..CustomerCounts::default()
+    });
+    let before = desired(None, &healthy, at(0));
+    let outage = Observed {
+        customers: None,
+        last_run: None,
+        database_error: Some("pool timed out while waiting for an open connection"),
+        ..observed(&connected, None)
+    };
+    let status = desired(Some(&before), &outage, at(9));
+    let ready = condition(&status, condition_types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "DatabaseUnavailable")
+    );
+    assert!(
+        ready.message.contains("pool timed out"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        condition(&status, condition_types::DEGRADED).reason,
+        "DatabaseUnavailable"
+    );
+    assert_eq!(status.customers.map(|c| c.synced), Some(7));
+    assert_eq!(status.last_reconcile, before.last_reconcile);
+    let notices = notices(Some(&before), &status);
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.warning && n.reason == "DatabaseUnavailable"),
+        "{notices:?}"
     );
 }

@@ -2,7 +2,9 @@
 //! Kubernetes API ([`KubeApi`]), and the manifests a user would `kubectl apply`.
 
 use paysync::app::{PolicySource, Settings};
-use paysync::controller::Cluster;
+use std::time::Duration;
+
+use paysync::controller::{Cluster, LeaseTiming};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -15,6 +17,14 @@ use super::reconcile::spawn_app;
 pub const POLICIES: &str = "paysync.dev/v1alpha1/syncpolicies";
 pub const SECRETS: &str = "v1/secrets";
 pub const EVENTS: &str = "events.k8s.io/v1/events";
+pub const LEASES: &str = "coordination.k8s.io/v1/leases";
+
+/// Leader election at a fifth of client-go's pace, so a takeover is quick to watch.
+pub const TEST_LEASE: LeaseTiming = LeaseTiming {
+    duration: Duration::from_secs(3),
+    renew_deadline: Duration::from_secs(2),
+    retry_period: Duration::from_millis(400),
+};
 
 /// Every worker on, the policies from the namespace `payments` of `api`, as replica `name`.
 pub fn cluster_settings(api: &KubeApi, name: &str) -> Settings {
@@ -22,6 +32,7 @@ pub fn cluster_settings(api: &KubeApi, name: &str) -> Settings {
         client: api.client(name),
         namespace: "payments".to_owned(),
         instance: name.to_owned(),
+        lease: TEST_LEASE,
     };
     all_workers(
         Settings {

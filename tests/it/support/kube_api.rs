@@ -4,7 +4,8 @@
 //! kube-runtime use: list; `watch=true` (newline-delimited watch events, resumed from a
 //! `resourceVersion`); get; create; replace and merge patches (409 on a stale
 //! `resourceVersion`); server-side apply treated as a merge; the `/status` subresource
-//! (status changes never bump `generation`, spec changes do); `deletionTimestamp` and
+//! (status changes never bump `generation`, spec changes do); replace (PUT, for Leases);
+//! requests that hang for one client (`stall`); `deletionTimestamp` and
 //! finalizers (delete only marks while finalizers remain); Events. As the real server does,
 //! a write that changes nothing emits no watch event and keeps the `resourceVersion`.
 //! Each client is named, and every write is logged with its writer's name.
@@ -45,6 +46,8 @@ pub struct Write {
     pub client: String,
     pub method: Method,
     pub path: String,
+    /// When the server received it.
+    pub at: std::time::Instant,
 }
 
 struct State {
@@ -55,6 +58,12 @@ struct State {
     changes: broadcast::Sender<Change>,
     /// Status writes still to refuse with 500 (an API server having trouble).
     failing_status_writes: usize,
+    /// (client, path part): requests of that client to such a path never get an answer (a
+    /// connection that hangs), and never reach the server.
+    stalled: Vec<(String, String)>,
+    /// (path part, status): every request to such a path is refused with the status (404: a
+    /// CRD not installed; 403: RBAC refusing).
+    refused: Vec<(String, u16)>,
 }
 
 /// The server; clone it to share.
@@ -80,6 +89,8 @@ impl Default for KubeApi {
                 writes: Vec::new(),
                 changes: broadcast::channel(4096).0,
                 failing_status_writes: 0,
+                stalled: Vec::new(),
+                refused: Vec::new(),
             })),
         }
     }
@@ -148,6 +159,25 @@ impl KubeApi {
     /// Refuses the next `count` status writes with 500.
     pub fn fail_status_writes(&self, count: usize) {
         self.lock().failing_status_writes = count;
+    }
+
+    /// From now on, requests of `client` whose path contains `path_part` (e.g. `/leases`)
+    /// hang without an answer.
+    pub fn stall(&self, client: &str, path_part: &str) {
+        self.lock()
+            .stalled
+            .push((client.to_owned(), path_part.to_owned()));
+    }
+
+    /// Refuses every request whose path contains `path_part` with `status`, until
+    /// [`Self::accept`].
+    pub fn refuse(&self, path_part: &str, status: u16) {
+        self.lock().refused.push((path_part.to_owned(), status));
+    }
+
+    /// Ends every [`Self::refuse`].
+    pub fn accept(&self) {
+        self.lock().refused.clear();
     }
 
     /// Every write by clients so far.
@@ -267,6 +297,37 @@ impl tower::Service<Request<Body>> for Connection {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let connection = self.clone();
         Box::pin(async move {
+            let stalled = connection.api.lock().stalled.iter().any(|(client, part)| {
+                *client == connection.name && request.uri().path().contains(part.as_str())
+            });
+            if stalled {
+                std::future::pending::<()>().await;
+            }
+            let refused = connection
+                .api
+                .lock()
+                .refused
+                .iter()
+                .find_map(|(part, status)| {
+                    request
+                        .uri()
+                        .path()
+                        .contains(part.as_str())
+                        .then_some(*status)
+                });
+            if let Some(status) = refused {
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+                let reason = if status == 404 {
+                    "NotFound"
+                } else {
+                    "Forbidden"
+                };
+                return Ok(full(
+                    code,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("refused by the test: {reason}"), "reason": reason, "code": status}),
+                ));
+            }
             let (parts, body) = request.into_parts();
             let body = body.collect_bytes().await.unwrap_or_default();
             Ok(serve::handle(&connection, &parts, &body))

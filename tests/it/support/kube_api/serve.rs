@@ -72,6 +72,7 @@ pub(super) fn handle(
             client: connection.name.clone(),
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
+            at: std::time::Instant::now(),
         });
     }
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
@@ -89,6 +90,7 @@ pub(super) fn handle(
             None => failure(StatusCode::NOT_FOUND, "NotFound", &name),
         },
         (&Method::POST, None) => create(connection, &route, body),
+        (&Method::PUT, Some(name)) => replace(connection, &route, &name, body),
         (&Method::PATCH, Some(name)) => {
             let content_type = parts
                 .headers
@@ -191,6 +193,31 @@ fn create(connection: &Connection, route: &Route, object: Value) -> Response<Res
     }
     let stored = state.store(key, object, &connection.name);
     full(StatusCode::CREATED, &stored)
+}
+
+/// Replaces an object (PUT); its `metadata.resourceVersion`, when given, must be the current
+/// one (409 otherwise), as leader election relies on.
+fn replace(
+    connection: &Connection,
+    route: &Route,
+    name: &str,
+    object: Value,
+) -> Response<ResponseBody> {
+    let key = route.key(name);
+    let mut state = connection.api.lock();
+    let Some(current) = state.objects.get(&key).cloned() else {
+        return failure(StatusCode::NOT_FOUND, "NotFound", name);
+    };
+    let expected = &object["metadata"]["resourceVersion"];
+    if !expected.is_null() && *expected != current["metadata"]["resourceVersion"] {
+        return failure(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified",
+        );
+    }
+    let stored = state.store(key, object, &connection.name);
+    full(StatusCode::OK, &stored)
 }
 
 /// Merge patch, strategic merge and server-side apply, all as a JSON merge patch (RFC 7386);
