@@ -329,69 +329,115 @@ async fn a_sigkill_mid_sync_loses_and_duplicates_nothing_kafka_transport(pool: P
 }
 
 /// A REST change reaches Stripe through a Kafka that speaks TLS only, `KAFKA_OPTIONS` as a
-/// managed Kafka needs them: `SSL` with the CA, and `SASL_SSL` with PLAIN (tansu checks no
-/// PLAIN password, so what this shows is the SASL exchange over TLS, not a refusal).
+/// managed Kafka needs them (`SSL` with the CA that signed the broker's certificate).
 #[sqlx::test]
 async fn changes_reach_stripe_through_kafka_over_tls(pool: PgPool) {
-    for authentication in [false, true] {
-        let broker = TlsTansu::start(authentication).await;
-        let ca = broker.certs.ca.display().to_string();
-        let mut env = stripe_env();
-        env.push(("DATABASE_URL", database_url(&pool)));
-        env.push(("KAFKA_BROKERS", broker.brokers()));
-        env.push(("KAFKA_PARTITIONS", "1".to_owned()));
-        let options = if authentication {
-            format!(
-                "security.protocol=SASL_SSL,sasl.mechanisms=PLAIN,sasl.username=paysync,ssl.ca.location={ca}"
+    let broker = TlsTansu::start(false).await;
+    let mut env = stripe_env();
+    env.push(("DATABASE_URL", database_url(&pool)));
+    env.push(("KAFKA_BROKERS", broker.brokers()));
+    env.push(("KAFKA_PARTITIONS", "1".to_owned()));
+    env.push((
+        "KAFKA_OPTIONS",
+        format!(
+            "security.protocol=SSL,ssl.ca.location={}",
+            broker.certs.ca.display()
+        ),
+    ));
+    let server = ServeProcess::start(&env).await;
+    let email = unique_email("kafka-tls");
+    let created: Value = server
+        .post(
+            &reqwest::Client::new(),
+            "/v1/customers",
+            &json!({"email": email}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_for(
+        "the customer to reach Stripe over TLS",
+        Duration::from_secs(60),
+        || async {
+            let synced: i64 = sqlx::query_scalar(
+                "select stripe_synced_version from customers where id = $1::uuid",
             )
-        } else {
-            format!("security.protocol=SSL,ssl.ca.location={ca}")
-        };
-        env.push(("KAFKA_OPTIONS", options));
-        env.push((
-            "KAFKA_SASL_PASSWORD",
-            "kafka-password-must-not-be-logged".to_owned(),
-        ));
-        let server = ServeProcess::start(&env).await;
-        let email = unique_email("kafka-tls");
-        let created: Value = server
-            .post(
-                &reqwest::Client::new(),
-                "/v1/customers",
-                &json!({"email": email}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
+            .bind(&id)
+            .fetch_one(&pool)
             .await
             .unwrap();
-        let id = created["id"].as_str().unwrap().to_owned();
-        wait_for(
-            "the customer to reach Stripe over TLS",
-            Duration::from_secs(60),
-            || async {
-                let synced: i64 = sqlx::query_scalar(
-                    "select stripe_synced_version from customers where id = $1::uuid",
-                )
-                .bind(&id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-                if synced == 1 {
-                    Ok(())
-                } else {
-                    Err(synced.to_string())
-                }
-            },
-        )
-        .await;
-        let logs = server.sigterm_and_wait().await;
-        assert!(
-            !logs.contains("kafka-password-must-not-be-logged"),
-            "{logs}"
-        );
-    }
+            if synced == 1 {
+                Ok(())
+            } else {
+                Err(synced.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        Localstripe::new().customers_with_email(&email).await.len(),
+        1
+    );
+    server.sigterm_and_wait().await;
+}
+
+/// SASL over TLS (`SASL_SSL`, SCRAM-SHA-512, the password from KAFKA_SASL_PASSWORD) is
+/// exchanged with a broker that requires it; a refused login stops start-up with the
+/// broker's answer, and the password is never logged. (tansu 0.6 creates SCRAM users only
+/// over an authenticated connection and offers no PLAIN, so a successful login cannot be
+/// shown with it.)
+#[sqlx::test]
+async fn sasl_over_tls_is_exchanged_and_a_refused_login_stops_start_up(pool: PgPool) {
+    let broker = TlsTansu::start(true).await;
+    let output = kafka_start_up(
+        &pool,
+        &broker,
+        format!(
+            "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=paysync,ssl.ca.location={}",
+            broker.certs.ca.display()
+        ),
+    )
+    .await;
+    assert_eq!(output.0, Some(1), "{}", output.1);
+    assert!(
+        output.1.contains("SASL SCRAM authentication failed"),
+        "{}",
+        output.1
+    );
+    assert!(
+        !output.1.contains("kafka-password-must-not-be-logged"),
+        "{}",
+        output.1
+    );
+}
+
+/// `paysync serve` against `broker` with `options`: its exit code and its output.
+async fn kafka_start_up(
+    pool: &PgPool,
+    broker: &TlsTansu,
+    options: String,
+) -> (Option<i32>, String) {
+    let output = paysync()
+        .arg("serve")
+        .env("DATABASE_URL", database_url(pool))
+        .env("PAYSYNC_API_TOKENS", TOKEN)
+        .env("PAYSYNC_LISTEN", "127.0.0.1:0")
+        .env("KAFKA_BROKERS", broker.brokers())
+        .env("KAFKA_OPTIONS", options)
+        .env("KAFKA_SASL_PASSWORD", "kafka-password-must-not-be-logged")
+        .output()
+        .await
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), logs)
 }
 
 /// A Kafka whose certificate the configured CA did not sign stops start-up with an error that
@@ -399,25 +445,17 @@ async fn changes_reach_stripe_through_kafka_over_tls(pool: PgPool) {
 #[sqlx::test]
 async fn a_kafka_certificate_from_another_ca_fails_at_start_up(pool: PgPool) {
     let broker = TlsTansu::start(false).await;
-    let output = paysync()
-        .arg("serve")
-        .env("DATABASE_URL", database_url(&pool))
-        .env("PAYSYNC_API_TOKENS", TOKEN)
-        .env("PAYSYNC_LISTEN", "127.0.0.1:0")
-        .env("KAFKA_BROKERS", broker.brokers())
-        .env(
-            "KAFKA_OPTIONS",
-            format!(
-                "security.protocol=SSL,ssl.ca.location={}",
-                broker.certs.other_ca.display()
-            ),
-        )
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let logs = String::from_utf8_lossy(&output.stdout);
-    assert!(logs.contains("certificate verify failed"), "{logs}");
+    let options = format!(
+        "security.protocol=SSL,ssl.ca.location={}",
+        broker.certs.other_ca.display()
+    );
+    let (code, logs) = kafka_start_up(&pool, &broker, options).await;
+    assert_eq!(code, Some(1), "{logs}");
+    let failure = logs
+        .lines()
+        .find(|line| line.contains("paysync failed"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(failure.contains("certificate verify failed"), "{failure}");
 }
 
 /// The real binary over a real Kafka-protocol broker (tansu, a separate program), both ways:
