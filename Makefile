@@ -17,7 +17,7 @@ fmt:
 generate:       ## regenerate committed artefacts (CI fails when they are stale)
 	cargo run --locked -q -- openapi > docs/openapi.json
 	cargo run --locked -q -- crd > crds/syncpolicy.yaml
-	cp crds/syncpolicy.yaml charts/paysync/crds/syncpolicy.yaml
+	cp crds/syncpolicy.yaml charts/paysync/files/syncpolicy-crd.yaml
 
 services:       ## start PostgreSQL, localstripe and the tansu Kafka broker
 	scripts/services up --kafka

@@ -46,31 +46,48 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default .Release.Namespace .Values.watchNamespace }}
 {{- end }}
 
-{{/* The image reference. */}}
+{{/* The image reference: by digest when one is given, else by tag. */}}
 {{- define "paysync.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
-
-{{/* The restricted Pod Security profile: non-root, no privilege escalation, no capabilities,
-     the runtime's default seccomp profile, a read-only root filesystem. */}}
-{{- define "paysync.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
 {{- end }}
 
-{{- define "paysync.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop:
-    - ALL
-seccompProfile:
-  type: RuntimeDefault
+{{/* A name with a suffix, the whole within Kubernetes' 63 characters. */}}
+{{- define "paysync.suffixedName" -}}
+{{- $suffix := index . 1 }}
+{{- printf "%s-%s" (include "paysync.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix }}
+{{- end }}
+
+{{/* Labels of the migration Job's pods: the release's, never the Deployment's selector
+     (the Service, PodDisruptionBudget and NetworkPolicy select by it). */}}
+{{- define "paysync.migrationPodLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: paysync
+app.kubernetes.io/component: migrate
+{{- end }}
+
+{{/* The CA volume (ca.secretName or ca.configMapName), mounted at /etc/paysync/ca. */}}
+{{- define "paysync.caVolume" -}}
+{{- if .Values.ca.secretName }}
+- name: ca
+  secret:
+    secretName: {{ .Values.ca.secretName }}
+{{- else if .Values.ca.configMapName }}
+- name: ca
+  configMap:
+    name: {{ .Values.ca.configMapName }}
+{{- end }}
+{{- end }}
+
+{{- define "paysync.caVolumeMount" -}}
+{{- if or .Values.ca.secretName .Values.ca.configMapName }}
+- name: ca
+  mountPath: /etc/paysync/ca
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* The database URL, from the existing Secret the values name. */}}
