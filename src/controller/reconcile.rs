@@ -23,7 +23,7 @@ use super::object::{Seen, parse, unparseable};
 use super::status::{self, Notice, Observed};
 use super::{Context, FIELD_MANAGER, LEGACY_FINALIZER, definition};
 use crate::backoff::DEPENDENCY_BACKOFF;
-use crate::crd::{CustomerCounts, SyncPolicy, SyncPolicyStatus, reasons};
+use crate::crd::{CustomerCounts, SyncPolicyStatus, reasons};
 use crate::policy::{self, Readiness};
 use crate::store::{self, customers};
 
@@ -31,7 +31,7 @@ use crate::store::{self, customers};
 const CHECKING_AGAIN: Duration = Duration::from_secs(1);
 /// How soon a policy that syncs is looked at again: its counts refresh, and a database that
 /// became unreadable shows in its status within this long (an unchanged status is not
-/// written).
+/// written; a finished reconcile run triggers a look of its own).
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// How soon a policy that cannot sync is looked at again (a change to it or its Secret
 /// triggers a reconcile at once anyway).
@@ -56,28 +56,26 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         ctx.feed.remove(&name);
         return Ok(Action::await_change());
     }
-    let policy = match parse(&object) {
+    match parse(&object) {
         Ok(policy) => {
             let secret = ctx
                 .secrets
                 .get_opt(&policy.spec.stripe_secret_ref.name)
                 .await?;
             ctx.feed.set(definition(&policy, secret.as_ref()));
-            Some(policy)
         }
         Err(problem) => {
             warn!(policy = %name, %problem, "the SyncPolicy does not parse: it is Invalid, the others sync on");
             ctx.feed.set(unparseable(&name, &problem));
-            None
         }
-    };
+    }
     let readiness = readiness(&ctx, &name).await;
     // Asked again after the awaits above: leadership may have ended meanwhile.
     if ctx.leader.is_leader() {
         write_status(&ctx, &seen, &readiness).await?;
     }
     ctx.failures().remove(&name);
-    Ok(Action::requeue(next_look(policy.as_ref(), &readiness)))
+    Ok(Action::requeue(next_look(&readiness)))
 }
 
 /// Retries a failed reconcile with backoff (a fifth of a second, doubling up to half a
@@ -115,12 +113,9 @@ async fn readiness(ctx: &Context, name: &str) -> Readiness {
     policy.readiness()
 }
 
-fn next_look(policy: Option<&SyncPolicy>, readiness: &Readiness) -> Duration {
+fn next_look(readiness: &Readiness) -> Duration {
     if readiness.ready {
-        policy
-            .and_then(|p| policy::interval(&p.spec))
-            .unwrap_or(STATUS_REFRESH)
-            .min(STATUS_REFRESH)
+        STATUS_REFRESH
     } else if readiness.reason == "Checking" {
         CHECKING_AGAIN
     } else {

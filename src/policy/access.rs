@@ -3,7 +3,7 @@
 //! which looks healthy from outside: the controller records the problem here, `/readyz` fails
 //! with it, and it is logged at error level until the policies can be read again.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use tracing::{error, info};
 
@@ -34,9 +34,6 @@ impl SourceAccess {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        match self.problem.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.problem.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -248,9 +248,9 @@ pub async fn watch(
     shutdown: CancellationToken,
 ) {
     let (tx, mut changed) = mpsc::unbounded_channel();
-    let source = path.clone();
+    let (source, directory) = (path.clone(), path.is_dir());
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| touches(&source, &event)) {
+        if event.is_ok_and(|event| touches(&source, directory, &event)) {
             let _ = tx.send(());
         }
     })
@@ -297,9 +297,10 @@ fn watched_folder(path: &Path) -> PathBuf {
     }
 }
 
-/// Whether `event` may have changed the source at `path`: a write, creation, removal or
-/// rename of the file itself (or of a YAML file in the directory), never a read.
-fn touches(path: &Path, event: &notify::Event) -> bool {
+/// Whether `event` may have changed the source at `path` (a `directory` of YAML files or one
+/// file): a write, creation, removal or rename of the file itself (or of a YAML file in the
+/// directory), never a read.
+fn touches(path: &Path, directory: bool, event: &notify::Event) -> bool {
     use notify::EventKind;
     use notify::event::ModifyKind;
     let writes = match event.kind {
@@ -309,7 +310,7 @@ fn touches(path: &Path, event: &notify::Event) -> bool {
     };
     writes
         && event.paths.iter().any(|changed| {
-            if path.is_dir() {
+            if directory {
                 is_yaml(changed)
             } else {
                 changed.file_name() == path.file_name()

@@ -346,12 +346,24 @@ async fn changes_reach_stripe_through_kafka_over_tls(pool: PgPool) {
     ));
     let server = ServeProcess::start(&env).await;
     let email = unique_email("kafka-tls");
+    create_and_wait_synced(&server, &pool, &json!({"email": email}), "over TLS").await;
+    assert_eq!(
+        Localstripe::new().customers_with_email(&email).await.len(),
+        1
+    );
+    server.sigterm_and_wait().await;
+}
+
+/// Creates a customer through the server's REST API and waits until its first version reached
+/// Stripe (`how`: by which path, for the failure message); its id.
+async fn create_and_wait_synced(
+    server: &ServeProcess,
+    pool: &PgPool,
+    body: &Value,
+    how: &str,
+) -> String {
     let created: Value = server
-        .post(
-            &reqwest::Client::new(),
-            "/v1/customers",
-            &json!({"email": email}),
-        )
+        .post(&reqwest::Client::new(), "/v1/customers", body)
         .send()
         .await
         .unwrap()
@@ -359,30 +371,22 @@ async fn changes_reach_stripe_through_kafka_over_tls(pool: PgPool) {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    wait_for(
-        "the customer to reach Stripe over TLS",
-        Duration::from_secs(60),
-        || async {
-            let synced: i64 = sqlx::query_scalar(
-                "select stripe_synced_version from customers where id = $1::uuid",
-            )
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            if synced == 1 {
-                Ok(())
-            } else {
-                Err(synced.to_string())
-            }
-        },
-    )
+    let what = format!("the customer to reach Stripe {how}");
+    wait_for(&what, Duration::from_secs(60), || async {
+        let synced: i64 =
+            sqlx::query_scalar("select stripe_synced_version from customers where id = $1::uuid")
+                .bind(&id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if synced == 1 {
+            Ok(())
+        } else {
+            Err(synced.to_string())
+        }
+    })
     .await;
-    assert_eq!(
-        Localstripe::new().customers_with_email(&email).await.len(),
-        1
-    );
-    server.sigterm_and_wait().await;
+    id
 }
 
 /// SASL over TLS (`SASL_SSL`, SCRAM-SHA-512, the password from KAFKA_SASL_PASSWORD) is
@@ -476,38 +480,8 @@ async fn changes_travel_both_ways_through_tansu(pool: PgPool) {
     let server = ServeProcess::start(&env).await;
     let client = reqwest::Client::new();
     let email = unique_email("tansu");
-    let created: Value = server
-        .post(
-            &client,
-            "/v1/customers",
-            &json!({"email": email, "name": "Through tansu"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
-    wait_for(
-        "the customer to reach Stripe through tansu",
-        Duration::from_secs(60),
-        || async {
-            let state: (i64, Option<String>) = sqlx::query_as(
-                "select stripe_synced_version, stripe_id from customers where id = $1::uuid",
-            )
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            if state.0 == 1 {
-                Ok(())
-            } else {
-                Err(format!("{state:?}"))
-            }
-        },
-    )
-    .await;
+    let body = json!({"email": email, "name": "Through tansu"});
+    let id = create_and_wait_synced(&server, &pool, &body, "through tansu").await;
     let found = Localstripe::new().customers_with_email(&email).await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["name"], "Through tansu");

@@ -345,13 +345,7 @@ async fn readyz_fails_while_the_policies_cannot_be_read(pool: PgPool) {
     .await;
     api.accept();
     wait_for("readyz to pass", DEADLINE, || async {
-        let response = app
-            .request(reqwest::Method::GET, "/readyz")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
+        let (status, body) = readyz(&app).await;
         if status == StatusCode::OK && body["checks"]["kubernetes"] == "ok" {
             Ok(())
         } else {
@@ -362,16 +356,19 @@ async fn readyz_fails_while_the_policies_cannot_be_read(pool: PgPool) {
     app.stop_replica().await;
 }
 
+async fn readyz(app: &TestApp) -> (StatusCode, Value) {
+    let response = app
+        .request(reqwest::Method::GET, "/readyz")
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
 /// Waits until `/readyz` answers 503 with a Kubernetes problem; the problem.
 async fn wait_unready(app: &TestApp) -> String {
     wait_for("readyz to fail", DEADLINE, || async {
-        let response = app
-            .request(reqwest::Method::GET, "/readyz")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
+        let (status, body) = readyz(app).await;
         match body["checks"]["kubernetes"].as_str() {
             Some(problem) if status == StatusCode::SERVICE_UNAVAILABLE && problem != "ok" => {
                 Ok(problem.to_owned())

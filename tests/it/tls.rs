@@ -1,10 +1,11 @@
-//! TLS to PostgreSQL, against a server of the test's own that accepts only TLS: the `sslmode`
-//! values and `sslrootcert` as managed PostgreSQL needs them, and start-up errors that name the
-//! cause (`paysync migrate` and `paysync serve` connect the same way).
+//! Connecting to PostgreSQL. TLS, against a server of the test's own that accepts only TLS:
+//! the `sslmode` values and `sslrootcert` as managed PostgreSQL needs them, and start-up errors
+//! that name the cause (`paysync migrate` and `paysync serve` connect the same way). And the
+//! sessions paysync opens: named, and probed by the server.
 
 use std::process::Output;
 
-use crate::support::serve_process::paysync;
+use crate::support::serve_process::{database_url, paysync};
 use crate::support::tls_postgres::TlsPostgres;
 
 async fn migrate(url: &str) -> Output {
@@ -98,4 +99,39 @@ async fn verify_full_checks_the_ca_and_the_host_and_says_which_failed() {
         "{}",
         logs(&serve)
     );
+}
+
+/// Every session paysync opens names itself (`pg_stat_activity` shows `paysync`) and has the
+/// server probe it, so a replica whose node died frees its locks within a minute; a name the
+/// URL gives wins.
+#[sqlx::test]
+async fn sessions_name_themselves_and_are_probed_by_the_server(pool: sqlx::PgPool) {
+    let url = database_url(&pool);
+    let paysync = paysync::store::connect(&url.clone().into(), 2)
+        .await
+        .unwrap();
+    let (name, idle, interval, count): (String, String, String, String) = sqlx::query_as(
+        "select current_setting('application_name'), current_setting('tcp_keepalives_idle'), \
+         current_setting('tcp_keepalives_interval'), current_setting('tcp_keepalives_count')",
+    )
+    .fetch_one(&paysync)
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            name.as_str(),
+            idle.as_str(),
+            interval.as_str(),
+            count.as_str()
+        ),
+        ("paysync", "30", "10", "3")
+    );
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let named = format!("{url}{separator}application_name=billing-worker");
+    let named = paysync::store::connect(&named.into(), 1).await.unwrap();
+    let name: String = sqlx::query_scalar("select current_setting('application_name')")
+        .fetch_one(&named)
+        .await
+        .unwrap();
+    assert_eq!(name, "billing-worker");
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -125,17 +125,17 @@ struct StartUpContext {
 
 impl StartUpContext {
     fn last_error(&self) -> Option<String> {
-        match self.last_error.lock() {
-            Ok(last) => last.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn keep(&self, reason: &str) {
-        match self.last_error.lock() {
-            Ok(mut last) => *last = Some(reason.to_owned()),
-            Err(poisoned) => *poisoned.into_inner() = Some(reason.to_owned()),
-        }
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
     }
 }
 
