@@ -114,7 +114,7 @@ async fn connect_to_schema(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
 /// `paysync migrate`.
 pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
     let pool = connect(&args).await?;
-    store::migrate(&pool).await?;
+    store::migrate(&pool, &args.mirror_schema).await?;
     info!("database schema is up to date");
     pool.close().await;
     Ok(())

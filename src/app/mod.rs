@@ -4,6 +4,7 @@
 //! before serving) but starts nothing; [`Application::run`] starts every task.
 
 mod cli;
+mod handlers;
 mod janitor;
 mod reconcile;
 mod settings;

@@ -14,8 +14,9 @@ use tracing::info;
 
 use super::PolicySource;
 use super::cli::connect;
+use super::handlers::handlers;
 use super::settings::{cluster, policy_source, stripe_calls};
-use super::wiring::{handlers, load_policies};
+use super::wiring::load_policies;
 use crate::config::{PlanFormat, ReconcileArgs, ServeArgs};
 use crate::controller;
 use crate::metrics;
@@ -91,7 +92,13 @@ async fn reconciler(
         pool.clone(),
         Arc::new(DeadLetterMetrics::register(&mut registry)),
     );
-    let handlers = handlers(calls, pool, &locks, &policies, &dead_letters, &mut registry);
+    let handlers = handlers(
+        calls,
+        (pool, &locks),
+        &policies,
+        (&dead_letters, &serve.database.mirror_schema),
+        &mut registry,
+    );
     let reconciler = Reconciler::new(
         pool.clone(),
         locks,

@@ -15,7 +15,7 @@ use crate::backoff::Backoff;
 use crate::config::{InboundArgs, KafkaArgs, KubernetesMode, OutboundArgs, ServeArgs};
 use crate::controller::{Cluster, LeaseTiming};
 use crate::crd::Resolution;
-use crate::domain::ConflictPolicy;
+use crate::domain::{ConflictPolicy, MirrorSchema};
 use crate::http::{ApiAuth, ServerLimits};
 use crate::policy::{ImplicitPolicy, PolicyDefinition};
 use crate::store;
@@ -54,6 +54,8 @@ pub struct Settings {
     /// Reconcile each policy every `reconcile.interval` (after the last run any replica
     /// finished) in this process.
     pub reconcile: bool,
+    /// The schema of the billing mirror's tables.
+    pub mirror_schema: MirrorSchema,
 }
 
 /// Where the policies come from.
@@ -90,7 +92,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_migrate {
         info!("skipping migrations (--no-migrate)");
     } else {
-        store::migrate(&pool).await?;
+        store::migrate(&pool, &args.database.mirror_schema).await?;
         info!("database schema is up to date");
     }
     let settings = Settings {
@@ -112,6 +114,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         webhook_tolerance: args.stripe.stripe_webhook_tolerance,
         outbound: outbound_settings(&args.outbound),
         inbound: inbound_settings(&args.inbound, &args.outbound),
+        mirror_schema: args.database.mirror_schema.clone(),
         apply_on_arrival: args.inbound.apply_on_arrival,
         catch_up: catch_up_interval(&args.inbound),
         kafka: kafka_settings(&args.kafka),

@@ -10,6 +10,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tracing::info;
 
+use super::handlers::handlers;
 use super::{PolicySource, Settings, StripeCalls, Task, janitor};
 use crate::controller::Leadership;
 use crate::http::{AppState, HttpMetrics, RejectionLog, WebhookIngress, WebhookMetrics};
@@ -19,12 +20,10 @@ use crate::policy::{self, PolicyRegistry, ReadinessCollector, SourceAccess, Stri
 use crate::reconcile::{Handlers, ReconcileMetrics, Reconciler};
 use crate::store::locks::{CUSTOMER_LOCK_SESSIONS, LockPool};
 use crate::stripe::{HttpStripe, RateLimit, StripeMetrics, StripeSettings};
+use crate::sync::EventQueue;
 use crate::sync::catch_up::{CatchUp, CatchUpMetrics};
 use crate::sync::dead_letters::{DeadLetterMetrics, DeadLetters};
-use crate::sync::inbound::InboundMetrics;
-use crate::sync::outbound::OutboundMetrics;
 use crate::sync::queue_health::{self, QueueHealth, QueueMetrics};
-use crate::sync::{EventQueue, InboundHandler, InboundSync, OutboundRetry, OutboundSync};
 use crate::transport::InboundQueue;
 use crate::transport::kafka::{self, KafkaProbe, KafkaSettings};
 use crate::transport::pg::{self, InboxWriter, InboxWriterMetrics};
@@ -91,10 +90,9 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
     parts.add_policy_watch();
     let handlers = handlers(
         settings.stripe_calls,
-        &parts.pool,
-        &parts.locks,
+        (&parts.pool, &parts.locks),
         &parts.policies,
-        &parts.dead_letters,
+        (&parts.dead_letters, &settings.mirror_schema),
         &mut parts.registry,
     );
     let queue = parts.inbound_queue(&handlers);
@@ -110,37 +108,6 @@ pub async fn wire(settings: &Settings, pool: &PgPool) -> anyhow::Result<Wired> {
         rejections: RejectionLog::default(),
     });
     Ok(parts.finish(webhooks, reconciler))
-}
-
-/// The handlers every worker and the reconciler hand work to, with their metric groups.
-pub(super) fn handlers(
-    calls: StripeCalls,
-    pool: &PgPool,
-    locks: &LockPool,
-    policies: &Arc<PolicyRegistry>,
-    dead_letters: &DeadLetters,
-    registry: &mut Registry,
-) -> Handlers {
-    let retry = OutboundRetry {
-        max_attempts: calls.max_attempts,
-        backoff: calls.backoff,
-        create_in_flight: calls.timeout + calls.create_fence,
-    };
-    let outbound = Arc::new(OutboundSync::new(
-        pool.clone(),
-        locks.clone(),
-        policies.clone(),
-        dead_letters.clone(),
-        Arc::new(OutboundMetrics::register(registry)),
-        retry,
-    ));
-    let inbound = Arc::new(InboundSync::new(
-        pool.clone(),
-        policies.clone(),
-        dead_letters.clone(),
-        Arc::new(InboundMetrics::register(registry)),
-    ));
-    Handlers { outbound, inbound }
 }
 
 /// Connections held while waiting on Stripe or Kafka, apart from the pool serving requests.
@@ -261,7 +228,7 @@ impl Parts<'_> {
             },
             None => {
                 let applying = self.settings.inbound.is_some() && self.settings.apply_on_arrival;
-                let applier = applying.then(|| handlers.inbound.clone() as Arc<dyn InboundHandler>);
+                let applier = applying.then(|| handlers.pipeline.clone());
                 let (writer, tasks) = InboxWriter::new(self.pool.clone(), applier, writer_metrics);
                 self.task(move |_| async move { tasks.spawn() }.boxed());
                 InboundQueue::Postgres(writer)
@@ -314,7 +281,7 @@ impl Parts<'_> {
         let Some(inbound) = self.settings.inbound else {
             return Ok(());
         };
-        let handler: Arc<dyn InboundHandler> = handlers.inbound.clone();
+        let handler = handlers.pipeline.clone();
         let (pool, locks, inbox) = (self.pool.clone(), self.locks.clone(), inbound);
         let inbox_handler = handler.clone();
         self.task(move |shutdown| {

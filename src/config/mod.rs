@@ -8,7 +8,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use secrecy::SecretString;
 
-use crate::domain::ConflictPolicy;
+use crate::domain::{ConflictPolicy, MirrorSchema};
 use crate::telemetry::LogFormat;
 
 mod commands;
@@ -245,6 +245,11 @@ pub struct DatabaseArgs {
     /// Most connections paysync keeps open to PostgreSQL.
     #[arg(long, env = "PAYSYNC_DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_max_connections: u32,
+
+    /// The schema the billing mirror's tables live in (created if missing; tables of
+    /// supabase/stripe-sync-engine already there are taken over in place).
+    #[arg(long, env = "PAYSYNC_MIRROR_SCHEMA", default_value = "stripe", value_parser = MirrorSchema::parse)]
+    pub mirror_schema: MirrorSchema,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -59,6 +59,7 @@ pub fn unparseable(name: &str, problem: &str) -> PolicyDefinition {
         reconcile: ReconcileSettings::default(),
         rate_limit: RateLimit::default(),
         suspend: true,
+        objects: None,
     };
     PolicyDefinition {
         name: name.to_owned(),

@@ -4,6 +4,7 @@
 //! (enums, ranges, patterns, CEL for cross-field rules) are in it, so the API server refuses a
 //! bad policy, and the file source checks the same CEL rules with `kube`'s evaluator.
 
+mod objects;
 mod status;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use objects::{MirroredObject, mirrors};
 pub use status::{CustomerCounts, LastReconcile, SyncPolicyStatus, condition_types, reasons};
 
 #[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -59,6 +61,11 @@ pub struct SyncPolicySpec {
     /// Stops all sync of this account (nothing is read or written) until unset.
     #[serde(default)]
     pub suspend: bool,
+    /// The Stripe objects mirrored into PostgreSQL; every kind paysync mirrors when unset.
+    /// The mirror is one-way and follows neither `direction` nor `adoption`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 12))]
+    pub objects: Option<Vec<MirroredObject>>,
 }
 
 /// The most per-field conflict rules a policy can have.

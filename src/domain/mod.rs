@@ -8,6 +8,7 @@ mod customer;
 mod email;
 mod ids;
 pub mod metadata;
+mod schema_name;
 mod text;
 
 pub use conflict::ConflictPolicy;
@@ -17,6 +18,7 @@ pub use customer::{
 pub use email::{EMAIL_PATTERN, Email, MAX_EMAIL_CHARS};
 pub use ids::{CustomerId, StripeCustomerId};
 pub use metadata::{MAX_USER_KEYS, Metadata, MetadataPatch, RESERVED_PREFIX};
+pub use schema_name::MirrorSchema;
 pub use text::{Description, MULTI_LINE_PATTERN, Name, Phone, SINGLE_LINE_PATTERN};
 
 /// The account (SyncPolicy) of the `STRIPE_*` settings, and of customers created without one.

@@ -185,7 +185,7 @@ async fn receive(
     let verifier = policy_verifier(ingress, metrics, policy)?;
     let event = verified_event(ingress, (policy, &verifier), metrics, peer, headers, body)?
         .for_account(policy);
-    if !event.is_handled() {
+    if !crate::sync::handles(&event) {
         count(metrics, policy, "ignored_type");
         return Ok(Json(WebhookReceipt {
             received: true,

@@ -44,6 +44,7 @@ impl ImplicitPolicy {
                 burst: self.burst,
             },
             suspend: false,
+            objects: None,
         };
         PolicyDefinition {
             name: DEFAULT_ACCOUNT.to_owned(),

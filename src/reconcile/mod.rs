@@ -35,7 +35,7 @@ pub use plan::{PlanSink, Progress};
 use crate::policy::PolicyRegistry;
 use crate::store::locks::LockPool;
 use crate::store::reconcile_runs::{RunCounts, RunRow};
-use crate::sync::{InboundSync, OutboundHandler};
+use crate::sync::{InboundHandler, InboundSync, OutboundHandler};
 
 /// Why a run was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +128,8 @@ pub enum RunError {
 pub struct Handlers {
     pub outbound: Arc<dyn OutboundHandler>,
     pub inbound: Arc<InboundSync>,
+    /// What the transports hand Stripe events to (customers and the billing mirror).
+    pub pipeline: Arc<dyn InboundHandler>,
 }
 
 /// Runs reconciles; shared by the schedule, the API and the CLI.

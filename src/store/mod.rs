@@ -9,6 +9,7 @@ pub mod customers;
 pub mod dead_letters;
 pub mod idempotency;
 pub mod locks;
+pub mod mirror;
 pub mod outbox;
 pub mod processed_events;
 pub mod reconcile_runs;
@@ -21,7 +22,7 @@ pub use wakeup::Wakeup;
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{CustomerId, ValidationError};
+use crate::domain::{CustomerId, MirrorSchema, ValidationError};
 
 /// The schema, embedded in the binary so `paysync migrate` needs no files at run time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -160,6 +161,8 @@ pub async fn has_schema(conn: &mut sqlx::PgConnection) -> Result<bool> {
 
 /// Applies pending migrations; safe to run concurrently from several replicas (sqlx takes an
 /// advisory lock).
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    anyhow::Context::context(MIGRATOR.run(pool).await, "applying database migrations")
+/// Then the billing mirror's schema.
+pub async fn migrate(pool: &PgPool, mirror_schema: &MirrorSchema) -> anyhow::Result<()> {
+    anyhow::Context::context(MIGRATOR.run(pool).await, "applying database migrations")?;
+    mirror::migrate(pool, mirror_schema).await
 }

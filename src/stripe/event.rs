@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::domain::{DEFAULT_ACCOUNT, StripeCustomerId};
 
@@ -49,6 +50,9 @@ pub struct StripeEvent {
     pub created: i64,
     /// The Stripe customer the event is about (the Kafka key), when it is a well-formed id.
     pub customer_id: Option<String>,
+    /// The id of the object the event carries (any kind), when it has one: the Kafka key of
+    /// an event about something else than a customer, so one object's events stay in order.
+    pub object_id: Option<String>,
     /// The event's JSON exactly as received.
     pub raw: String,
     /// The policy (Stripe account) the event came for: its webhook route, or the account
@@ -83,12 +87,19 @@ struct DataHead<'a> {
     object: ObjectHead<'a>,
 }
 
+/// The object's `id` and `object` as they are, whatever their JSON type: an object whose id is
+/// not a string is still an event, which the worker dead-letters with the reason.
 #[derive(Deserialize)]
 struct ObjectHead<'a> {
     #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    object: Option<Cow<'a, str>>,
+    object: Option<&'a RawValue>,
+}
+
+/// A raw JSON value if it is a string.
+fn text(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
 }
 
 #[derive(Deserialize)]
@@ -111,20 +122,20 @@ impl StripeEvent {
             serde_json::from_str(&raw).map_err(|e| format!("not a Stripe event: {e}"))?;
         check_event_id(&head.id)?;
         let object = head.data.object;
+        let id = text(object.id).filter(|id| id.len() <= MAX_EVENT_ID_CHARS);
         // An id that is not a customer id routes by the event id; the inbound worker then
         // dead-letters the event with the reason.
-        let customer_id = match object.object.as_deref() {
-            Some("customer") => object
-                .id
-                .filter(|id| StripeCustomerId::parse(id).is_ok())
-                .map(Cow::into_owned),
+        let customer_id = match text(object.object).as_deref() {
+            Some("customer") => id.clone().filter(|id| StripeCustomerId::parse(id).is_ok()),
             _ => None,
         };
+        let object_id = id;
         Ok(Self {
             id: head.id.into_owned(),
             kind: head.kind.into_owned(),
             created: head.created,
             customer_id,
+            object_id,
             raw,
             account: DEFAULT_ACCOUNT.to_owned(),
         })
@@ -145,10 +156,6 @@ impl StripeEvent {
     /// The customer event this is, if paysync applies its type.
     pub fn customer_kind(&self) -> Option<EventKind> {
         EventKind::parse(&self.kind)
-    }
-
-    pub fn is_handled(&self) -> bool {
-        self.customer_kind().is_some()
     }
 
     /// Reads the event's content.
@@ -207,7 +214,8 @@ mod tests {
                  "data": {"object": {"id": "in_1", "object": "invoice", "customer": "cus_3"}}}"#,
         )
         .unwrap();
-        assert!(!invoice.is_handled());
+        assert_eq!(invoice.customer_kind(), None);
+        assert_eq!(invoice.object_id.as_deref(), Some("in_1"));
         assert_eq!(invoice.customer_id, None);
         let odd_customer = parse(
             r#"{"id": "evt_3", "type": "customer.updated", "created": 1,

@@ -13,7 +13,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::mirror;
 use super::queue::{EventQueue, QueueError};
+use crate::crd::{MirroredObject, mirrors};
 use crate::metrics::{PolicyOutcomes, add_for, count_for};
 use crate::policy::{Policy, PolicyRegistry};
 use crate::store::locks::LockPool;
@@ -141,9 +143,11 @@ impl CatchUp {
         let Some(lock) = self.locks.try_lock_catch_up(&policy.name).await? else {
             return Ok(CatchUpRun::Skipped);
         };
+        let event_types = event_types(policy.spec.objects.as_deref());
         let account = Account {
             name: &policy.name,
             stripe: stripe.as_ref(),
+            event_types: &event_types,
         };
         let run = self.read_from_cursor(account).await;
         lock.release().await?;
@@ -161,8 +165,10 @@ impl CatchUp {
         let since = (cursor - OVERLAP).timestamp();
         let mut newest = Newest::default();
         let mut queued = 0;
-        for kind in EventKind::ALL {
-            queued += self.read_type(account, kind, since, &mut newest).await?;
+        for event_type in account.event_types {
+            queued += self
+                .read_type(account, event_type, since, &mut newest)
+                .await?;
         }
         if let Some((created, event_id)) = newest.0
             && created > cursor
@@ -177,7 +183,7 @@ impl CatchUp {
     async fn read_type(
         &self,
         account: Account<'_>,
-        kind: EventKind,
+        kind: &'static str,
         since: i64,
         newest: &mut Newest,
     ) -> Result<usize, CatchUpError> {
@@ -187,12 +193,12 @@ impl CatchUp {
         for _ in 0..MAX_PAGES_PER_TYPE {
             let page = account
                 .stripe
-                .list_events(kind.as_str(), since, starting_after.as_deref())
+                .list_events(kind, since, starting_after.as_deref())
                 .await?;
             let events = readable(page.data, account.name);
             if events.iter().any(|e| previous_page.contains(&e.id)) {
                 warn!(
-                    kind = kind.as_str(),
+                    kind,
                     "the Events API repeated a page; stopping this type for this run"
                 );
                 break;
@@ -233,6 +239,19 @@ impl CatchUp {
 struct Account<'a> {
     name: &'a str,
     stripe: &'a dyn StripeApi,
+    /// The event types the policy applies: paysync's customers', and the billing mirror's
+    /// for the kinds it mirrors (the Events API filters by one exact type per call).
+    event_types: &'a [&'static str],
+}
+
+/// The event types catch-up reads for a policy mirroring `objects`.
+fn event_types(objects: Option<&[MirroredObject]>) -> Vec<&'static str> {
+    let customers = EventKind::ALL.into_iter().map(EventKind::as_str);
+    let mirrored = mirror::kinds::ALL
+        .into_iter()
+        .filter(|kind| kind.table != "customers" && mirrors(objects, kind.selector))
+        .flat_map(mirror::kinds::event_types);
+    customers.chain(mirrored).collect()
 }
 
 /// The newest event a run has seen: where the cursor moves once the run is done.

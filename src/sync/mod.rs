@@ -8,10 +8,18 @@ pub mod catch_up;
 pub mod dead_letters;
 pub mod inbound;
 pub mod mapping;
+pub mod mirror;
 pub mod outbound;
+pub mod pipeline;
 pub mod queue;
 pub mod queue_health;
 
 pub use inbound::{Delivery, InboundHandler, InboundSync, Received};
 pub use outbound::{OutboundHandler, OutboundRetry, OutboundSync, Outcome};
+pub use pipeline::InboundPipeline;
 pub use queue::{EventQueue, QueueError};
+
+/// Whether paysync applies events of this type: paysync's customers or the billing mirror.
+pub fn handles(event: &crate::stripe::event::StripeEvent) -> bool {
+    event.customer_kind().is_some() || mirror::kinds::for_event(&event.kind).is_some()
+}

@@ -285,7 +285,7 @@ async fn run(
 
 /// What the HTTP side alone costs on this machine, as a ceiling for the rows above: the same
 /// load client and the same signed bodies, but of an event type paysync acknowledges without
-/// storing (`invoice.paid`), so each delivery is read, verified and parsed and nothing is
+/// storing (`payout.paid`), so each delivery is read, verified and parsed and nothing is
 /// written. 2xx/s, latency, paysync's CPU per delivery and how busy the machine was.
 pub async fn http_ceiling(pool: PgPool) {
     let server = ServeProcess::start(&server_env(&pool)).await;
@@ -295,7 +295,7 @@ pub async fn http_ceiling(pool: PgPool) {
     let bodies: Vec<String> = (0..shape.events)
         .map(|i| {
             let id = event_id(&run, i);
-            customer_event("invoice.paid", &id, i % shape.customers, base, "Ignored")
+            customer_event("payout.paid", &id, i % shape.customers, base, "Ignored")
         })
         .collect();
     let (server_before, machine_before) = (cpu_time(server.pid()), machine_ticks());

@@ -224,10 +224,19 @@ pub(crate) async fn deliver_one(
     target: SocketAddr,
     body: String,
 ) -> (bool, Duration) {
-    let request = hyper::Request::post("/webhooks/stripe")
+    deliver_to(sender, (target, "/webhooks/stripe", SECRET), body).await
+}
+
+/// [`deliver_one`] to `path`, signed with `secret`.
+pub(crate) async fn deliver_to(
+    sender: &mut SendRequest<Full<Bytes>>,
+    (target, path, secret): (SocketAddr, &str, &str),
+    body: String,
+) -> (bool, Duration) {
+    let request = hyper::Request::post(path)
         .header("host", target.to_string())
         .header("content-type", "application/json")
-        .header("stripe-signature", signature(SECRET, now(), &body))
+        .header("stripe-signature", signature(secret, now(), &body))
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     let sent = Instant::now();

@@ -1,12 +1,14 @@
 //! The benchmarks, as a program that prints its own tables (docs/BENCHMARKS.md): run by
 //! `scripts/bench`, or `cargo test --test bench -- [outbound|outbound-live] [ingest] [apply]
-//! [sync|sync-postgres|sync-kafka] [reconcile]`. Not part of
+//! [sync|sync-postgres|sync-kafka] [billing] [reconcile]`. Not part of
 //! `cargo test` (the target is `test = false`); built with the tests' profile, so it reuses
 //! their build. Each benchmark runs in a fresh database against the local services.
 
 // Test code fails by panicking; the production lints do not apply here.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod billing;
 mod end_to_end;
 mod inbound;
 mod outbound;
@@ -116,6 +118,20 @@ async fn sync_tables(postgres: bool, kafka: bool) {
     }
 }
 
+/// The billing mirror and og, side by side on the same stream and PostgreSQL.
+async fn billing_tables() {
+    println!("\nBilling mirror beside og: the same signed mixed stream → rows in `stripe.*`\n");
+    println!(
+        "| engine | conns | events / customers | applied events/s | p50 | p99 | CPU per event (server + PostgreSQL) | peak memory |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for connections in [64, 1] {
+        billing::og(connections).await;
+        in_fresh_database(|pool| billing::paysync(pool, connections, false)).await;
+        in_fresh_database(|pool| billing::paysync(pool, connections, true)).await;
+    }
+}
+
 async fn reconcile_tables() {
     println!(
         "\nReconcile (a full run of `paysync reconcile --once`; Stripe is an in-memory fake)\n"
@@ -159,6 +175,9 @@ async fn main() {
     if run("sync") || run("sync-postgres") || run("sync-kafka") {
         let both = run("sync");
         sync_tables(both || run("sync-postgres"), both || run("sync-kafka")).await;
+    }
+    if run("billing") {
+        billing_tables().await;
     }
     if run("reconcile") {
         reconcile_tables().await;

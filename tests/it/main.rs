@@ -2,6 +2,7 @@
 //! (`#[sqlx::test]` creates it from `DATABASE_URL` and applies the migrations).
 
 // Test code fails by panicking; the production lints do not apply here.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod arrival;
@@ -18,6 +19,8 @@ mod http_limits;
 mod inbound;
 mod kafka;
 mod layout;
+mod mirror;
+mod og_compat;
 mod ops;
 mod outbound;
 mod poison;

@@ -172,7 +172,7 @@ async fn forged_expired_oversized_and_malformed_deliveries_store_nothing(pool: P
         "payload_too_large"
     );
 
-    let other = json!({"id": "evt_inv", "type": "invoice.paid", "created": now(), "data": {"object": {"object": "invoice", "customer": "cus_1"}}}).to_string();
+    let other = json!({"id": "evt_payout", "type": "payout.paid", "created": now(), "data": {"object": {"object": "payout", "id": "po_1"}}}).to_string();
     let response = deliver(&app, &other, Some(&signature(SECRET, now(), &other))).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap()["ignored"], true);

@@ -46,9 +46,9 @@ use crate::stripe::event::StripeEvent;
 use rules::Rules;
 
 /// Attempts of one event (alone, after its batch failed) before it is dead-lettered.
-const MAX_ATTEMPTS: u32 = 5;
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
 /// Backoff between those attempts.
-const RETRY_BACKOFF: Backoff = Backoff {
+pub(crate) const RETRY_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(100),
     max: Duration::from_secs(5),
 };

@@ -29,6 +29,9 @@ pub enum Outcome {
     Drift,
     /// The policy is in Observe mode: counted, not applied.
     Observed,
+    /// An event of a kind the policy's `objects` leaves out, or that describes nothing to
+    /// store (an upcoming invoice): counted, not applied.
+    NotMirrored,
 }
 
 impl Outcome {
@@ -48,6 +51,7 @@ impl Outcome {
             Self::Suspended => "suspended",
             Self::Drift => "drift",
             Self::Observed => "observed",
+            Self::NotMirrored => "not_mirrored",
         }
     }
 }

@@ -233,7 +233,11 @@ pub async fn produce(
     };
     let occurred_at = chrono::DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
     let message = Envelope::inbound(event.raw.as_bytes(), &event.account, occurred_at);
-    let key = event.customer_id.as_deref().unwrap_or(&event.id);
+    let key = event
+        .customer_id
+        .as_deref()
+        .or(event.object_id.as_deref())
+        .unwrap_or(&event.id);
     let record = FutureRecord::to(topic).key(key).payload(&message);
     match tokio::time::timeout(ENQUEUE_TIMEOUT, producer.send(record, ENQUEUE_TIMEOUT)).await {
         Ok(Ok(_)) => Ok(()),

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use paysync::app::{Application, PolicySource, Settings, StripeCalls};
 use paysync::backoff::Backoff;
+use paysync::domain::MirrorSchema;
 use paysync::http::{ApiAuth, ServerLimits};
 use paysync::policy::{Credentials, PolicyDefinition};
 use paysync::stripe::webhook::DEFAULT_TOLERANCE;
@@ -67,6 +68,10 @@ impl TestApp {
             )
             .with_test_writer()
             .try_init();
+        // `#[sqlx::test]` applies paysync's migrations; the mirror's schema is paysync's too.
+        paysync::store::mirror::migrate(&pool, &settings.mirror_schema)
+            .await
+            .unwrap();
         let app = Application::build(settings, pool.clone()).await.unwrap();
         let base_url = format!("http://{}", app.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -228,6 +233,7 @@ pub fn settings() -> Settings {
         apply_on_arrival: false,
         catch_up: None,
         reconcile: false,
+        mirror_schema: MirrorSchema::default(),
         kafka: None,
         relay: None,
     }

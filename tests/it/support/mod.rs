@@ -3,6 +3,7 @@
 //! from here, never from each other.
 
 pub mod app;
+pub mod billing;
 pub mod certs;
 pub mod cluster;
 pub mod customers;
@@ -10,6 +11,7 @@ pub mod events;
 pub mod fault_proxy;
 pub mod kube_api;
 pub mod mock_kafka;
+pub mod og;
 pub mod policies;
 pub mod private_stripe;
 pub mod reconcile;

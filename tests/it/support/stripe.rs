@@ -68,7 +68,7 @@ impl Localstripe {
         assert_eq!(response.status(), StatusCode::OK);
     }
 
-    async fn write(&self, path: &str, form: &[(&str, &str)]) -> Value {
+    pub async fn write(&self, path: &str, form: &[(&str, &str)]) -> Value {
         let response = self
             .http
             .post(format!("{}{path}", self.base))

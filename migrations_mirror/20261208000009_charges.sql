@@ -1,0 +1,51 @@
+-- stripe.charges as supabase/stripe-sync-engine keeps it (same columns, compatible types: its
+-- enum columns are text here, so a value Stripe adds later is stored, not refused), plus
+-- paysync's columns: the complete object, its policy and the event that wrote it.
+create table if not exists charges (
+    "id" text primary key,
+    "object" text,
+    "paid" boolean,
+    "order" text,
+    "amount" bigint,
+    "review" text,
+    "source" jsonb,
+    "status" text,
+    "created" integer,
+    "dispute" text,
+    "invoice" text,
+    "outcome" jsonb,
+    "refunds" jsonb,
+    "updated" integer,
+    "captured" boolean,
+    "currency" text,
+    "customer" text,
+    "livemode" boolean,
+    "metadata" jsonb,
+    "refunded" boolean,
+    "shipping" jsonb,
+    "application" text,
+    "description" text,
+    "destination" text,
+    "failure_code" text,
+    "on_behalf_of" text,
+    "fraud_details" jsonb,
+    "receipt_email" text,
+    "payment_intent" text,
+    "receipt_number" text,
+    "transfer_group" text,
+    "amount_refunded" bigint,
+    "application_fee" text,
+    "failure_message" text,
+    "source_transfer" text,
+    "balance_transaction" text,
+    "statement_descriptor" text,
+    "payment_method_details" jsonb,
+    "updated_at" timestamp with time zone not null default timezone('utc'::text, now()),
+    "last_synced_at" timestamp with time zone
+);
+alter table charges
+    add column if not exists _raw_data jsonb,
+    add column if not exists _account text,
+    add column if not exists _event_id text,
+    add column if not exists _truncated_lists text[] not null default '{}';
+create or replace trigger handle_updated_at before update on charges for each row execute function set_updated_at();
