@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use crate::inbound::{
-    SECRET, busy_between, connect, cores, cpu_time, customer_event, deliver_one, machine_ticks, ms,
+    SECRET, busy_between, connect, cores, cpu_time, customer_event, deliver_to, machine_ticks, ms,
     percentile, postgres_cpu_time,
 };
 use crate::support::app::wait_for;
@@ -89,14 +89,24 @@ fn event_id(run: &str, i: usize) -> String {
 /// How many of the last events sent the end of a run is first looked for by.
 const LAST_SENT: usize = 64;
 
-struct Delivered {
-    latencies: Vec<Duration>,
-    failures: usize,
-    elapsed: Duration,
+pub struct Delivered {
+    pub latencies: Vec<Duration>,
+    pub failures: usize,
+    pub elapsed: Duration,
 }
 
-/// Sends every event once, `connections` at a time.
+/// Sends every event once, `connections` at a time, to paysync's webhook route.
 async fn deliver(target: SocketAddr, bodies: Arc<Vec<String>>, connections: usize) -> Delivered {
+    deliver_to_route(target, ("/webhooks/stripe", SECRET), bodies, connections).await
+}
+
+/// Sends every event once, `connections` at a time, to `path` signed with `secret`.
+pub async fn deliver_to_route(
+    target: SocketAddr,
+    (path, secret): (&'static str, &'static str),
+    bodies: Arc<Vec<String>>,
+    connections: usize,
+) -> Delivered {
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..connections)
@@ -106,7 +116,8 @@ async fn deliver(target: SocketAddr, bodies: Arc<Vec<String>>, connections: usiz
                 let mut sender = connect(target).await;
                 let (mut latencies, mut failures) = (Vec::new(), 0);
                 while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let (ok, latency) = deliver_one(&mut sender, target, body.clone()).await;
+                    let (ok, latency) =
+                        deliver_to(&mut sender, (target, path, secret), body.clone()).await;
                     latencies.push(latency);
                     failures += usize::from(!ok);
                 }

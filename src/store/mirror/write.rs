@@ -23,8 +23,9 @@ pub struct RowWrite {
     /// The fields the columns are read from, by name (PostgreSQL converts each to its
     /// column's type; a value it cannot convert fails the statement).
     pub fields: Value,
-    /// The complete object as received.
-    pub raw: Value,
+    /// The complete object as received, when `fields` is not it (a subscription item's row
+    /// reads `price` as an id; a deletion writes a few columns).
+    pub raw: Option<Value>,
     /// The event's time: the row takes the object only if it holds an older one.
     pub at: DateTime<Utc>,
     pub event_id: String,
@@ -52,7 +53,7 @@ pub async fn upsert(
     let mut truncated = Vec::with_capacity(rows.len());
     for row in rows {
         fields.push(&row.fields);
-        raws.push(&row.raw);
+        raws.push(row.raw.as_ref());
         ats.push(row.at);
         events.push(row.event_id.as_str());
         accounts.push(row.account.as_str());
@@ -88,7 +89,7 @@ fn upsert_sql(table: TableWrite<'_>) -> String {
     format!(
         "insert into {schema}.\"{name}\" as t ({cols}, last_synced_at, _raw_data, _account, \
              _event_id, _truncated_lists) \
-         select {from_record}, u.at, u.raw, u.account, u.event_id, \
+         select {from_record}, u.at, coalesce(u.raw, u.fields), u.account, u.event_id, \
                 string_to_array(u.truncated, ',') \
          from unnest($1::jsonb[], $2::jsonb[], $3::timestamptz[], $4::text[], $5::text[], \
                      $6::text[]) as u (fields, raw, at, event_id, account, truncated) \

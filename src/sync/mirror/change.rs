@@ -73,7 +73,7 @@ pub fn of_event(
     };
     let at = DateTime::from_timestamp(event.created, 0)
         .ok_or_else(|| format!("{}: created {} is not a time", event.kind, event.created))?;
-    let stamp = |fields: Map<String, Value>, raw: Value| RowWrite {
+    let stamp = |fields: Map<String, Value>, raw: Option<Value>| RowWrite {
         truncated: truncated_lists(&fields),
         fields: Value::Object(fields),
         raw,
@@ -81,7 +81,6 @@ pub fn of_event(
         event_id: event.id.clone(),
         account: event.account.clone(),
     };
-    let raw = Value::Object(fields.clone());
     Ok(Some(match (action, kind.deletion) {
         (EventAction::Delete, Deletion::Remove) => vec![Change::Remove {
             kind,
@@ -92,7 +91,7 @@ pub fn of_event(
             deleted.insert("id".into(), Value::String(id));
             deleted.insert("object".into(), Value::String(kind.object.into()));
             deleted.insert("deleted".into(), Value::Bool(true));
-            let mut row = stamp(deleted, raw);
+            let mut row = stamp(deleted, Some(Value::Object(fields)));
             row.truncated = Vec::new();
             let columns = CUSTOMER_DELETED_COLUMNS;
             vec![Change::Upsert { kind, columns, row }]
@@ -102,7 +101,8 @@ pub fn of_event(
                 .then(|| subscription_items(&id, at, &fields, &stamp))
                 .transpose()?
                 .unwrap_or_default();
-            let row = stamp(fields, raw);
+            // The object is its own complete copy: sent once.
+            let row = stamp(fields, None);
             let mut changes = vec![Change::Upsert {
                 kind,
                 columns: kind.columns,
@@ -146,7 +146,7 @@ fn subscription_items(
     subscription: &str,
     at: DateTime<Utc>,
     fields: &Map<String, Value>,
-    stamp: &impl Fn(Map<String, Value>, Value) -> RowWrite,
+    stamp: &impl Fn(Map<String, Value>, Option<Value>) -> RowWrite,
 ) -> Result<Vec<Change>, String> {
     let Some(list) = fields.get("items").filter(|items| !items.is_null()) else {
         return Ok(Vec::new());
@@ -166,7 +166,7 @@ fn subscription_items(
             row_fields.insert("price".into(), price_id.clone());
         }
         row_fields.insert("deleted".into(), Value::Bool(false));
-        let row = stamp(row_fields, item.clone());
+        let row = stamp(row_fields, Some(item.clone()));
         match row.fields.get("id").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => kept.push(id.to_owned()),
             _ => return Err("a subscription item has no id".into()),
